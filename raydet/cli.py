@@ -1,0 +1,155 @@
+"""``raydet`` / ``python -m raydet``: ``train`` and ``test`` with mmdet's flags.
+
+Library code raises named exceptions; only this module turns them into messages and exit codes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from mmengine.config import DictAction
+
+from .errors import RaydetError
+
+
+def _train_parser(sub):
+    p = sub.add_parser("train", help="train a detector from a config")
+    p.add_argument("config", help="config file (.py/.yaml/.json)")
+    p.add_argument("--work-dir", help="where logs and checkpoints go (default ./work_dirs/<config name>)")
+    p.add_argument("--resume-from", help="checkpoint to resume from exactly")
+    p.add_argument("--auto-resume", dest="auto_resume", action="store_true", default=None,
+                   help="resume from the latest checkpoint in the work_dir (the default with Ray)")
+    p.add_argument("--no-auto-resume", dest="auto_resume", action="store_false")
+    p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bitwise repeatable on CPU)")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                   help="override config keys, e.g. optimizer.lr=0.01 lr_config.step=[8,11]")
+    p.add_argument("--launcher", choices=["ray", "none"], default="ray",
+                   help="ray: Ray Train workers (default); none: this process")
+    p.add_argument("--num-workers", type=int, help="Ray workers (ray.num_workers)")
+    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per Ray worker")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    return p
+
+
+def _test_parser(sub):
+    p = sub.add_parser("test", help="evaluate a checkpoint")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--eval", nargs="+", default=["bbox"], choices=["bbox", "segm"], help="metrics")
+    p.add_argument("--out", help="write the raw results to this pickle file")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
+    return p
+
+
+def setup_console_logging(level=logging.INFO):
+    log = logging.getLogger("raydet")
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+    return log
+
+
+def prepare_train_config(args):
+    """The resolved config of ``raydet train``: CLI flags folded in, work_dir chosen (flag, then
+    config, then ``./work_dirs/<config name>``). Raises ConfigError before anything starts."""
+    from .config import load_config
+    cfg = load_config(args.config, args.cfg_options)
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif not cfg.get("work_dir"):
+        cfg.work_dir = os.path.join("work_dirs", os.path.splitext(os.path.basename(args.config))[0])
+    cfg.work_dir = os.path.abspath(cfg.work_dir) if "://" not in cfg.work_dir else cfg.work_dir
+    if args.resume_from:
+        cfg.resume_from = args.resume_from
+    if args.auto_resume is not None:
+        cfg.auto_resume = args.auto_resume
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.deterministic:
+        cfg.deterministic = True
+    ray_cfg = dict(cfg.get("ray") or {})
+    if args.num_workers is not None:
+        ray_cfg["num_workers"] = args.num_workers
+    if args.use_gpu is not None:
+        ray_cfg["use_gpu"] = args.use_gpu
+    if args.address:
+        ray_cfg["address"] = args.address
+    cfg.ray = ray_cfg
+    return cfg
+
+
+def cmd_train(args) -> int:
+    log = setup_console_logging()
+    cfg = prepare_train_config(args)
+    if args.launcher == "ray":
+        from .launch import train as ray_train
+        result = ray_train(cfg, validate=not args.no_validate)
+        metrics = {k: v for k, v in (result.metrics or {}).items() if "mAP" in k and isinstance(v, float)}
+        print(f"final metrics: {metrics}")
+        if result.checkpoint is not None:
+            print(f"checkpoint: {result.checkpoint.path}")
+        return 0
+    from .apis import train_from_config
+    from .config import dump_config
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    dump_config(cfg, os.path.join(cfg.work_dir, os.path.basename(args.config).rsplit(".", 1)[0] + ".py"))
+    cfg.setdefault("auto_resume", False)
+    start = time.time()
+    runner = train_from_config(cfg, validate=not args.no_validate)
+    evals = [h for h in runner.hooks if hasattr(h, "last_metrics") and h.last_metrics]
+    metrics = {k: v for k, v in evals[0].last_metrics.items() if isinstance(v, float)} if evals else {}
+    log.info(f"training took {(time.time() - start) / 60:.2f} min")
+    print(f"final metrics: {metrics}")
+    print(f"checkpoint: {os.path.join(cfg.work_dir, 'latest.pth')}")
+    return 0
+
+
+def cmd_test(args) -> int:
+    import pickle
+
+    import torch
+
+    from .config import load_config
+    from .data import build_dataloader, build_dataset
+    from .engine import inference, load_weights
+    from .models import build_detector
+
+    log = setup_console_logging()
+    cfg = load_config(args.config, args.cfg_options)
+    dataset = build_dataset(cfg.data.test, test_mode=True)
+    loader = build_dataloader(dataset, 1, cfg.data.get("workers_per_gpu", 2), shuffle=False, persistent_workers=False)
+    model = build_detector(cfg.model)
+    load_weights(model, args.checkpoint, log)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    results = inference(model, loader, progress=True)
+    if args.out:
+        with open(args.out, "wb") as f:
+            pickle.dump(results, f)
+    metrics = dataset.evaluate(results, metric=args.eval, logger=log)
+    print(f"metrics: {metrics}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="raydet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _test_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return {"train": cmd_train, "test": cmd_test}[args.command](args)
+    except RaydetError as exc:
+        print(f"raydet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""COCO-format datasets with mmdet 2.x's interface and pycocotools evaluation.
+
+**Augmentation randomness is a pure function of (seed, epoch, sample index).** ``__getitem__``
+takes either an index or a :class:`SampleKey` ``(index, epoch)`` (what raydet's samplers yield)
+and seeds ``results['rng']`` from ``(dataset seed, epoch, index)``; random transforms draw only
+from it. This deliberately differs from mmdet, which seeds each dataloader worker with
+``num_workers * rank + worker_id + seed``: here a run resumed mid-epoch, or run on a different
+number of Ray workers or dataloader workers, sees exactly the same augmented samples.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os.path as osp
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import DataError
+from ..registry import Registry
+from .pipelines import Compose
+from . import shapes
+
+DATASETS = Registry("dataset")
+logger = logging.getLogger("raydet")
+
+
+class DataWarning(UserWarning):
+    """An annotation was repaired or dropped (the message names the image)."""
+
+
+class SampleKey(NamedTuple):
+    """What samplers yield: the sample index and the epoch it is drawn for."""
+    index: int
+    epoch: int
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The augmentation generator of one sample; the same triple always gives the same stream."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index)])
+
+
+@DATASETS.register()
+class CocoDataset:
+    """COCO instances json + image folder.
+
+    ``CLASSES`` come from ``classes`` or the json's categories (in id order). ``flag[i]`` is 1
+    for landscape images (w / h > 1), else 0, for aspect-ratio grouping. In training mode
+    (``test_mode=False``) images smaller than ``min_size`` and, with ``filter_empty_gt``, images
+    without boxes are dropped. Invalid boxes are repaired or dropped once, at load time, with a
+    :class:`DataWarning` naming the image. Raises :class:`DataError` naming the file for a
+    missing or malformed annotation file.
+    """
+
+    CLASSES = None
+
+    def __init__(self, ann_file, pipeline=(), classes=None, data_root=None, img_prefix="",
+                 test_mode=False, filter_empty_gt=True, min_size=0, seed=0):
+        if data_root is not None:
+            ann_file = osp.join(data_root, ann_file) if not osp.isabs(ann_file) else ann_file
+            img_prefix = osp.join(data_root, img_prefix) if img_prefix and not osp.isabs(img_prefix) else img_prefix
+        self.ann_file, self.img_prefix = ann_file, img_prefix
+        self.test_mode, self.filter_empty_gt, self.seed = test_mode, filter_empty_gt, seed
+        self.coco = self._load_coco(ann_file)
+        cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
+        if classes is None:
+            self.CLASSES = tuple(c["name"] for c in cats)
+        else:
+            self.CLASSES = tuple(classes) if not isinstance(classes, str) else (classes,)
+        name_to_id = {c["name"]: c["id"] for c in cats}
+        missing = [c for c in self.CLASSES if c not in name_to_id]
+        if missing:
+            raise DataError(f"{ann_file}: classes {missing} are not among its categories "
+                            f"{sorted(name_to_id)}")
+        self.cat_ids = [name_to_id[c] for c in self.CLASSES]
+        self.cat2label = {cat: i for i, cat in enumerate(self.cat_ids)}
+        infos = []
+        for img_id in sorted(self.coco.getImgIds()):
+            info = dict(self.coco.loadImgs([img_id])[0])
+            info["filename"] = info["file_name"]
+            infos.append(info)
+        anns = [self._parse_ann(info) for info in infos]
+        if not test_mode:
+            keep = [i for i, (info, ann) in enumerate(zip(infos, anns))
+                    if min(info["width"], info["height"]) >= min_size
+                    and (not filter_empty_gt or len(ann["labels"]) > 0)]
+            infos, anns = [infos[i] for i in keep], [anns[i] for i in keep]
+        self.data_infos, self.ann_infos = infos, anns
+        self.img_ids = [info["id"] for info in infos]
+        self.flag = np.array([1 if i["width"] / i["height"] > 1 else 0 for i in infos], dtype=np.uint8)
+        self.pipeline = Compose(pipeline)
+
+    @staticmethod
+    def _load_coco(ann_file):
+        from pycocotools.coco import COCO
+        if not osp.isfile(ann_file):
+            raise DataError(f"annotation file not found: {ann_file}")
+        try:
+            with open(ann_file) as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"malformed annotation json {ann_file}: {exc}") from None
+        if not isinstance(data, dict):
+            raise DataError(f"malformed annotation json {ann_file}: top level is not an object")
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise DataError(f"malformed annotation json {ann_file}: '{key}' list is missing")
+        coco = COCO()
+        coco.dataset = data
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco.createIndex()
+            for img in data["images"]:
+                img["id"], img["file_name"], img["width"], img["height"]  # noqa: B018 (validates)
+            for ann in data["annotations"]:
+                ann["image_id"], ann["category_id"]  # noqa: B018
+                if len(ann["bbox"]) != 4:
+                    raise ValueError(f"annotation {ann.get('id')} bbox must have 4 numbers")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"malformed annotation json {ann_file}: {type(exc).__name__}: {exc}") from None
+        return coco
+
+    def _parse_ann(self, info) -> dict:
+        """Boxes ``[x1, y1, x2, y2]`` clipped to the image; negative, zero-area and out-of-image
+        boxes are dropped with one warning naming the image."""
+        w_img, h_img = info["width"], info["height"]
+        bboxes, labels, masks, problems = [], [], [], []
+        for ann in self.coco.imgToAnns.get(info["id"], []):
+            if ann.get("ignore", False) or ann["category_id"] not in self.cat2label:
+                continue
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            if ann.get("iscrowd", 0):
+                continue
+            if w < 0 or h < 0:
+                problems.append(f"annotation {ann.get('id')} has negative size w={w:g} h={h:g}")
+                continue
+            x1, y1 = max(x, 0.0), max(y, 0.0)
+            x2, y2 = min(x + w, float(w_img)), min(y + h, float(h_img))
+            if x2 <= x1 or y2 <= y1:
+                problems.append(f"annotation {ann.get('id')} box {ann['bbox']} has zero area inside "
+                                f"the {w_img}x{h_img} image")
+                continue
+            if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+                problems.append(f"annotation {ann.get('id')} box {ann['bbox']} clipped to the image")
+            bboxes.append([x1, y1, x2, y2])
+            labels.append(self.cat2label[ann["category_id"]])
+            seg = ann.get("segmentation")
+            masks.append([np.asarray(p, np.float64) for p in seg] if isinstance(seg, list) and seg
+                         else [np.array([x1, y1, x2, y1, x2, y2, x1, y2], np.float64)])
+        if problems:
+            warnings.warn(f"{osp.join(self.img_prefix, info['filename'])}: " + "; ".join(problems),
+                          DataWarning, stacklevel=2)
+        return dict(bboxes=np.array(bboxes, dtype=np.float32).reshape(-1, 4),
+                    labels=np.array(labels, dtype=np.int64), masks=masks)
+
+    def __len__(self):
+        return len(self.data_infos)
+
+    def __getitem__(self, key):
+        index, epoch = (key.index, key.epoch) if isinstance(key, tuple) else (int(key), 0)
+        results = dict(img_info=self.data_infos[index], img_prefix=self.img_prefix,
+                       rng=sample_rng(self.seed, epoch, index))
+        if not self.test_mode:
+            results["ann_info"] = self.ann_infos[index]
+        out = self.pipeline(results)
+        if out is None:
+            raise DataError(f"the pipeline dropped {self.data_infos[index]['filename']} (index {index})")
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def _to_coco_json(self, results, metric):
+        dets = []
+        for img_id, result in zip(self.img_ids, results):
+            bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
+            for label, boxes in enumerate(bbox_result):
+                for j, box in enumerate(boxes):
+                    x1, y1, x2, y2, score = (float(v) for v in box)
+                    det = dict(image_id=img_id, category_id=self.cat_ids[label], score=score,
+                               bbox=[x1, y1, x2 - x1, y2 - y1])
+                    if metric == "segm":
+                        rle = segm_result[label][j]
+                        if not isinstance(rle, dict):
+                            from pycocotools import mask as mask_util
+                            rle = mask_util.encode(np.asfortranarray(rle.astype(np.uint8)))
+                        rle = dict(rle)
+                        if isinstance(rle["counts"], bytes):
+                            rle["counts"] = rle["counts"].decode()
+                        det["segmentation"] = rle
+                    dets.append(det)
+        return dets
+
+    def evaluate(self, results, metric=("bbox",), logger=None, classwise=False, **_):
+        """COCO mAP with pycocotools.
+
+        ``results[i]`` belongs to image ``i`` of this dataset: a list over classes of float
+        ``[N, 5]`` arrays ``(x1, y1, x2, y2, score)`` in original image pixels, or a tuple
+        ``(bbox_result, segm_result)`` whose ``segm_result[c][j]`` is a binary ``HxW`` mask or an
+        RLE. Returns ``{f'{m}_mAP', f'{m}_mAP_50', _75, _s, _m, _l, f'{m}_mAP_copypaste'}`` for
+        each metric ``m`` in ``bbox``/``segm``.
+        """
+        from pycocotools.cocoeval import COCOeval
+        metrics = [metric] if isinstance(metric, str) else list(metric)
+        if len(results) != len(self):
+            raise ValueError(f"{len(results)} results for a dataset of {len(self)} images")
+        out = {}
+        names = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
+        for m in metrics:
+            if m not in ("bbox", "segm"):
+                raise ValueError(f"metric must be 'bbox' or 'segm', got {m!r}")
+            dets = self._to_coco_json(results, m)
+            if not dets:
+                for n in names:
+                    out[f"{m}_{n}"] = 0.0
+                out[f"{m}_mAP_copypaste"] = " ".join(["0.000"] * 6)
+                continue
+            stream = io.StringIO()
+            with contextlib.redirect_stdout(stream):
+                coco_dt = self.coco.loadRes(dets)
+                ev = COCOeval(self.coco, coco_dt, m)
+                ev.params.catIds = self.cat_ids
+                ev.params.imgIds = self.img_ids
+                ev.evaluate()
+                ev.accumulate()
+                ev.summarize()
+            (logger or globals()["logger"]).info("\n" + stream.getvalue())
+            for i, n in enumerate(names):
+                out[f"{m}_{n}"] = float(f"{ev.stats[i]:.3f}")
+            out[f"{m}_mAP_copypaste"] = " ".join(f"{ev.stats[i]:.3f}" for i in range(6))
+        return out
+
+
+@DATASETS.register()
+class ShapesDataset(CocoDataset):
+    """The built-in synthetic dataset (:mod:`raydet.data.shapes`), generated on first use.
+
+    ``split`` is ``'train'`` or ``'val'``; ``root`` defaults to the cache directory of
+    ``data_seed``; ``num_images`` overrides the split sizes (tests).
+    """
+
+    CLASSES = shapes.CLASSES
+
+    def __init__(self, split="train", pipeline=(), root=None, data_seed=0, num_images=None,
+                 test_mode=False, filter_empty_gt=True, classes=None, seed=0):
+        if split not in shapes.NUM_IMAGES:
+            raise ValueError(f"ShapesDataset.split must be one of {list(shapes.NUM_IMAGES)}, got {split!r}")
+        root = shapes.ensure_shapes(root, data_seed, num_images)
+        super().__init__(osp.join(root, "annotations", f"instances_{split}.json"), pipeline,
+                         classes=classes, img_prefix=osp.join(root, split), test_mode=test_mode,
+                         filter_empty_gt=filter_empty_gt, seed=seed)

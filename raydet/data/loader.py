@@ -1,0 +1,137 @@
+"""Collate, aspect-ratio group samplers and the dataloader builder."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from .dataset import SampleKey
+
+
+def _pad_stack(imgs: list[torch.Tensor], pad_value: float = 0.0) -> torch.Tensor:
+    """Stack CHW tensors, zero-padding bottom/right to the batch's max H and W."""
+    h = max(i.shape[-2] for i in imgs)
+    w = max(i.shape[-1] for i in imgs)
+    if all(i.shape[-2:] == (h, w) for i in imgs):
+        return torch.stack(imgs)
+    return torch.stack([F.pad(i, (0, w - i.shape[-1], 0, h - i.shape[-2]), value=pad_value) for i in imgs])
+
+
+def collate(batch: list[dict]) -> dict:
+    """Batch pipeline outputs: ``img`` -> padded ``[B, C, H, W]``; everything else -> a list per
+    image (``img_metas``, ``gt_bboxes``, ...). Test-time augmented samples (values are lists over
+    augmentations) collate per augmentation: ``img`` -> a list of ``[B, C, H, W]``."""
+    out = {}
+    for key in batch[0]:
+        values = [sample[key] for sample in batch]
+        if isinstance(values[0], list):  # MultiScaleFlipAug: one entry per augmentation
+            per_aug = list(zip(*values))
+            out[key] = [_pad_stack(list(v)) if key == "img" else list(v) for v in per_aug]
+        elif key == "img":
+            out[key] = _pad_stack(values)
+        else:
+            out[key] = values
+    return out
+
+
+class GroupSampler(Sampler):
+    """Aspect-ratio grouped, shuffled, optionally sharded sampler (mmdet's (Distributed)GroupSampler).
+
+    Each batch holds images of one ``dataset.flag`` group. Per epoch, from a generator seeded with
+    ``seed + epoch``: each group's indices are shuffled and padded by repetition to a multiple of
+    ``samples_per_gpu``, cut into batches, and the batches permuted. That global batch order does
+    not depend on ``num_replicas``; the batch list is padded by repetition to a multiple of
+    ``num_replicas`` and rank ``r`` takes global batches ``r, r + R, r + 2R, ...``, so one
+    training step consumes the next ``R`` global batches. ``set_epoch(epoch, start_batch)`` skips
+    the first ``start_batch`` global batches, which resumes mid-epoch at the exact sample on any
+    number of replicas. Yields :class:`SampleKey` ``(index, epoch)``.
+    """
+
+    def __init__(self, dataset, samples_per_gpu: int = 1, num_replicas: int = 1, rank: int = 0,
+                 seed: int = 0, shuffle: bool = True):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.flag = np.asarray(getattr(dataset, "flag", np.zeros(len(dataset), np.uint8)))
+        self.samples_per_gpu, self.num_replicas, self.rank = samples_per_gpu, num_replicas, rank
+        self.seed, self.shuffle = int(seed), shuffle
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch's order; ``start_batch`` global batches of it are already consumed."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def global_batches(self) -> list[list[int]]:
+        """The epoch's batches in global order (before sharding)."""
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        batches = []
+        spg = self.samples_per_gpu
+        for group in np.unique(self.flag):
+            idx = np.flatnonzero(self.flag == group)
+            if self.shuffle:
+                idx = idx[torch.randperm(len(idx), generator=g).numpy()]
+            extra = (-len(idx)) % spg
+            idx = np.concatenate([idx, np.resize(idx, extra)]) if extra else idx
+            batches += [idx[i:i + spg].tolist() for i in range(0, len(idx), spg)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def num_batches(self) -> int:
+        """Steps in a full epoch for one rank."""
+        total = sum(math.ceil(int((self.flag == gr).sum()) / self.samples_per_gpu)
+                    for gr in np.unique(self.flag))
+        return math.ceil(total / self.num_replicas)
+
+    def __iter__(self):
+        batches = self.global_batches()
+        total = self.num_batches() * self.num_replicas
+        batches = (batches * math.ceil(total / len(batches)))[:total]
+        for batch in batches[self.start_batch + self.rank::self.num_replicas]:
+            for i in batch:
+                yield SampleKey(int(i), self.epoch)
+
+    def __len__(self):
+        remaining = self.num_batches() - math.ceil(self.start_batch / self.num_replicas)
+        return max(remaining, 0) * self.samples_per_gpu
+
+
+class ShardSampler(Sampler):
+    """Sequential, disjoint, unpadded shards for evaluation: rank ``r`` gets the ``r``-th
+    contiguous block, so gathering the ranks' results in rank order restores dataset order."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0):
+        n = len(dataset)
+        per = math.ceil(n / num_replicas)
+        self.indices = list(range(min(rank * per, n), min((rank + 1) * per, n)))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def _worker_init(_):
+    # Each dataloader worker is a CPU-bound process; one thread each avoids oversubscription.
+    torch.set_num_threads(1)
+
+
+def build_dataloader(dataset, samples_per_gpu: int, workers_per_gpu: int, num_replicas: int = 1,
+                     rank: int = 0, shuffle: bool = True, seed: int = 0,
+                     persistent_workers: bool = True, pin_memory: bool = False) -> DataLoader:
+    """A training loader (``shuffle=True``: :class:`GroupSampler`) or an evaluation loader
+    (``shuffle=False``: :class:`ShardSampler`). The loader has its own ``torch.Generator`` so that
+    creating an iterator never consumes the global torch RNG (which would break exact resume)."""
+    if shuffle:
+        sampler = GroupSampler(dataset, samples_per_gpu, num_replicas, rank, seed=seed)
+    else:
+        sampler = ShardSampler(dataset, num_replicas, rank)
+    return DataLoader(dataset, batch_size=samples_per_gpu, sampler=sampler,
+                      num_workers=workers_per_gpu, collate_fn=collate, pin_memory=pin_memory,
+                      persistent_workers=persistent_workers and workers_per_gpu > 0,
+                      worker_init_fn=_worker_init, generator=torch.Generator(),
+                      drop_last=False)

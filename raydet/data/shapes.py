@@ -1,0 +1,168 @@
+"""The built-in ``shapes`` dataset: a real COCO-format detection/instance-segmentation set,
+generated deterministically from a seed into a cache directory the first time it is asked for.
+
+Frozen parameters (tests pin them; changing any changes the dataset, so bump ``VERSION``):
+
+* 3 classes: ``rectangle``, ``ellipse``, ``triangle`` (COCO category ids 1, 2, 3).
+* Image sizes (width x height) ``128x96`` and ``96x128``, half each, so aspect-ratio grouping
+  has two groups.
+* 0-3 objects per image: an image is empty with probability 5%, otherwise it holds 1-3 objects
+  (uniform). Objects may overlap; later ones are painted over earlier ones.
+* Object size: the longer side is 10-45% of the image's shorter side; the aspect ratio w/h is
+  log-uniform in [0.5, 2]. Rectangles and ellipses are axis-aligned; a triangle's three
+  vertices touch its box's top, bottom and one side, so the box is tight.
+* Colours: each object a random RGB colour at least ``MIN_CONTRAST`` away (L2, 0-255 scale) from
+  its background's base colour; backgrounds are a random base colour plus a random linear
+  gradient and Gaussian noise (sigma 12), objects get a little noise of their own (sigma 6).
+* 4,000 train and 500 val images; JPEG quality 90; annotations ``instances_{train,val}.json`` with
+  ``bbox`` (tight, pixels, ``[x, y, w, h]``), ``area`` (mask area), ``iscrowd=0`` and
+  ``segmentation`` as one polygon per object (the exact polygon that was painted).
+
+Every image is drawn from its own generator seeded by ``(seed, split, index)``, so the output is
+byte-identical for the same seed regardless of order or process.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import tempfile
+
+import cv2
+import numpy as np
+
+VERSION = 1
+CLASSES = ("rectangle", "ellipse", "triangle")
+IMAGE_SIZES = ((128, 96), (96, 128))  # (width, height)
+NUM_IMAGES = {"train": 4000, "val": 500}
+MAX_OBJECTS = 3
+EMPTY_PROB = 0.05
+SIDE_RANGE = (0.10, 0.45)  # longer object side, as a fraction of the image's shorter side
+ASPECT_RANGE = (0.5, 2.0)  # object w / h
+MIN_CONTRAST = 80.0
+JPEG_QUALITY = 90
+ELLIPSE_POINTS = 32
+_SPLIT_ID = {"train": 0, "val": 1}
+
+
+def default_root(seed: int = 0) -> str:
+    """Cache directory of the dataset for ``seed`` (``$RAYDET_DATA`` or ``~/.cache/raydet``)."""
+    base = os.environ.get("RAYDET_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "raydet")
+    return os.path.join(base, f"shapes-v{VERSION}-seed{seed}")
+
+
+def _polygon(kind: int, x: float, y: float, w: float, h: float, rng: np.random.Generator) -> np.ndarray:
+    if kind == 0:
+        pts = [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+    elif kind == 1:
+        t = np.linspace(0, 2 * math.pi, ELLIPSE_POINTS, endpoint=False)
+        pts = np.stack([x + w / 2 + w / 2 * np.cos(t), y + h / 2 + h / 2 * np.sin(t)], 1)
+    else:
+        apex = x + rng.uniform(0, w)
+        if rng.random() < 0.5:  # apex on top, base at the bottom
+            pts = [(apex, y), (x + w, y + h), (x, y + h)]
+        else:
+            pts = [(apex, y + h), (x, y), (x + w, y)]
+    return np.asarray(pts, dtype=np.float64)
+
+
+def _draw_image(rng: np.random.Generator, num_objects: int | None = None):
+    """One image and its objects: ``(bgr uint8 HxWx3, [(class_index, polygon Nx2), ...])``."""
+    width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
+    if num_objects is None:
+        num_objects = 0 if rng.random() < EMPTY_PROB else int(rng.integers(1, MAX_OBJECTS + 1))
+    base = rng.uniform(0, 255, size=3)
+    gx, gy = rng.uniform(-40, 40, size=(2, 3))
+    xs = np.linspace(-0.5, 0.5, width)[None, :, None]
+    ys = np.linspace(-0.5, 0.5, height)[:, None, None]
+    img = base + gx * xs + gy * ys + rng.normal(0, 12, size=(height, width, 3))
+    objects = []
+    short = min(width, height)
+    for _ in range(num_objects):
+        kind = int(rng.integers(len(CLASSES)))
+        longer = rng.uniform(*SIDE_RANGE) * short
+        aspect = math.exp(rng.uniform(math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1])))
+        w, h = (longer, longer / aspect) if aspect >= 1 else (longer * aspect, longer)
+        x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        while True:
+            color = rng.uniform(0, 255, size=3)
+            if np.linalg.norm(color - base) >= MIN_CONTRAST:
+                break
+        poly = _polygon(kind, x, y, w, h, rng)
+        mask = np.zeros((height, width), np.uint8)
+        # cv2 draws integer vertices; 4 fractional bits keep the painted shape on the float polygon
+        cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+        paint = color + rng.normal(0, 6, size=(height, width, 3))
+        img = np.where(mask[..., None].astype(bool), paint, img)
+        objects.append((kind, poly))
+    return np.clip(img, 0, 255).astype(np.uint8), objects
+
+
+def _split_annotations(split: str, seed: int, out_dir: str, count: int) -> dict:
+    images, annotations = [], []
+    for index in range(count):
+        rng = np.random.default_rng([seed, _SPLIT_ID[split], index])
+        img, objects = _draw_image(rng)
+        name = f"{index:06d}.jpg"
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        assert ok
+        with open(os.path.join(out_dir, split, name), "wb") as f:
+            f.write(buf.tobytes())
+        images.append(dict(id=index + 1, file_name=name, width=img.shape[1], height=img.shape[0]))
+        for kind, poly in objects:
+            x0, y0 = poly.min(0)
+            x1, y1 = poly.max(0)
+            area = float(cv2.contourArea(poly.astype(np.float32)))
+            annotations.append(dict(
+                id=len(annotations) + 1, image_id=index + 1, category_id=kind + 1, iscrowd=0,
+                bbox=[round(float(x0), 2), round(float(y0), 2),
+                      round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+                area=round(area, 2),
+                segmentation=[[round(float(v), 2) for v in poly.reshape(-1)]]))
+    return dict(
+        info=dict(description=f"raydet shapes v{VERSION}, seed {seed}, split {split}"),
+        images=images, annotations=annotations,
+        categories=[dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(CLASSES)])
+
+
+def generate(root: str, seed: int = 0, num_images: dict | None = None) -> str:
+    """Write the dataset into ``root`` (``train/``, ``val/``, ``annotations/``); returns ``root``.
+
+    ``num_images`` overrides the split sizes (tests use small ones); image ``i`` of a split is the
+    same whatever the split size.
+
+    Written into a temporary sibling directory and renamed into place, under a file lock, so
+    concurrent callers (several workers on one node) generate it once and nobody ever sees a
+    half-written dataset.
+    """
+    if os.path.isfile(os.path.join(root, "annotations", "instances_val.json")):
+        return root
+    parent = os.path.dirname(os.path.abspath(root)) or "."
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.join(parent, f".{os.path.basename(root)}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isfile(os.path.join(root, "annotations", "instances_val.json")):
+            return root
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}-", dir=parent)
+        try:
+            for split in NUM_IMAGES:
+                os.makedirs(os.path.join(tmp, split))
+            os.makedirs(os.path.join(tmp, "annotations"))
+            for split, count in {**NUM_IMAGES, **(num_images or {})}.items():
+                coco = _split_annotations(split, seed, tmp, count)
+                with open(os.path.join(tmp, "annotations", f"instances_{split}.json"), "w") as f:
+                    json.dump(coco, f, separators=(",", ":"))
+            if os.path.isdir(root):  # a partial directory from an older crash
+                shutil.rmtree(root)
+            os.rename(tmp, root)
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def ensure_shapes(root: str | None = None, seed: int = 0, num_images: dict | None = None) -> str:
+    """Return the dataset root for ``seed``, generating it first if absent."""
+    return generate(root or default_root(seed), seed, num_images)

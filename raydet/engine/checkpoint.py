@@ -1,0 +1,146 @@
+"""Checkpoint files: atomic writes, weights-only loads, RNG capture, pretrained loading.
+
+Layout (mmcv 1.x plus what exact resume needs)::
+
+    {'meta': {epoch, iter, time, config, CLASSES, raydet_version, torch_version, seed,
+              hook_msgs, fp16: {loss_scaler}, timestamp, ...},
+     'state_dict': model weights on CPU, no 'module.' prefix,
+     'optimizer': optimizer.state_dict(),
+     'hooks': {hook class name: hook.state_dict()},
+     'sampler': {'epoch', 'start_batch'},
+     'rng': {'python', 'numpy', 'torch', 'cuda'}}
+
+Every value is a tensor or a plain python type, so ``torch.load(weights_only=True)`` reads it.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import random
+import re
+import tempfile
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+
+logger = logging.getLogger("raydet")
+
+
+def save_file(obj: dict, path: str) -> None:
+    """``torch.save`` to a temp file in the same directory, fsync, then rename over ``path``:
+    a crash leaves either the old file or the new one, never half of one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def link_latest(target: str, link: str) -> None:
+    """Atomically point ``link`` (e.g. ``latest.pth``) at ``target`` (a relative symlink)."""
+    tmp = f"{link}.tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.basename(target), tmp)
+    os.replace(tmp, link)
+
+
+def load_file(path: str, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; :class:`CheckpointError` names the file when
+    it is missing, truncated or not a checkpoint."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to the user
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def load_weights(model: torch.nn.Module, path: str, logger: logging.Logger | None = None) -> dict:
+    """Non-strict weight loading (mmdet's ``load_from`` / ``init_cfg``): shapes that disagree are
+    skipped, and missing/unexpected/mismatched keys are logged. Returns the checkpoint."""
+    log = logger or globals()["logger"]
+    ckpt = load_file(path)
+    state = strip_prefix(ckpt.get("state_dict", ckpt))
+    module = model.module if hasattr(model, "module") else model
+    own = module.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    for k in mismatched:
+        state.pop(k)
+    result = module.load_state_dict(state, strict=False)
+    parts = []
+    if result.missing_keys:
+        parts.append(f"missing keys in source state_dict: {', '.join(result.missing_keys)}")
+    if result.unexpected_keys:
+        parts.append(f"unexpected keys in source state_dict: {', '.join(result.unexpected_keys)}")
+    if mismatched:
+        parts.append(f"size mismatch (skipped): {', '.join(mismatched)}")
+    log.info(f"load weights from {path}" + ("" if not parts else "\n" + "\n".join(parts)))
+    return ckpt
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch and CUDA generator states as tensors/python types."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = dict(python=[version, list(mt), gauss],
+                 numpy=[kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+                 torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+_NUMBERED = re.compile(r"^(epoch|iter)_(\d+)\.pth$")
+
+
+def find_latest_checkpoint(work_dir: str) -> str | None:
+    """The newest loadable checkpoint of ``work_dir``: ``latest.pth`` if it loads, else the
+    highest-numbered ``epoch_N.pth``/``iter_N.pth`` that does (corrupt ones are skipped with a
+    warning). ``None`` when there is none."""
+    candidates = []
+    latest = os.path.join(work_dir, "latest.pth")
+    if os.path.exists(latest):
+        candidates.append(latest)
+    numbered = []
+    for path in glob.glob(os.path.join(work_dir, "*.pth")):
+        m = _NUMBERED.match(os.path.basename(path))
+        if m:
+            numbered.append((int(m.group(2)), path))
+    candidates += [p for _, p in sorted(numbered, reverse=True)]
+    for path in candidates:
+        try:
+            load_file(path)
+            return os.path.realpath(path) if os.path.islink(path) else path
+        except CheckpointError as exc:
+            logger.warning(f"skipping unusable checkpoint: {exc}")
+    return None

@@ -1,0 +1,16 @@
+"""Typed hooks of the runner, in mmcv 1.x's priority order."""
+from .base import HOOKS, PRIORITIES, Hook, get_priority
+from .checkpoint import CheckpointHook
+from .evaluation import EvalHook
+from .logger import LogBuffer, LoggerHook, TensorboardLoggerHook, TextLoggerHook
+from .lr import (LR_POLICIES, MOMENTUM_POLICIES, CosineAnnealingLrUpdaterHook,
+                 CosineAnnealingMomentumUpdaterHook, CyclicMomentumUpdaterHook, LrUpdaterHook,
+                 MomentumUpdaterHook, OneCycleLrUpdaterHook, StepLrUpdaterHook, build_lr_hook)
+from .optimizer import OptimizerHook
+from .timer import DistSamplerSeedHook, IterTimerHook
+
+__all__ = ["HOOKS", "PRIORITIES", "Hook", "get_priority", "CheckpointHook", "EvalHook", "LogBuffer",
+           "LoggerHook", "TextLoggerHook", "TensorboardLoggerHook", "LR_POLICIES", "MOMENTUM_POLICIES",
+           "LrUpdaterHook", "MomentumUpdaterHook", "StepLrUpdaterHook", "CosineAnnealingLrUpdaterHook",
+           "OneCycleLrUpdaterHook", "CosineAnnealingMomentumUpdaterHook", "CyclicMomentumUpdaterHook",
+           "build_lr_hook", "OptimizerHook", "IterTimerHook", "DistSamplerSeedHook"]

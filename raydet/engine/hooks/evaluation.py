@@ -1,0 +1,97 @@
+"""Evaluation during training, with ``save_best``."""
+from __future__ import annotations
+
+import os
+
+from ..dist import is_main
+from ..inference import evaluate_distributed
+from .base import PRIORITIES, Hook
+
+GREATER_KEYS = ("mAP", "AR", "acc", "top")
+LESS_KEYS = ("loss",)
+
+
+class EvalHook(Hook):
+    """Evaluate on ``dataloader`` every ``interval`` epochs (from ``start``), on all ranks.
+
+    Metrics go into the log buffer (logged as ``Epoch(val)`` lines). ``save_best`` (``'auto'``
+    = the first metric, e.g. ``bbox_mAP``) keeps ``best_{key}_epoch_{n}.pth`` and records
+    ``best_score``/``best_ckpt`` in ``runner.meta['hook_msgs']``, which checkpoints carry, so the
+    best score survives a resume. ``rule`` is ``'greater'``/``'less'``, inferred from the key.
+
+    Runs at priority 49, just before :class:`CheckpointHook` (mmcv ran it after, at LOW), so that
+    an epoch's checkpoint already holds that epoch's best score: resuming from it never forgets a
+    best that was reached in the checkpointed epoch. The model is in train mode again afterwards.
+    """
+
+    priority = PRIORITIES["NORMAL"] - 1
+
+    def __init__(self, dataloader, start=None, interval=1, by_epoch=True, save_best=None, rule=None,
+                 metric="bbox", classwise=False, gpu_collect=False, tmpdir=None, greater_keys=None,
+                 less_keys=None, autocast=None):
+        if not by_epoch:
+            raise ValueError("evaluation.by_epoch=False is not supported by the epoch-based runner")
+        if rule not in (None, "greater", "less"):
+            raise ValueError(f"evaluation.rule must be 'greater' or 'less', got {rule!r}")
+        if start is not None and start < 0:
+            raise ValueError(f"evaluation.start must be >= 0, got {start}")
+        self.dataloader, self.start, self.interval = dataloader, start, interval
+        self.save_best, self.rule = save_best, rule
+        self.greater_keys = tuple(greater_keys or GREATER_KEYS)
+        self.less_keys = tuple(less_keys or LESS_KEYS)
+        self.eval_kwargs = dict(metric=metric, classwise=classwise)
+        self.autocast = autocast
+        self.last_metrics: dict = {}
+
+    def _should_evaluate(self, runner) -> bool:
+        current = runner.epoch + 1
+        if self.start is None:
+            return self.every_n_epochs(runner, self.interval)
+        return current >= self.start and (current - self.start) % self.interval == 0
+
+    def after_train_epoch(self, runner):
+        if not self._should_evaluate(runner):
+            return
+        metrics, _ = evaluate_distributed(runner.model, self.dataloader, self.eval_kwargs,
+                                          logger=runner.logger, autocast=self.autocast)
+        runner.model.train()
+        self.last_metrics = metrics
+        for key, value in metrics.items():
+            runner.log_buffer.output[key] = value
+        runner.log_buffer.ready = True
+        if self.save_best:
+            self._save_best(runner, metrics)
+
+    def _key_and_rule(self, metrics):
+        key = self.save_best
+        if key == "auto":
+            key = next(k for k, v in metrics.items() if isinstance(v, float))
+        if key not in metrics:
+            raise KeyError(f"evaluation.save_best='{key}' is not among the metrics {sorted(metrics)}")
+        rule = self.rule
+        if rule is None:
+            if any(k in key for k in self.greater_keys):
+                rule = "greater"
+            elif any(k in key for k in self.less_keys):
+                rule = "less"
+            else:
+                raise ValueError(f"cannot infer evaluation.rule for '{key}'; set rule='greater' or 'less'")
+        return key, rule
+
+    def _save_best(self, runner, metrics):
+        key, rule = self._key_and_rule(metrics)
+        score = metrics[key]
+        msgs = runner.meta.setdefault("hook_msgs", {})
+        best = msgs.get("best_score")
+        if best is not None and not (score > best if rule == "greater" else score < best):
+            return
+        msgs["best_score"] = score
+        path = os.path.join(runner.work_dir, f"best_{key}_epoch_{runner.epoch + 1}.pth")
+        old = msgs.get("best_ckpt")
+        msgs["best_ckpt"] = path
+        if is_main():
+            if old and old != path and os.path.isfile(old):
+                os.remove(old)
+            runner.save_checkpoint(path, create_symlink=False)
+            runner.logger.info(f"Now best checkpoint is saved as {os.path.basename(path)}. "
+                               f"Best {key} is {score:.4f} at epoch {runner.epoch + 1}.")

@@ -1,0 +1,206 @@
+"""Logging: mmcv's ``LogBuffer``, text + JSON logs (``{timestamp}.log``, ``.log.json``) and TensorBoard.
+
+Exactly-once lines: the text logger's state is the byte length of both files at checkpoint time.
+A resumed run whose work_dir still holds those files truncates them back to that length and
+appends, so iterations recomputed after a crash are never logged twice.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from ..dist import is_main
+from .base import PRIORITIES, Hook
+
+
+class LogBuffer:
+    """Running values of the current logging interval, averaged weighted by sample count."""
+
+    def __init__(self):
+        self.val_history, self.n_history = OrderedDict(), OrderedDict()
+        self.output, self.ready = OrderedDict(), False
+
+    def clear(self):
+        self.val_history.clear()
+        self.n_history.clear()
+        self.clear_output()
+
+    def clear_output(self):
+        self.output.clear()
+        self.ready = False
+
+    def update(self, vars: dict, count: int = 1):
+        for key, var in vars.items():
+            self.val_history.setdefault(key, []).append(var)
+            self.n_history.setdefault(key, []).append(count)
+
+    def average(self, n: int = 0):
+        """Average the latest ``n`` values of each key (all when ``n == 0``) into ``output``."""
+        for key in self.val_history:
+            values = np.array(self.val_history[key][-n:])
+            nums = np.array(self.n_history[key][-n:])
+            self.output[key] = float(np.sum(values * nums) / np.sum(nums))
+        self.ready = True
+
+
+class LoggerHook(Hook):
+    priority = PRIORITIES["VERY_LOW"]
+
+    def __init__(self, interval=10, ignore_last=True, reset_flag=False, by_epoch=True):
+        self.interval, self.ignore_last, self.reset_flag, self.by_epoch = interval, ignore_last, reset_flag, by_epoch
+
+    def log(self, runner):
+        raise NotImplementedError
+
+    def before_train_epoch(self, runner):
+        runner.log_buffer.clear()
+
+    def after_train_iter(self, runner):
+        if self.by_epoch and self.every_n_inner_iters(runner, self.interval):
+            runner.log_buffer.average(self.interval)
+        elif not self.by_epoch and self.every_n_iters(runner, self.interval):
+            runner.log_buffer.average(self.interval)
+        elif self.end_of_epoch(runner) and not self.ignore_last:
+            runner.log_buffer.average(self.interval)
+        if runner.log_buffer.ready:
+            self.log(runner)
+
+    def after_train_epoch(self, runner):
+        if runner.log_buffer.ready:  # evaluation results
+            self.log(runner)
+
+    def after_val_epoch(self, runner):
+        runner.log_buffer.average()
+        self.log(runner)
+
+    @staticmethod
+    def current_lr(runner) -> float:
+        return runner.optimizer.param_groups[0]["lr"]
+
+    @staticmethod
+    def tag_values(runner) -> dict:
+        return {k: v for k, v in runner.log_buffer.output.items()
+                if isinstance(v, (int, float)) and k not in ("time", "data_time")}
+
+
+class TextLoggerHook(LoggerHook):
+    """``Epoch [e][i/n]\\tlr: ..., eta: ..., time: ..., data_time: ..., [memory: ...,] loss_x: ...``
+    lines to the runner's logger and ``{timestamp}.log``, and mmdet's JSON records to
+    ``{timestamp}.log.json`` (first line: the run's meta). Rank 0 only writes files."""
+
+    def __init__(self, interval=10, ignore_last=True, reset_flag=False, by_epoch=True):
+        super().__init__(interval, ignore_last, reset_flag, by_epoch)
+        self.timestamp = None
+        self.resume_offsets = None
+        self.handler = None
+
+    def _paths(self):
+        base = os.path.join(self.work_dir, f"{self.timestamp}.log")
+        return base, base + ".json"
+
+    def before_run(self, runner):
+        self.timestamp = self.timestamp or runner.timestamp
+        self.work_dir = runner.work_dir
+        self.start_iter = runner.iter
+        self.time_sec_tot = 0.0
+        if not is_main():
+            return
+        os.makedirs(runner.work_dir, exist_ok=True)
+        text_path, json_path = self._paths()
+        if self.resume_offsets is not None:
+            for path, size in zip((text_path, json_path), self.resume_offsets):
+                if os.path.exists(path) and os.path.getsize(path) > size:
+                    os.truncate(path, size)
+        self.handler = logging.FileHandler(text_path, mode="a")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        runner.logger.addHandler(self.handler)
+        if not os.path.exists(json_path) or os.path.getsize(json_path) == 0:
+            self._dump_json(json_path, {k: v for k, v in runner.meta.items() if k in ("env_info", "seed", "exp_name")})
+
+    def after_run(self, runner):
+        if self.handler is not None:
+            runner.logger.removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None
+
+    @staticmethod
+    def _round(value):
+        return round(value, 5) if isinstance(value, float) else value
+
+    def _dump_json(self, path, record):
+        with open(path, "a") as f:
+            f.write(json.dumps({k: self._round(v) for k, v in record.items()}) + "\n")
+
+    def log(self, runner):
+        out = runner.log_buffer.output
+        mode = "train" if runner.mode == "train" and "time" in out else "val"
+        record = OrderedDict(mode=mode, epoch=runner.epoch + 1, iter=runner.inner_iter + 1)
+        record["lr"] = self.current_lr(runner)
+        if torch.cuda.is_available() and mode == "train":
+            mem = torch.cuda.max_memory_allocated()
+            record["memory"] = int(mem / (1024 * 1024))
+        record.update(out)
+        if mode == "train":
+            self.time_sec_tot += out["time"] * self.interval
+            done = runner.iter - self.start_iter + 1
+            eta_sec = self.time_sec_tot / done * (runner.max_iters - runner.iter - 1)
+            eta = str(datetime.timedelta(seconds=int(eta_sec)))
+            head = (f"Epoch [{record['epoch']}][{record['iter']}/{runner.iters_per_epoch}]\t"
+                    f"lr: {record['lr']:.3e}, eta: {eta}, time: {out['time']:.3f}, "
+                    f"data_time: {out['data_time']:.3f}, ")
+            if "memory" in record:
+                head += f"memory: {record['memory']}, "
+            skip = {"time", "data_time"}
+        else:
+            head = f"Epoch(val) [{record['epoch']}][{runner.inner_iter + 1}]\t"
+            skip = set()
+        items = [f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                 for k, v in out.items() if k not in skip]
+        runner.logger.info(head + ", ".join(items))
+        if is_main():
+            self._dump_json(self._paths()[1], record)
+
+    def state_dict(self):
+        if not is_main() or self.handler is None:
+            return {"timestamp": self.timestamp or "", "offsets": [0, 0]}
+        self.handler.flush()
+        return {"timestamp": self.timestamp, "offsets": [os.path.getsize(p) for p in self._paths()]}
+
+    def load_state_dict(self, state):
+        self.timestamp = state["timestamp"] or None
+        self.resume_offsets = list(state["offsets"])
+
+
+class TensorboardLoggerHook(LoggerHook):
+    """Scalars to ``{work_dir}/tf_logs`` (``log_dir``); a resumed run purges events past its
+    iteration so a recomputed stretch is not plotted twice."""
+
+    def __init__(self, interval=10, log_dir=None, ignore_last=True, reset_flag=False, by_epoch=True):
+        super().__init__(interval, ignore_last, reset_flag, by_epoch)
+        self.log_dir, self.writer = log_dir, None
+
+    def before_run(self, runner):
+        if not is_main():
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        self.log_dir = self.log_dir or os.path.join(runner.work_dir, "tf_logs")
+        self.writer = SummaryWriter(self.log_dir, purge_step=runner.iter if runner.iter > 0 else None)
+
+    def log(self, runner):
+        if self.writer is None:
+            return
+        step = runner.iter + 1 if runner.mode == "train" else runner.iter
+        for key, value in self.tag_values(runner).items():
+            self.writer.add_scalar(f"{runner.mode}/{key}", value, step)
+        self.writer.add_scalar("learning_rate", self.current_lr(runner), step)
+
+    def after_run(self, runner):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

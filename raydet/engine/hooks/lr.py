@@ -1,0 +1,284 @@
+"""LR and momentum updaters with mmcv 1.x's formulas (``mmcv/runner/hooks/{lr,momentum}_updater.py``).
+
+Regular values come from the policy; during warm-up (per iteration, also when ``by_epoch``) the
+LR is ``linear``: ``regular * (1 - (1 - i / W) * (1 - ratio))``, ``constant``: ``regular * ratio``,
+``exp``: ``regular * ratio ** (1 - i / W)`` (momentum divides by the same factor).
+"""
+from __future__ import annotations
+
+import math
+
+from ...registry import Registry
+from .base import PRIORITIES, Hook
+
+LR_POLICIES = Registry("lr_config policy")
+MOMENTUM_POLICIES = Registry("momentum_config policy")
+
+
+def annealing_cos(start: float, end: float, factor: float, weight: float = 1.0) -> float:
+    cos_out = math.cos(math.pi * factor) + 1
+    return end + 0.5 * weight * (start - end) * cos_out
+
+
+def annealing_linear(start: float, end: float, factor: float) -> float:
+    return start + (end - start) * factor
+
+
+_ANNEAL = {"cos": annealing_cos, "linear": annealing_linear}
+
+
+class _ScheduleHook(Hook):
+    """Shared warm-up and per-epoch / per-iteration update logic of LR and momentum hooks."""
+
+    def __init__(self, by_epoch=True, warmup=None, warmup_iters=0, warmup_ratio=0.1, warmup_by_epoch=False):
+        if warmup is not None:
+            if warmup not in ("constant", "linear", "exp"):
+                raise ValueError(f'"{warmup}" is not a supported warmup type; use constant, linear or exp')
+            if warmup_iters <= 0:
+                raise ValueError('"warmup_iters" must be a positive integer')
+            if not 0 < warmup_ratio <= 1.0:
+                raise ValueError('"warmup_ratio" must be in range (0,1]')
+        self.by_epoch, self.warmup, self.warmup_iters = by_epoch, warmup, warmup_iters
+        self.warmup_ratio, self.warmup_by_epoch = warmup_ratio, warmup_by_epoch
+        self.warmup_epochs = warmup_iters if warmup_by_epoch else None
+        self.base = []
+        self.regular = []
+
+    # subclasses: which param-group field, how to compute values
+    def _get(self, group) -> float: raise NotImplementedError
+    def _put(self, group, value: float) -> None: raise NotImplementedError
+    def _initial_key(self) -> str: raise NotImplementedError
+    def get_value(self, runner, base: float) -> float: raise NotImplementedError
+    def _warmup_factor(self, cur_iter: int) -> float: raise NotImplementedError
+
+    def before_run(self, runner):
+        key = self._initial_key()
+        for group in runner.optimizer.param_groups:
+            group.setdefault(key, self._get(group))
+        self.base = [group[key] for group in runner.optimizer.param_groups]
+
+    def _set(self, runner, values):
+        for group, v in zip(runner.optimizer.param_groups, values):
+            self._put(group, v)
+
+    def _regular(self, runner):
+        return [self.get_value(runner, b) for b in self.base]
+
+    def before_train_epoch(self, runner):
+        if self.warmup_epochs is not None:
+            self.warmup_iters = self.warmup_epochs * runner.iters_per_epoch
+        if not self.by_epoch:
+            return
+        self.regular = self._regular(runner)
+        self._set(runner, self.regular)
+
+    def before_train_iter(self, runner):
+        cur = runner.iter
+        if not self.by_epoch:
+            self.regular = self._regular(runner)
+            if self.warmup is None or cur >= self.warmup_iters:
+                self._set(runner, self.regular)
+            else:
+                self._set(runner, self._warmup(cur, self.regular))
+        else:
+            if self.warmup is None or cur > self.warmup_iters:
+                return
+            if cur == self.warmup_iters:
+                self._set(runner, self.regular)
+            else:
+                self._set(runner, self._warmup(cur, self.regular))
+
+
+class LrUpdaterHook(_ScheduleHook):
+    priority = PRIORITIES["VERY_HIGH"]
+
+    def _get(self, group): return group["lr"]
+    def _put(self, group, value): group["lr"] = value
+    def _initial_key(self): return "initial_lr"
+
+    def _warmup(self, cur, regular):
+        if self.warmup == "constant":
+            return [v * self.warmup_ratio for v in regular]
+        if self.warmup == "linear":
+            k = (1 - cur / self.warmup_iters) * (1 - self.warmup_ratio)
+            return [v * (1 - k) for v in regular]
+        k = self.warmup_ratio ** (1 - cur / self.warmup_iters)
+        return [v * k for v in regular]
+
+
+class MomentumUpdaterHook(_ScheduleHook):
+    priority = PRIORITIES["HIGH"]
+
+    def _get(self, group): return group["momentum"] if "momentum" in group else group["betas"][0]
+    def _initial_key(self): return "initial_momentum"
+
+    def _put(self, group, value):
+        if "momentum" in group:
+            group["momentum"] = value
+        elif "betas" in group:
+            group["betas"] = (value, group["betas"][1])
+
+    def _warmup(self, cur, regular):
+        if self.warmup == "constant":
+            return [v / self.warmup_ratio for v in regular]
+        if self.warmup == "linear":
+            k = (1 - cur / self.warmup_iters) * (1 - self.warmup_ratio)
+            return [v / (1 - k) for v in regular]
+        k = self.warmup_ratio ** (1 - cur / self.warmup_iters)
+        return [v / k for v in regular]
+
+
+def _progress(hook, runner):
+    return (runner.epoch, runner.max_epochs) if hook.by_epoch else (runner.iter, runner.max_iters)
+
+
+@LR_POLICIES.register("fixed")
+class FixedLrUpdaterHook(LrUpdaterHook):
+    def get_value(self, runner, base):
+        return base
+
+
+@LR_POLICIES.register("step")
+class StepLrUpdaterHook(LrUpdaterHook):
+    """``lr = base * gamma ** (number of milestones <= progress)``; ``step`` an int means every
+    ``step`` epochs/iterations."""
+
+    def __init__(self, step, gamma=0.1, min_lr=None, **kwargs):
+        if isinstance(step, list):
+            if not all(isinstance(s, int) and s > 0 for s in step):
+                raise ValueError('"step" must be a list of positive integers')
+        elif not (isinstance(step, int) and step > 0):
+            raise ValueError('"step" must be a positive integer or a list of them')
+        self.step, self.gamma, self.min_lr = step, gamma, min_lr
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        progress = runner.epoch if self.by_epoch else runner.iter
+        if isinstance(self.step, int):
+            exp = progress // self.step
+        else:
+            exp = sum(1 for s in self.step if progress >= s)
+        lr = base * self.gamma ** exp
+        return max(lr, self.min_lr) if self.min_lr is not None else lr
+
+
+@LR_POLICIES.register("CosineAnnealing")
+class CosineAnnealingLrUpdaterHook(LrUpdaterHook):
+    """Cosine from ``base`` to ``min_lr`` (or ``base * min_lr_ratio``); exactly one is given."""
+
+    def __init__(self, min_lr=None, min_lr_ratio=None, **kwargs):
+        if (min_lr is None) == (min_lr_ratio is None):
+            raise ValueError("CosineAnnealing needs exactly one of min_lr and min_lr_ratio")
+        self.min_lr, self.min_lr_ratio = min_lr, min_lr_ratio
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        progress, total = _progress(self, runner)
+        target = base * self.min_lr_ratio if self.min_lr_ratio is not None else self.min_lr
+        return annealing_cos(base, target, progress / total)
+
+
+@LR_POLICIES.register("OneCycle")
+class OneCycleLrUpdaterHook(LrUpdaterHook):
+    """Per iteration: from ``max_lr / div_factor`` up to ``max_lr`` over ``pct_start`` of
+    ``total_steps`` (default ``runner.max_iters``), then down to ``initial / final_div_factor``."""
+
+    def __init__(self, max_lr, total_steps=None, pct_start=0.3, anneal_strategy="cos", div_factor=25.0,
+                 final_div_factor=1e4, three_phase=False, **kwargs):
+        if kwargs.get("by_epoch", False):
+            raise ValueError("OneCycle updates per iteration; by_epoch must be False")
+        kwargs["by_epoch"] = False
+        if not 0 <= pct_start <= 1:
+            raise ValueError(f"pct_start must be in [0, 1], got {pct_start}")
+        if anneal_strategy not in _ANNEAL:
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy}")
+        self.max_lr, self.total_steps, self.pct_start = max_lr, total_steps, pct_start
+        self.anneal = _ANNEAL[anneal_strategy]
+        self.div_factor, self.final_div_factor, self.three_phase = div_factor, final_div_factor, three_phase
+        super().__init__(**kwargs)
+
+    def before_run(self, runner):
+        total = self.total_steps or runner.max_iters
+        if total < runner.max_iters:
+            raise ValueError(f"OneCycle total_steps {total} < the run's {runner.max_iters} iterations")
+        groups = runner.optimizer.param_groups
+        max_lrs = self.max_lr if isinstance(self.max_lr, (list, tuple)) else [self.max_lr] * len(groups)
+        self.base = [lr / self.div_factor for lr in max_lrs]
+        for group, lr in zip(groups, self.base):
+            group.setdefault("initial_lr", lr)
+        p = self.pct_start
+        if self.three_phase:
+            self.phases = [[float(p * total) - 1, 1, self.div_factor],
+                           [float(2 * p * total) - 2, self.div_factor, 1],
+                           [total - 1, 1, 1 / self.final_div_factor]]
+        else:
+            self.phases = [[float(p * total) - 1, 1, self.div_factor],
+                           [total - 1, self.div_factor, 1 / self.final_div_factor]]
+
+    def get_value(self, runner, base):
+        cur, start = runner.iter, 0
+        for end, start_mult, end_mult in self.phases:
+            if cur <= end:
+                return self.anneal(base * start_mult, base * end_mult, (cur - start) / (end - start))
+            start = end
+        return base * self.phases[-1][2]
+
+
+@MOMENTUM_POLICIES.register("CosineAnnealing")
+class CosineAnnealingMomentumUpdaterHook(MomentumUpdaterHook):
+    def __init__(self, min_momentum=None, min_momentum_ratio=None, **kwargs):
+        if (min_momentum is None) == (min_momentum_ratio is None):
+            raise ValueError("CosineAnnealing momentum needs exactly one of min_momentum and min_momentum_ratio")
+        self.min_momentum, self.min_momentum_ratio = min_momentum, min_momentum_ratio
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        progress, total = _progress(self, runner)
+        target = base * self.min_momentum_ratio if self.min_momentum_ratio is not None else self.min_momentum
+        return annealing_cos(base, target, progress / total)
+
+
+@MOMENTUM_POLICIES.register("cyclic")
+class CyclicMomentumUpdaterHook(MomentumUpdaterHook):
+    """Per iteration, ``cyclic_times`` cycles: from ``base`` to ``base * target_ratio[0]`` over
+    ``step_ratio_up`` of a cycle, then to ``base * target_ratio[1]``; ``gamma`` shrinks the
+    swing each cycle."""
+
+    def __init__(self, by_epoch=False, target_ratio=(0.85 / 0.95, 1), cyclic_times=1, step_ratio_up=0.4,
+                 anneal_strategy="cos", gamma=1.0, **kwargs):
+        if isinstance(target_ratio, (int, float)):
+            target_ratio = (target_ratio, target_ratio / 1e5)
+        if not 0 <= step_ratio_up < 1:
+            raise ValueError('"step_ratio_up" must be in range [0,1)')
+        if anneal_strategy not in _ANNEAL:
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy}")
+        self.target_ratio, self.cyclic_times, self.step_ratio_up = tuple(target_ratio), cyclic_times, step_ratio_up
+        self.gamma, self.anneal = gamma, _ANNEAL[anneal_strategy]
+        super().__init__(by_epoch=by_epoch, **kwargs)
+
+    def before_run(self, runner):
+        super().before_run(runner)
+        per_phase = runner.max_iters // self.cyclic_times
+        up = int(self.step_ratio_up * per_phase)
+        self.max_iter_per_phase = per_phase
+        self.phases = [[0, up, 1, self.target_ratio[0]],
+                       [up, per_phase, self.target_ratio[0], self.target_ratio[1]]]
+
+    def get_value(self, runner, base):
+        cur = runner.iter % self.max_iter_per_phase
+        scale = self.gamma ** (runner.iter // self.max_iter_per_phase)
+        for start, end, start_ratio, end_ratio in self.phases:
+            if start <= cur < end:
+                if start == 0:
+                    end_ratio = 1 - scale * (1 - end_ratio)
+                else:
+                    start_ratio = 1 - scale * (1 - start_ratio)
+                return self.anneal(base * start_ratio, base * end_ratio, (cur - start) / (end - start))
+        return base
+
+
+def build_lr_hook(cfg: dict, table: Registry = LR_POLICIES, where: str = "lr_config") -> Hook:
+    """``dict(policy='step', step=[8, 11], warmup='linear', ...)`` -> the policy's hook."""
+    cfg = dict(cfg)
+    policy = cfg.pop("policy")
+    return table.build(dict(type=policy, **cfg), where)

@@ -1,0 +1,227 @@
+"""The epoch-based runner: mmcv 1.x's EpochBasedRunner semantics in detectron2's shape.
+
+It takes built objects (model, batch processor, optimizer, loaders, hooks), never a config.
+Everything stateful is collected by :meth:`Runner.state_dict` into one checkpoint, and
+:meth:`Runner.resume` restores it strictly and continues at the next iteration, mid-epoch
+included. See :class:`raydet.engine.hooks.Hook` for the loop.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import time
+
+import torch
+
+from .. import __version__
+from ..errors import CheckpointError
+from .checkpoint import link_latest, load_file, load_weights, rng_state, save_file, set_rng_state, strip_prefix
+from .dist import get_world_size
+from .hooks import Hook, LogBuffer, get_priority
+
+STAGES = ("before_run", "before_train_epoch", "before_train_iter", "after_train_iter",
+          "after_train_epoch", "before_val_epoch", "before_val_iter", "after_val_iter",
+          "after_val_epoch", "after_run")
+CHECKPOINT_KEYS = {"meta", "state_dict", "optimizer", "hooks", "sampler", "rng"}
+
+
+class Runner:
+    """Runs ``workflow`` (e.g. ``[('train', 1), ('val', 1)]``) until ``max_epochs``.
+
+    ``batch_processor(model, data, train_mode) -> dict(loss, log_vars, num_samples)`` computes a
+    batch's losses (:func:`raydet.apis.batch_processor`); its forward runs under
+    ``autocast()`` (see :class:`raydet.engine.precision.Precision`). ``epoch``, ``iter`` and
+    ``inner_iter`` count completed epochs / iterations in mmcv's way: inside ``after_train_iter``
+    ``iter`` is still the index of the iteration that just finished.
+    """
+
+    def __init__(self, model, batch_processor, optimizer, work_dir: str, max_epochs: int,
+                 logger: logging.Logger | None = None, meta: dict | None = None, autocast=None,
+                 timestamp: str | None = None):
+        self.model, self.batch_processor, self.optimizer = model, batch_processor, optimizer
+        self.work_dir = os.path.abspath(work_dir)
+        self.logger = logger or logging.getLogger("raydet")
+        self.meta = dict(meta or {})
+        self.autocast = autocast or (lambda: torch.autocast("cpu", enabled=False))
+        self.timestamp = timestamp or time.strftime("%Y%m%d_%H%M%S", time.localtime())
+        self._max_epochs = max_epochs
+        self._epoch = self._iter = self._inner_iter = 0
+        self._max_iters = 0
+        self.iters_per_epoch = 0
+        self.start_batch = 0  # global batches of the current epoch already consumed (resume)
+        self.mode, self.data_loader, self.outputs = None, None, {}
+        self.log_buffer = LogBuffer()
+        self._hooks: list[Hook] = []
+        self._stage = None
+
+    epoch = property(lambda self: self._epoch)
+    iter = property(lambda self: self._iter)
+    inner_iter = property(lambda self: self._inner_iter)
+    max_epochs = property(lambda self: self._max_epochs)
+    max_iters = property(lambda self: self._max_iters)
+    hooks = property(lambda self: list(self._hooks))
+
+    # ------------------------------------------------------------------ hooks
+    def register_hook(self, hook: Hook, priority=None) -> None:
+        """Insert ``hook`` after every hook of lower-or-equal priority (mmcv's order)."""
+        if priority is not None:
+            hook.priority = get_priority(priority)
+        index = len(self._hooks)
+        while index > 0 and self._hooks[index - 1].priority > hook.priority:
+            index -= 1
+        self._hooks.insert(index, hook)
+
+    def call_hook(self, stage: str) -> None:
+        self._stage = stage
+        for hook in self._hooks:
+            getattr(hook, stage)(self)
+        self._stage = None
+
+    def hook_order(self) -> str:
+        """The hooks that act at each stage, in order (logged at the start of a run)."""
+        lines = []
+        for stage in STAGES:
+            acting = [h for h in self._hooks if getattr(type(h), stage) is not getattr(Hook, stage)]
+            if acting:
+                lines.append(f"{stage}:\n" + "\n".join(f"({h.priority:<3}) {type(h).__name__}" for h in acting))
+        return "Hooks will be executed in the following order:\n" + "\n".join(lines)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, data_loaders: list, workflow: list[tuple[str, int]]) -> None:
+        """Run the phases of ``workflow`` with the matching loaders until ``max_epochs``."""
+        if len(data_loaders) != len(workflow):
+            raise ValueError(f"{len(data_loaders)} loaders for a workflow of {len(workflow)} phases")
+        for (phase, _), loader in zip(workflow, data_loaders):
+            if phase == "train":
+                sampler = getattr(loader, "sampler", None)
+                self.iters_per_epoch = sampler.num_batches() if hasattr(sampler, "num_batches") else len(loader)
+        self._max_iters = self._max_epochs * self.iters_per_epoch
+        self.logger.info(f"Start running, work_dir: {self.work_dir}")
+        self.logger.info(self.hook_order())
+        self.logger.info(f"workflow: {workflow}, max: {self._max_epochs} epochs")
+        self.call_hook("before_run")
+        while self._epoch < self._max_epochs:
+            for (phase, epochs), loader in zip(workflow, data_loaders):
+                for _ in range(epochs):
+                    if phase == "train" and self._epoch >= self._max_epochs:
+                        break
+                    getattr(self, phase)(loader)
+        self.call_hook("after_run")
+
+    def run_iter(self, data_batch: dict, train_mode: bool) -> None:
+        with self.autocast():
+            outputs = self.batch_processor(self.model, data_batch, train_mode=train_mode)
+        if not isinstance(outputs, dict):
+            raise TypeError("batch_processor must return a dict")
+        self.log_buffer.update(outputs["log_vars"], outputs["num_samples"])
+        self.outputs = outputs
+
+    def train(self, data_loader) -> None:
+        self.model.train()
+        self.mode, self.data_loader = "train", data_loader
+        first = math.ceil(self.start_batch / get_world_size())
+        self._inner_iter = first - 1
+        self.call_hook("before_train_epoch")
+        for i, data_batch in enumerate(data_loader, start=first):
+            self._inner_iter = i
+            self.call_hook("before_train_iter")
+            self.run_iter(data_batch, train_mode=True)
+            self.call_hook("after_train_iter")
+            self.log_buffer.clear_output()
+            self._iter += 1
+        self.start_batch = 0
+        self.call_hook("after_train_epoch")
+        self.log_buffer.clear_output()
+        self._epoch += 1
+
+    @torch.no_grad()
+    def val(self, data_loader) -> None:
+        """Losses on ``data_loader`` without gradients. torchvision detectors only compute losses
+        in train mode, so the model is in train mode with its BatchNorm layers frozen."""
+        self.model.train()
+        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in norms:
+            m.eval()
+        self.mode, self.data_loader = "val", data_loader
+        self.call_hook("before_val_epoch")
+        for i, data_batch in enumerate(data_loader):
+            self._inner_iter = i
+            self.call_hook("before_val_iter")
+            self.run_iter(data_batch, train_mode=False)
+            self.call_hook("after_val_iter")
+        self.call_hook("after_val_epoch")
+        self.log_buffer.clear_output()
+
+    # ------------------------------------------------------------------ state
+    def _module(self):
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    def state_dict(self, save_optimizer: bool = True, meta: dict | None = None) -> dict:
+        """Everything a resume needs. Called from a hook, it counts the iteration or epoch that
+        just finished as done."""
+        in_iter, in_epoch = self._stage == "after_train_iter", self._stage == "after_train_epoch"
+        if in_iter:
+            sampler = dict(epoch=self._epoch, start_batch=(self._inner_iter + 1) * get_world_size())
+        else:
+            sampler = dict(epoch=self._epoch + int(in_epoch), start_batch=0)
+        full_meta = dict(self.meta)
+        full_meta.update(meta or {})
+        full_meta.update(epoch=self._epoch + int(in_epoch), iter=self._iter + int(in_iter),
+                         time=time.asctime(), timestamp=self.timestamp, raydet_version=__version__,
+                         torch_version=torch.__version__, python_version=platform.python_version(),
+                         world_size=get_world_size())
+        state = dict(meta=full_meta,
+                     state_dict={k: v.detach().cpu() for k, v in strip_prefix(self._module().state_dict()).items()},
+                     hooks={type(h).__name__: h.state_dict() for h in self._hooks if h.state_dict()},
+                     sampler=sampler, rng=rng_state())
+        if save_optimizer:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Strict: missing or leftover keys, hooks or weights raise :class:`CheckpointError`."""
+        keys = set(state)
+        if keys != CHECKPOINT_KEYS:
+            missing, extra = sorted(CHECKPOINT_KEYS - keys), sorted(keys - CHECKPOINT_KEYS)
+            hint = " (saved with save_optimizer=False?)" if "optimizer" in missing else ""
+            raise CheckpointError(f"cannot resume: checkpoint missing keys {missing}, leftover keys {extra}{hint}")
+        own = {type(h).__name__: h for h in self._hooks if h.state_dict()}
+        if set(own) != set(state["hooks"]):
+            raise CheckpointError(f"cannot resume: checkpoint has state of hooks {sorted(state['hooks'])}, "
+                                  f"this run has stateful hooks {sorted(own)}")
+        try:
+            self._module().load_state_dict(state["state_dict"], strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            for name, hook in own.items():
+                hook.load_state_dict(state["hooks"][name])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"cannot resume: {exc}") from None
+        meta = state["meta"]
+        self.meta["hook_msgs"] = dict(meta.get("hook_msgs", {}))
+        self._iter = int(meta["iter"])
+        self._epoch = int(state["sampler"]["epoch"])
+        self.start_batch = int(state["sampler"]["start_batch"])
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self, path: str, save_optimizer: bool = True, meta: dict | None = None,
+                        create_symlink: bool = True) -> None:
+        """Write the full state atomically; ``latest.pth`` then points at it."""
+        save_file(self.state_dict(save_optimizer, meta), path)
+        if create_symlink:
+            link_latest(path, os.path.join(os.path.dirname(path), "latest.pth"))
+
+    def resume(self, path: str) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""
+        state = load_file(path)
+        try:
+            self.load_state_dict(state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        self.logger.info(f"resumed from {path} at epoch {self._epoch + 1}, iter {self._iter + 1} "
+                         f"(completed: {self._epoch} epochs, {self._iter} iterations)")
+
+    def load_checkpoint(self, path: str) -> dict:
+        """Load weights only, non-strict, logging mismatched keys (mmdet's ``load_from``)."""
+        return load_weights(self.model, path, self.logger)

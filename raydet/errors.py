@@ -1,0 +1,26 @@
+"""Named exceptions raised by raydet. Library code raises these; only the CLI turns them into exit codes."""
+
+
+class RaydetError(Exception):
+    """Base class of every error raydet raises on purpose."""
+
+
+class ConfigError(RaydetError, ValueError):
+    """A config file or override is invalid: unknown key, wrong value, inconsistent settings."""
+
+
+class DataError(RaydetError):
+    """An image or annotation file is missing, unreadable or malformed; the message names the file."""
+
+
+class CheckpointError(RaydetError):
+    """A checkpoint is missing, truncated, corrupt or does not match the run it is loaded into."""
+
+
+class NonFiniteLossError(RaydetError, FloatingPointError):
+    """A training loss became NaN/Inf in full precision. Carries ``epoch``, ``iter`` and ``losses``."""
+
+    def __init__(self, epoch: int, iter: int, losses: dict):
+        self.epoch, self.iter, self.losses = epoch, iter, losses
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+        super().__init__(f"non-finite loss at epoch {epoch + 1}, iter {iter + 1}: {shown}")
