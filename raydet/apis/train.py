@@ -115,6 +115,8 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     path)`` runs on every rank after each periodic checkpoint."""
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
     rank, world = get_rank(), get_world_size()
+    # mmcv's get_root_logger: the configured level on rank 0, errors only elsewhere
+    logger.setLevel(cfg.get("log_level", "INFO") if rank == 0 else "ERROR")
     loader_cfg = _data_cfg(cfg)
     loaders = [build_dataloader(ds, loader_cfg["samples_per_gpu"], loader_cfg["workers_per_gpu"],
                                 num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
@@ -174,7 +176,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         runner.register_hook(EvalHook(val_loader, autocast=precision.autocast, **eval_cfg))
     for i, hook_cfg in enumerate(cfg.get("custom_hooks") or []):
         hook_cfg = dict(hook_cfg)
-        priority = hook_cfg.pop("priority", "NORMAL")
+        priority = hook_cfg.pop("priority", None)  # default: the hook class's own (NORMAL for most)
         runner.register_hook(HOOKS.build(hook_cfg, f"custom_hooks.{i}"), priority=priority)
 
     resume = cfg.get("resume_from")

@@ -64,8 +64,12 @@ def load_file(path: str, map_location="cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to the user
+        text = str(exc)
+        if "WeightsUnpickler error:" in text:  # a readable file holding non-tensor objects
+            detail = text.split("WeightsUnpickler error:")[1].strip().splitlines()[0]
+            raise CheckpointError(f"checkpoint {path} holds objects a weights-only load refuses: {detail}") from None
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                              f"({type(exc).__name__}: {text.splitlines()[0][:200]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
     return obj

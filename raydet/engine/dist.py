@@ -34,7 +34,7 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     """Average python floats over ranks (one collective for the whole dict; keys must match)."""
     if not is_dist():
         return values
-    keys = sorted(values)
+    keys = list(values)  # the same order on every rank: models build their loss dicts alike
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
     t /= dist.get_world_size()

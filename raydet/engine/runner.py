@@ -55,6 +55,7 @@ class Runner:
         self.log_buffer = LogBuffer()
         self._hooks: list[Hook] = []
         self._stage = None
+        self.resumed_from = None
 
     epoch = property(lambda self: self._epoch)
     iter = property(lambda self: self._iter)
@@ -98,10 +99,13 @@ class Runner:
                 sampler = getattr(loader, "sampler", None)
                 self.iters_per_epoch = sampler.num_batches() if hasattr(sampler, "num_batches") else len(loader)
         self._max_iters = self._max_epochs * self.iters_per_epoch
+        self.call_hook("before_run")  # first: the text logger hook opens the run's log file here
         self.logger.info(f"Start running, work_dir: {self.work_dir}")
         self.logger.info(self.hook_order())
         self.logger.info(f"workflow: {workflow}, max: {self._max_epochs} epochs")
-        self.call_hook("before_run")
+        if self.resumed_from:
+            self.logger.info(f"resumed from {self.resumed_from} at epoch {self._epoch + 1}, iter {self._iter + 1} "
+                             f"(completed: {self._epoch} epochs, {self._iter} iterations)")
         while self._epoch < self._max_epochs:
             for (phase, epochs), loader in zip(workflow, data_loaders):
                 for _ in range(epochs):
@@ -158,19 +162,26 @@ class Runner:
     def _module(self):
         return self.model.module if hasattr(self.model, "module") else self.model
 
+    def progress(self) -> tuple[int, int]:
+        """Completed ``(epochs, iterations)``; from ``after_train_iter``/``after_train_epoch`` the
+        iteration or epoch that just finished counts as completed."""
+        return (self._epoch + int(self._stage == "after_train_epoch"),
+                self._iter + int(self._stage == "after_train_iter"))
+
     def state_dict(self, save_optimizer: bool = True, meta: dict | None = None) -> dict:
         """Everything a resume needs. Called from a hook, it counts the iteration or epoch that
         just finished as done."""
-        in_iter, in_epoch = self._stage == "after_train_iter", self._stage == "after_train_epoch"
+        in_iter = self._stage == "after_train_iter"
+        done_epochs, done_iters = self.progress()
         if in_iter:
             sampler = dict(epoch=self._epoch, start_batch=(self._inner_iter + 1) * get_world_size())
         else:
-            sampler = dict(epoch=self._epoch + int(in_epoch), start_batch=0)
+            sampler = dict(epoch=done_epochs, start_batch=0)
         full_meta = dict(self.meta)
         full_meta.update(meta or {})
-        full_meta.update(epoch=self._epoch + int(in_epoch), iter=self._iter + int(in_iter),
+        full_meta.update(epoch=done_epochs, iter=done_iters,
                          time=time.asctime(), timestamp=self.timestamp, raydet_version=__version__,
-                         torch_version=torch.__version__, python_version=platform.python_version(),
+                         torch_version=str(torch.__version__), python_version=platform.python_version(),
                          world_size=get_world_size())
         state = dict(meta=full_meta,
                      state_dict={k: v.detach().cpu() for k, v in strip_prefix(self._module().state_dict()).items()},
@@ -219,8 +230,7 @@ class Runner:
             self.load_state_dict(state)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-        self.logger.info(f"resumed from {path} at epoch {self._epoch + 1}, iter {self._iter + 1} "
-                         f"(completed: {self._epoch} epochs, {self._iter} iterations)")
+        self.resumed_from = path
 
     def load_checkpoint(self, path: str) -> dict:
         """Load weights only, non-strict, logging mismatched keys (mmdet's ``load_from``)."""

@@ -5,7 +5,8 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+import torchvision
+from torchvision.models.detection.backbone_utils import mobilenet_backbone
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -86,14 +87,40 @@ def gn_convnet(neck, channels=(32, 64, 96, 128), out_indices=(1, 2, 3), groups=8
                    _extra_blocks(neck.get("extra"), neck["out_channels"]))
 
 
+class ResNetBody(nn.Module):
+    """A torchvision ResNet's stem and stages; returns stages ``out_indices`` (1-4) as ``'0'``, ..."""
+
+    def __init__(self, depth: int, norm: str, out_indices=(1, 2, 3, 4), frozen_stages: int = -1):
+        super().__init__()
+        net = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=norm_layer(norm))
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        self.out_indices = tuple(out_indices)
+        widths = [layer[-1].conv3.out_channels if hasattr(layer[-1], "conv3") else layer[-1].conv2.out_channels
+                  for layer in self.layers]
+        self.out_channels_list = [widths[i - 1] for i in self.out_indices]
+        frozen = ([self.stem] if frozen_stages >= 0 else []) + list(self.layers[:max(frozen_stages, 0)])
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x):
+        out = OrderedDict()
+        x = self.stem(x)
+        for i, layer in enumerate(self.layers, start=1):
+            x = layer(x)
+            if i in self.out_indices:
+                out[str(len(out))] = x
+        return out
+
+
 @BACKBONES.register("ResNet")
 def resnet(neck, depth=50, norm="BN", out_indices=(1, 2, 3, 4), frozen_stages=-1):
     if depth not in (18, 34, 50):
         raise ConfigError(f"model.backbone.depth must be 18, 34 or 50, got {depth}")
-    trainable = 5 if frozen_stages < 0 else max(0, 4 - frozen_stages)
-    return resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None, norm_layer=norm_layer(norm),
-                               trainable_layers=trainable, returned_layers=list(out_indices),
-                               extra_blocks=_extra_blocks(neck.get("extra", "pool"), neck["out_channels"]))
+    body = ResNetBody(depth, norm, out_indices, frozen_stages)
+    return WithFPN(body, body.out_channels_list, neck["out_channels"],
+                   _extra_blocks(neck.get("extra", "pool"), neck["out_channels"]))
 
 
 @BACKBONES.register("MobileNetV3")

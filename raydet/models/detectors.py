@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.ssdlite import ssdlite320_mobilenet_v3_large
@@ -173,11 +174,16 @@ def _train_cfg(train_cfg, allowed, where="model.train_cfg"):
 
 
 @MODELS.register("FCOS")
-def fcos(num_classes, backbone, neck=None, anchor_generator=None, train_cfg=None, test_cfg=None, init_cfg=None):
+def fcos(num_classes, backbone, neck=None, anchor_generator=None, bbox_head=None, train_cfg=None, test_cfg=None,
+         init_cfg=None):
+    """``bbox_head=dict(num_convs=4)``: conv layers in each of the head's two towers."""
     body = build_backbone(backbone, neck)
     strides = list(feature_strides(body).values())
     t = _test_cfg(test_cfg)
+    head = dict(bbox_head or {})
+    check_keys(head.keys(), {"num_convs"}, "model.bbox_head")
     det = FCOS(body, num_classes + 1, anchor_generator=_anchor_generator(anchor_generator, strides, 1.0, 1, (1.0,)),
+               head=FCOSHead(body.out_channels, 1, num_classes + 1, num_convs=head.get("num_convs", 4)),
                score_thresh=t["score_thr"], nms_thresh=t["nms"]["iou_threshold"],
                detections_per_img=t["max_per_img"], topk_candidates=t["nms_pre"],
                **_train_cfg(train_cfg, {"center_sampling_radius"}))

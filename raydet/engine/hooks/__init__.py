@@ -1,5 +1,6 @@
 """Typed hooks of the runner, in mmcv 1.x's priority order."""
 from .base import HOOKS, PRIORITIES, Hook, get_priority
+from .chaos import ChaosError, ChaosHook
 from .checkpoint import CheckpointHook
 from .evaluation import EvalHook
 from .logger import LogBuffer, LoggerHook, TensorboardLoggerHook, TextLoggerHook
@@ -13,4 +14,5 @@ __all__ = ["HOOKS", "PRIORITIES", "Hook", "get_priority", "CheckpointHook", "Eva
            "LoggerHook", "TextLoggerHook", "TensorboardLoggerHook", "LR_POLICIES", "MOMENTUM_POLICIES",
            "LrUpdaterHook", "MomentumUpdaterHook", "StepLrUpdaterHook", "CosineAnnealingLrUpdaterHook",
            "OneCycleLrUpdaterHook", "CosineAnnealingMomentumUpdaterHook", "CyclicMomentumUpdaterHook",
-           "build_lr_hook", "OptimizerHook", "IterTimerHook", "DistSamplerSeedHook"]
+           "build_lr_hook", "OptimizerHook", "IterTimerHook", "DistSamplerSeedHook", "ChaosHook",
+           "ChaosError"]

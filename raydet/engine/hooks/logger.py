@@ -1,8 +1,9 @@
 """Logging: mmcv's ``LogBuffer``, text + JSON logs (``{timestamp}.log``, ``.log.json``) and TensorBoard.
 
-Exactly-once lines: the text logger's state is the byte length of both files at checkpoint time.
-A resumed run whose work_dir still holds those files truncates them back to that length and
-appends, so iterations recomputed after a crash are never logged twice.
+Exactly-once lines: a resumed run continues the log files of the run it resumes (their timestamp
+is in the checkpoint) after cutting them at the first training record past the resumed iteration,
+so iterations recomputed after a crash (or after Ray hands back an older checkpoint) are never
+logged twice, and nothing up to the checkpoint is lost.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import datetime
 import json
 import logging
 import os
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -94,10 +96,11 @@ class TextLoggerHook(LoggerHook):
     lines to the runner's logger and ``{timestamp}.log``, and mmdet's JSON records to
     ``{timestamp}.log.json`` (first line: the run's meta). Rank 0 only writes files."""
 
+    TEXT_ITER = re.compile(r"Epoch \[(\d+)\]\[(\d+)/\d+\]")
+
     def __init__(self, interval=10, ignore_last=True, reset_flag=False, by_epoch=True):
         super().__init__(interval, ignore_last, reset_flag, by_epoch)
         self.timestamp = None
-        self.resume_offsets = None
         self.handler = None
 
     def _paths(self):
@@ -113,15 +116,44 @@ class TextLoggerHook(LoggerHook):
             return
         os.makedirs(runner.work_dir, exist_ok=True)
         text_path, json_path = self._paths()
-        if self.resume_offsets is not None:
-            for path, size in zip((text_path, json_path), self.resume_offsets):
-                if os.path.exists(path) and os.path.getsize(path) > size:
-                    os.truncate(path, size)
+        if runner.iter > 0:
+            self._cut_after(runner, text_path, json_path)
         self.handler = logging.FileHandler(text_path, mode="a")
         self.handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
         runner.logger.addHandler(self.handler)
         if not os.path.exists(json_path) or os.path.getsize(json_path) == 0:
             self._dump_json(json_path, {k: v for k, v in runner.meta.items() if k in ("env_info", "seed", "exp_name")})
+
+    @staticmethod
+    def _cut(path, past) -> None:
+        """Truncate ``path`` at its first line for which ``past(line)`` is true."""
+        if not os.path.exists(path):
+            return
+        offset = 0
+        with open(path, "rb") as f:
+            for raw in f:
+                if past(raw.decode("utf-8", "replace")):
+                    break
+                offset += len(raw)
+        if offset < os.path.getsize(path):
+            os.truncate(path, offset)
+
+    def _cut_after(self, runner, text_path, json_path):
+        ipe, done = runner.iters_per_epoch, runner.iter
+
+        def text_past(line):
+            m = self.TEXT_ITER.search(line)
+            return m is not None and (int(m.group(1)) - 1) * ipe + int(m.group(2)) > done
+
+        def json_past(line):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                return True  # a torn last line
+            return rec.get("mode") == "train" and (rec["epoch"] - 1) * ipe + rec["iter"] > done
+
+        self._cut(text_path, text_past)
+        self._cut(json_path, json_past)
 
     def after_run(self, runner):
         if self.handler is not None:
@@ -167,14 +199,10 @@ class TextLoggerHook(LoggerHook):
             self._dump_json(self._paths()[1], record)
 
     def state_dict(self):
-        if not is_main() or self.handler is None:
-            return {"timestamp": self.timestamp or "", "offsets": [0, 0]}
-        self.handler.flush()
-        return {"timestamp": self.timestamp, "offsets": [os.path.getsize(p) for p in self._paths()]}
+        return {"timestamp": self.timestamp or ""}
 
     def load_state_dict(self, state):
         self.timestamp = state["timestamp"] or None
-        self.resume_offsets = list(state["offsets"])
 
 
 class TensorboardLoggerHook(LoggerHook):

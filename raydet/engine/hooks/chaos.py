@@ -1,0 +1,59 @@
+"""Fault injection for tests and drills (``custom_hooks=[dict(type='ChaosHook', ...)]``).
+
+``ChaosHook(at_iter=K, action='raise'|'sigkill'|'sigterm', rank=0, marker=PATH, count_file=PATH)``
+fails once, in ``after_train_iter`` of global iteration ``K`` (1-based) on rank ``rank``, after
+that iteration's checkpoint (if any) was written. ``at_epoch=E`` instead fails at the end of epoch
+``E``. The ``marker`` file is created just before failing and, while it exists, the hook never
+fails again, so a restarted run goes through. ``count_file``, if set, gets one line per executed
+training iteration (``rank epoch iter``), counting the work a failure costs.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+from ...errors import RaydetError
+from .base import HOOKS, PRIORITIES, Hook
+
+
+class ChaosError(RaydetError, RuntimeError):
+    """The failure a :class:`ChaosHook` injects with ``action='raise'``."""
+
+
+@HOOKS.register()
+class ChaosHook(Hook):
+    priority = PRIORITIES["LOWEST"]
+
+    def __init__(self, marker: str, at_iter: int | None = None, at_epoch: int | None = None,
+                 action: str = "raise", rank: int = 0, count_file: str | None = None):
+        if (at_iter is None) == (at_epoch is None):
+            raise ValueError("ChaosHook needs exactly one of at_iter and at_epoch")
+        if action not in ("raise", "sigkill", "sigterm"):
+            raise ValueError(f"ChaosHook.action must be raise, sigkill or sigterm, got {action!r}")
+        self.marker, self.at_iter, self.at_epoch = marker, at_iter, at_epoch
+        self.action, self.rank, self.count_file = action, rank, count_file
+
+    def _fail(self, runner, where: str):
+        from ..dist import get_rank
+        if get_rank() != self.rank or os.path.exists(self.marker):
+            return
+        with open(self.marker, "w") as f:
+            f.write(f"{where}\n")
+        if self.action == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif self.action == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            raise ChaosError(f"ChaosHook: injected failure at {where}")
+
+    def after_train_iter(self, runner):
+        if self.count_file:
+            from ..dist import get_rank
+            with open(self.count_file, "a") as f:
+                f.write(f"{get_rank()} {runner.epoch + 1} {runner.iter + 1}\n")
+        if self.at_iter is not None and runner.iter + 1 == self.at_iter:
+            self._fail(runner, f"iter {self.at_iter}")
+
+    def after_train_epoch(self, runner):
+        if self.at_epoch is not None and runner.epoch + 1 == self.at_epoch:
+            self._fail(runner, f"epoch {self.at_epoch}")

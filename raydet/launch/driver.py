@@ -1,0 +1,165 @@
+"""Driver side: config -> ``TorchTrainer`` -> ``Result``; fail-fast and error unwrapping."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from .. import errors
+from ..config import load_config
+from ..engine.checkpoint import find_latest_checkpoint, load_file
+from .worker import train_loop
+
+logger = logging.getLogger("raydet")
+
+#: Errors that recur identically on every retry: the run fails at once instead of burning
+#: ``max_failures`` restarts (each costs a worker-group start).
+DETERMINISTIC = ("ConfigError", "DataError", "NonFiniteLossError", "CheckpointError")
+_ERROR_LINE = re.compile(r"raydet\.errors\.(" + "|".join(DETERMINISTIC) + r"): (.*)")
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONUNBUFFERED": "1"}
+
+
+class DeterministicFailure(errors.RaydetError):
+    """Raised on Ray's controller when a worker fails with a deterministic raydet error."""
+
+    def __init__(self, kind: str, message: str, rank: int):
+        self.kind, self.message, self.rank = kind, message, rank
+        super().__init__(f"{kind} on rank {rank}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.kind, self.message, self.rank))
+
+
+class FailFast(ray.train.UserCallback):
+    """Stops the run at the first deterministic worker error (a config error, a missing or corrupt
+    file, a non-finite fp32 loss): raising here makes Ray's controller fail instead of retrying."""
+
+    def after_exception(self, run_context, worker_exceptions):
+        for rank, exc in sorted(worker_exceptions.items()):
+            found = _ERROR_LINE.findall(str(exc))
+            if found:
+                kind, message = found[-1]
+                raise DeterministicFailure(kind, message.strip(), rank)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """One clear exception for the user: the raydet error a worker raised, if any."""
+    cause = getattr(exc, "controller_failure", None)
+    if isinstance(cause, DeterministicFailure):
+        return getattr(errors, cause.kind)(cause.message) if cause.kind != "NonFiniteLossError" else \
+            errors.RaydetError(f"NonFiniteLossError: {cause.message}")
+    for failure in (getattr(exc, "worker_failures", None) or {}).values():
+        found = _ERROR_LINE.findall(str(failure))
+        if found:
+            return errors.RaydetError(f"{found[-1][0]}: {found[-1][1]}")
+    return exc
+
+
+def _init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
+        return
+    # A local instance stays on loopback (Ray otherwise binds the machine's interface address).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV})
+
+
+def _finished(cfg) -> dict | None:
+    """Meta of the work_dir's final checkpoint when the run already reached max_epochs."""
+    latest = find_latest_checkpoint(cfg.work_dir) if os.path.isdir(cfg.work_dir) else None
+    if latest is None:
+        return None
+    meta = load_file(latest)["meta"]
+    return meta if meta["epoch"] >= cfg.runner.max_epochs else None
+
+
+def _fresh_start(work_dir: str) -> None:
+    """--no-auto-resume on an existing run: keep the old run, renamed, and start a new one."""
+    if os.path.isdir(work_dir) and os.listdir(work_dir):
+        old = f"{work_dir}.old-{time.strftime('%Y%m%d_%H%M%S')}"
+        os.rename(work_dir, old)
+        logger.warning(f"--no-auto-resume: the previous run in {work_dir} was moved to {old}")
+
+
+def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | None = None, meta=None) -> TorchTrainer:
+    """The ``TorchTrainer`` of a resolved config: run dir = ``cfg.work_dir``."""
+    rc = dict(cfg.get("ray") or {})
+    workers = rc.get("num_workers", 2)
+    use_gpu = bool(rc.get("use_gpu", False))
+    work_dir = os.path.abspath(cfg.work_dir)
+    upload = rc.get("checkpoint_upload_mode", "sync")
+    if upload not in ("sync", "async"):
+        raise errors.ConfigError(f"ray.checkpoint_upload_mode must be 'sync' or 'async', got {upload!r}")
+    loop_config = dict(cfg=cfg.to_dict(), filename=cfg.filename, validate=validate, objects=objects,
+                       timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta, upload_mode=upload)
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker=rc.get("resources_per_worker")),
+        run_config=RunConfig(
+            name=os.path.basename(work_dir), storage_path=os.path.dirname(work_dir),
+            failure_config=FailureConfig(max_failures=rc.get("max_failures", 3)),
+            checkpoint_config=CheckpointConfig(num_to_keep=rc.get("num_to_keep")),
+            callbacks=[FailFast()]))
+
+
+def _fit(trainer: TorchTrainer):
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise _unwrap(exc) from None
+
+
+def train(config_or_path, address: str | None = None, validate: bool = True, **overrides) -> "ray.train.Result":
+    """Train on Ray Train (the Python API; also from a notebook attached to a cluster).
+
+    ``overrides`` are dotted config keys (``**{'optimizer.lr': 0.01}`` or ``work_dir='...'``).
+    Config errors are raised here, before any worker starts. Re-running with the same work_dir
+    resumes from its latest checkpoint (``auto_resume``, on by default); a finished run is not
+    retrained: its final metrics are returned. Returns Ray's ``Result`` (``metrics``,
+    ``checkpoint``, ``path``); raises the raydet error a worker hit, or Ray's
+    ``TrainingFailedError`` after ``ray.max_failures`` retries.
+    """
+    cfg = load_config(config_or_path, overrides)
+    if not cfg.get("work_dir"):
+        name = os.path.splitext(os.path.basename(cfg.filename or "raydet.py"))[0]
+        cfg.work_dir = os.path.join("work_dirs", name)
+    cfg.work_dir = os.path.abspath(cfg.work_dir)
+    cfg.setdefault("auto_resume", True)
+    if cfg.auto_resume:
+        done = _finished(cfg)
+        if done is not None:
+            logger.info(f"the run in {cfg.work_dir} is complete ({done['epoch']}/{cfg.runner.max_epochs} epochs)")
+            result = ray.train.Result.from_path(cfg.work_dir)
+            print(f"raydet: {cfg.work_dir} is already complete; final metrics: "
+                  f"{ {k: v for k, v in (result.metrics or {}).items() if 'mAP' in k} }")
+            return result
+    elif cfg.get("resume_from") is None:
+        _fresh_start(cfg.work_dir)
+    _init_ray(address or (cfg.get("ray") or {}).get("address"))
+    return _fit(build_trainer(cfg, validate=validate))
+
+
+def train_detector_on_ray(model, dataset, cfg, validate=False, timestamp=None, meta=None):
+    """mmdet's ``train_detector(..., distributed=True)``: ``model`` and ``dataset`` travel once
+    through Ray's object store (never in a closure); each worker trains its copy."""
+    cfg = load_config(cfg)
+    cfg.work_dir = os.path.abspath(cfg.work_dir)
+    cfg.setdefault("auto_resume", True)
+    _init_ray((cfg.get("ray") or {}).get("address"))
+    datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
+    objects = ray.put((model, list(datasets)))
+    return _fit(build_trainer(cfg, validate=validate, objects=objects, timestamp=timestamp, meta=meta))

@@ -1,0 +1,155 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from raydet.data import (CocoDataset, DataWarning, GroupSampler, SampleKey, ShapesDataset, build_dataloader,
+                         collate)
+from raydet.errors import DataError
+
+from .conftest import TEST_PIPELINE, TRAIN_PIPELINE
+
+
+def _gt_as_results(ds, with_masks):
+    results = []
+    for info in ds.data_infos:
+        anns = ds.coco.imgToAnns.get(info["id"], [])
+        boxes = [[] for _ in ds.CLASSES]
+        masks = [[] for _ in ds.CLASSES]
+        for ann in anns:
+            x, y, w, h = ann["bbox"]
+            label = ds.cat2label[ann["category_id"]]
+            boxes[label].append([x, y, x + w, y + h, 1.0])
+            masks[label].append(ds.coco.annToRLE(ann))
+        bbox = [np.array(b, np.float32).reshape(-1, 5) for b in boxes]
+        results.append((bbox, masks) if with_masks else bbox)
+    return results
+
+
+def test_ground_truth_scores_map_one(shapes_root):
+    ds = ShapesDataset("val", TEST_PIPELINE, root=shapes_root, test_mode=True)
+    metrics = ds.evaluate(_gt_as_results(ds, True), metric=["bbox", "segm"])
+    assert metrics["bbox_mAP"] == pytest.approx(1.0) and metrics["segm_mAP"] == pytest.approx(1.0)
+    assert metrics["bbox_mAP_50"] == pytest.approx(1.0)
+    assert ds.evaluate(_gt_as_results(ds, False), metric="bbox")["bbox_mAP"] == pytest.approx(1.0)
+
+
+def test_flag_and_classes(shapes_root):
+    ds = ShapesDataset("train", TRAIN_PIPELINE, root=shapes_root)
+    assert ds.CLASSES == ("rectangle", "ellipse", "triangle")
+    assert set(ds.flag.tolist()) == {0, 1}
+    assert all((i["width"] > i["height"]) == bool(f) for i, f in zip(ds.data_infos, ds.flag))
+    assert all(len(a["labels"]) > 0 for a in ds.ann_infos)  # filter_empty_gt
+
+
+def _copy_dataset(shapes_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(shapes_root, root)
+    return str(root)
+
+
+def test_corrupt_jpeg_names_file(shapes_root, tmp_path):
+    root = _copy_dataset(shapes_root, tmp_path)
+    ds = CocoDataset(os.path.join(root, "annotations/instances_train.json"), TRAIN_PIPELINE,
+                     img_prefix=os.path.join(root, "train"))
+    path = os.path.join(root, "train", ds.data_infos[0]["filename"])
+    with open(path, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    with pytest.raises(DataError, match=f"cannot decode image.*{path}"):
+        ds[0]
+
+
+def test_missing_image_names_file(shapes_root, tmp_path):
+    root = _copy_dataset(shapes_root, tmp_path)
+    ds = CocoDataset(os.path.join(root, "annotations/instances_train.json"), TRAIN_PIPELINE,
+                     img_prefix=os.path.join(root, "train"))
+    path = os.path.join(root, "train", ds.data_infos[1]["filename"])
+    os.remove(path)
+    with pytest.raises(DataError, match=f"image file not found: {path}"):
+        ds[1]
+
+
+def test_malformed_json_names_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(DataError, match=f"malformed annotation json {bad}"):
+        CocoDataset(str(bad))
+    bad.write_text('{"images": [], "categories": []}')
+    with pytest.raises(DataError, match=f"{bad}.*'annotations' list is missing"):
+        CocoDataset(str(bad))
+    with pytest.raises(DataError, match="annotation file not found"):
+        CocoDataset(str(tmp_path / "nope.json"))
+
+
+def test_negative_and_out_of_image_boxes_warn_with_file(shapes_root, tmp_path):
+    root = _copy_dataset(shapes_root, tmp_path)
+    ann_file = os.path.join(root, "annotations/instances_train.json")
+    coco = json.load(open(ann_file))
+    first = coco["images"][0]
+    anns = [a for a in coco["annotations"] if a["image_id"] == first["id"]]
+    anns[0]["bbox"] = [10, 10, -5, 8]
+    coco["annotations"].append(dict(id=99999, image_id=first["id"], category_id=1, iscrowd=0, area=10,
+                                    bbox=[first["width"] - 5, 5, 20, 10], segmentation=[[0, 0, 1, 0, 1, 1]]))
+    json.dump(coco, open(ann_file, "w"))
+    with pytest.warns(DataWarning) as record:
+        ds = CocoDataset(ann_file, TRAIN_PIPELINE, img_prefix=os.path.join(root, "train"))
+    msg = " ".join(str(w.message) for w in record)
+    assert first["file_name"] in msg and "negative size" in msg and "clipped" in msg
+    i = ds.img_ids.index(first["id"])
+    boxes = ds.ann_infos[i]["bboxes"]
+    assert len(boxes) == len(anns) and boxes[:, 2].max() <= first["width"]
+
+
+def test_collate_pads_to_batch_max():
+    import torch
+    batch = collate([dict(img=torch.ones(3, 4, 6), img_metas={"a": 1}), dict(img=torch.ones(3, 8, 2), img_metas={"a": 2})])
+    assert batch["img"].shape == (2, 3, 8, 6)
+    assert batch["img"][0, :, 4:].abs().sum() == 0 and batch["img"][1, :, :, 2:].abs().sum() == 0
+    assert batch["img_metas"] == [{"a": 1}, {"a": 2}]
+
+
+class _Flags:
+    def __init__(self, flags):
+        self.flag = np.array(flags, np.uint8)
+
+    def __len__(self):
+        return len(self.flag)
+
+
+def test_group_sampler_groups_shards_and_resumes():
+    ds = _Flags([0] * 13 + [1] * 7)
+    full = GroupSampler(ds, samples_per_gpu=2, num_replicas=1, seed=3)
+    full.set_epoch(2)
+    order = [k.index for k in full]
+    batches = [order[i:i + 2] for i in range(0, len(order), 2)]
+    assert all(len({ds.flag[i] for i in b}) == 1 for b in batches)  # one aspect group per batch
+    assert set(order) == set(range(20))
+    # two replicas: disjoint interleaving of the same global batch order
+    shards = []
+    for rank in range(2):
+        s = GroupSampler(ds, samples_per_gpu=2, num_replicas=2, rank=rank, seed=3)
+        s.set_epoch(2)
+        shards.append([k.index for k in s])
+        assert all(isinstance(k, SampleKey) and k.epoch == 2 for k in s)
+    assert len(shards[0]) == len(shards[1]) == 6 * 2
+    glob = full.global_batches()
+    assert shards[0][:2] == glob[0] and shards[1][:2] == glob[1] and shards[0][2:4] == glob[2]
+    # resume after 3 steps of 2 replicas = 6 global batches
+    s = GroupSampler(ds, samples_per_gpu=2, num_replicas=2, rank=1, seed=3)
+    s.set_epoch(2, start_batch=6)
+    assert [k.index for k in s] == shards[1][6:]
+    assert len(s) == len(shards[1]) - 6
+    other = GroupSampler(ds, samples_per_gpu=2, seed=3)
+    other.set_epoch(3)
+    assert [k.index for k in other] != order
+
+
+def test_eval_loader_shards_are_disjoint_and_cover(shapes_root):
+    ds = ShapesDataset("val", TEST_PIPELINE, root=shapes_root, test_mode=True)
+    seen = []
+    for rank in range(3):
+        loader = build_dataloader(ds, 2, 0, num_replicas=3, rank=rank, shuffle=False)
+        seen += list(loader.sampler)
+    assert seen == list(range(len(ds)))
