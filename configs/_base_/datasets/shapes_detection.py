@@ -25,7 +25,7 @@ test_pipeline = [
          ])
 ]
 data = dict(
-    samples_per_gpu=16,
+    samples_per_gpu=8,  # x 2 Ray workers (default_runtime) = a global batch of 16
     workers_per_gpu=1,
     train=dict(type=dataset_type, split='train', pipeline=train_pipeline),
     val=dict(type=dataset_type, split='val', pipeline=test_pipeline),

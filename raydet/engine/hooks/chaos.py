@@ -5,12 +5,13 @@ fails once, in ``after_train_iter`` of global iteration ``K`` (1-based) on rank 
 that iteration's checkpoint (if any) was written. ``at_epoch=E`` instead fails at the end of epoch
 ``E``. The ``marker`` file is created just before failing and, while it exists, the hook never
 fails again, so a restarted run goes through. ``count_file``, if set, gets one line per executed
-training iteration (``rank epoch iter``), counting the work a failure costs.
+training iteration (``rank epoch iter unix_time``), counting the work a failure costs.
 """
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 from ...errors import RaydetError
 from .base import HOOKS, PRIORITIES, Hook
@@ -50,7 +51,7 @@ class ChaosHook(Hook):
         if self.count_file:
             from ..dist import get_rank
             with open(self.count_file, "a") as f:
-                f.write(f"{get_rank()} {runner.epoch + 1} {runner.iter + 1}\n")
+                f.write(f"{get_rank()} {runner.epoch + 1} {runner.iter + 1} {time.time():.3f}\n")
         if self.at_iter is not None and runner.iter + 1 == self.at_iter:
             self._fail(runner, f"iter {self.at_iter}")
 

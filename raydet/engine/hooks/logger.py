@@ -116,8 +116,7 @@ class TextLoggerHook(LoggerHook):
             return
         os.makedirs(runner.work_dir, exist_ok=True)
         text_path, json_path = self._paths()
-        if runner.iter > 0:
-            self._cut_after(runner, text_path, json_path)
+        self._cut_after(runner, text_path, json_path)  # a retried attempt re-logs what it recomputes
         self.handler = logging.FileHandler(text_path, mode="a")
         self.handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
         runner.logger.addHandler(self.handler)

@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+
+from raydet.config import dump_config, load_config
+
+from .conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "raydet", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_train_in_process_then_test(shapes_root, tmp_path):
+    cfg_path = str(tmp_path / "tiny.py")
+    dump_config(load_config(tiny_config(shapes_root, tmp_path / "unused", runner=dict(max_epochs=1))), cfg_path)
+    work = tmp_path / "work"
+    out = _run("train", cfg_path, "--launcher", "none", "--work-dir", str(work), "--seed", "3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "final metrics: {'bbox_mAP':" in out.stdout and (work / "latest.pth").exists()
+    assert (work / "tiny.py").exists()  # the resolved config is dumped into the work_dir
+    tested = _run("test", cfg_path, str(work / "latest.pth"), "--eval", "bbox")
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "metrics: {'bbox_mAP':" in tested.stdout and "16/16" in tested.stderr  # the progress bar
+
+
+def test_config_typo_is_one_clear_error(tmp_path):
+    out = _run("train", "configs/fcos/fcos_gn_tiny_shapes.py", "--launcher", "none",
+               "--cfg-options", "optimizer.lrr=0.1", "--work-dir", str(tmp_path))
+    assert out.returncode == 2
+    assert "raydet: error:" in out.stderr and "'optimizer.lrr' (did you mean 'lr'?)" in out.stderr
+    assert "Traceback" not in out.stderr
