@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -39,7 +40,7 @@ def head(tmp_path):
                PYTHONPATH=REPO)
     env.pop("RAY_ADDRESS", None)
     gcs, dash, agent_http, agent_grpc, metrics, client, runtime_env = _free_ports(7)
-    temp_dir = tmp_path / "ray"  # short: Ray's socket paths must stay under 108 bytes
+    temp_dir = tempfile.mkdtemp(prefix="rd-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
@@ -62,6 +63,7 @@ def head(tmp_path):
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_python_api_and_job_submit_against_a_head(head, shapes_root, tmp_path):

@@ -151,5 +151,7 @@ def test_eval_loader_shards_are_disjoint_and_cover(shapes_root):
     seen = []
     for rank in range(3):
         loader = build_dataloader(ds, 2, 0, num_replicas=3, rank=rank, shuffle=False)
-        seen += list(loader.sampler)
+        batches = list(loader.batch_sampler)
+        assert all(len({ds.flag[i] for i in b}) == 1 and len(b) <= 2 for b in batches)
+        seen += [i for b in batches for i in b]
     assert seen == list(range(len(ds)))

@@ -35,19 +35,19 @@ def ray_local(tmp_path_factory):
 
 def ray_config(shapes_root, work_dir, **overrides):
     """The tiny test config on 2 Ray workers x 4 images, iteration checkpoints every 4."""
+    overrides.setdefault("checkpoint_config", dict(interval=4, by_epoch=False))
     cfg = tiny_config(shapes_root, work_dir, **overrides)
-    cfg.setdefault("checkpoint_config", dict(interval=4, by_epoch=False))
     cfg["ray"] = dict(num_workers=2, max_failures=2, num_to_keep=2)
     cfg["auto_resume"] = True
     return cfg
 
 
 def learn_config(root, work_dir):
-    """The default model and recipe, shortened: 2 workers x 8 images, one epoch of 2,400 images."""
+    """The default model and recipe, shortened: 2 workers x 8 images, two epochs of 2,400 images."""
     from raydet.config import load_config
     ds = dict(type="ShapesDataset", root=root, num_images=LEARN)
     cfg = load_config(os.path.join(REPO, "configs/fcos/fcos_gn_tiny_shapes.py"), {
-        "runner.max_epochs": 1, "data.train.root": root, "data.train.num_images": LEARN,
+        "runner.max_epochs": 2, "data.train.root": root, "data.train.num_images": LEARN,
         "data.val.root": root, "data.val.num_images": LEARN, "log_config.interval": 10,
         "log_config.hooks": [dict(type="TextLoggerHook")], "work_dir": str(work_dir)})
     return cfg

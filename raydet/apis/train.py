@@ -108,11 +108,13 @@ def _data_cfg(cfg) -> dict:
     return loader
 
 
-def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=None, on_checkpoint=None):
+def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=None, on_checkpoint=None,
+                   extra_hooks=()):
     """Everything ``train_detector`` runs, in this process (rank ``get_rank()`` of the initialised
     process group, or alone): loaders, DDP, optimizer, precision, hooks, resume/load. Returns the
     runner and its loaders; ``runner.run(loaders, cfg.workflow)`` trains. ``on_checkpoint(runner,
-    path)`` runs on every rank after each periodic checkpoint."""
+    path)`` runs on every rank after each periodic checkpoint; ``extra_hooks`` are registered after
+    mmdet's training hooks and before ``custom_hooks``."""
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
     rank, world = get_rank(), get_world_size()
     # mmcv's get_root_logger: the configured level on rank 0, errors only elsewhere
@@ -174,6 +176,8 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
                                       persistent_workers=False)
         eval_cfg = dict(cfg.get("evaluation") or {})
         runner.register_hook(EvalHook(val_loader, autocast=precision.autocast, **eval_cfg))
+    for hook in extra_hooks:
+        runner.register_hook(hook)
     for i, hook_cfg in enumerate(cfg.get("custom_hooks") or []):
         hook_cfg = dict(hook_cfg)
         priority = hook_cfg.pop("priority", None)  # default: the hook class's own (NORMAL for most)
@@ -216,7 +220,8 @@ def env_info() -> dict:
     return info
 
 
-def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, deterministic=None):
+def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, deterministic=None, extra_hooks=(),
+                      exp_name=None):
     """Build the detector and datasets from ``cfg`` in this process and train (the body of
     ``raydet train --launcher none`` and of every Ray worker). Returns the finished runner."""
     from ..models import build_detector
@@ -225,7 +230,7 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
     set_random_seed(cfg.seed, det)
     timestamp = timestamp or time.strftime("%Y%m%d_%H%M%S")
     meta = dict(env_info="\n".join(f"{k}: {v}" for k, v in env_info().items()), seed=cfg.seed,
-                exp_name=os.path.basename(cfg.filename or "config.py"))
+                exp_name=exp_name or os.path.basename(cfg.filename or "config.py"))
     model = build_detector(cfg.model, logger=logger)
     datasets = [build_dataset(cfg.data.train, seed=cfg.seed)]
     if len(cfg.workflow) == 2:
@@ -235,6 +240,6 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
         datasets.append(build_dataset(val, seed=cfg.seed))
     model.CLASSES = datasets[0].CLASSES
     runner, loaders = build_training(model, datasets, cfg, validate=validate, timestamp=timestamp, meta=meta,
-                                     on_checkpoint=on_checkpoint)
+                                     on_checkpoint=on_checkpoint, extra_hooks=extra_hooks)
     runner.run(loaders, cfg.workflow)
     return runner

@@ -115,6 +115,29 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+class OrderedGroupBatchSampler:
+    """Batches of up to ``batch_size`` consecutive indices of ``sampler`` that share an aspect
+    group: the order is kept (results gather back into dataset order) and a batch never mixes
+    image sizes, so no image is padded for another's sake and a prediction does not depend on
+    which images share its batch or rank (GroupNorm statistics would include the padding)."""
+
+    def __init__(self, sampler, flag, batch_size: int):
+        self.sampler, self.flag, self.batch_size = sampler, np.asarray(flag), batch_size
+
+    def __iter__(self):
+        batch = []
+        for i in self.sampler:
+            if batch and (len(batch) == self.batch_size or self.flag[i] != self.flag[batch[0]]):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
 def _worker_init(_):
     # Each dataloader worker is a CPU-bound process; one thread each avoids oversubscription.
     torch.set_num_threads(1)
@@ -124,14 +147,15 @@ def build_dataloader(dataset, samples_per_gpu: int, workers_per_gpu: int, num_re
                      rank: int = 0, shuffle: bool = True, seed: int = 0,
                      persistent_workers: bool = True, pin_memory: bool = False) -> DataLoader:
     """A training loader (``shuffle=True``: :class:`GroupSampler`) or an evaluation loader
-    (``shuffle=False``: :class:`ShardSampler`). The loader has its own ``torch.Generator`` so that
+    (``shuffle=False``: this rank's :class:`ShardSampler` shard in :class:`OrderedGroupBatchSampler`
+    batches). The loader has its own ``torch.Generator`` so that
     creating an iterator never consumes the global torch RNG (which would break exact resume)."""
+    common = dict(num_workers=workers_per_gpu, collate_fn=collate, pin_memory=pin_memory,
+                  persistent_workers=persistent_workers and workers_per_gpu > 0,
+                  worker_init_fn=_worker_init, generator=torch.Generator())
     if shuffle:
         sampler = GroupSampler(dataset, samples_per_gpu, num_replicas, rank, seed=seed)
-    else:
-        sampler = ShardSampler(dataset, num_replicas, rank)
-    return DataLoader(dataset, batch_size=samples_per_gpu, sampler=sampler,
-                      num_workers=workers_per_gpu, collate_fn=collate, pin_memory=pin_memory,
-                      persistent_workers=persistent_workers and workers_per_gpu > 0,
-                      worker_init_fn=_worker_init, generator=torch.Generator(),
-                      drop_last=False)
+        return DataLoader(dataset, batch_size=samples_per_gpu, sampler=sampler, drop_last=False, **common)
+    flag = getattr(dataset, "flag", np.zeros(len(dataset), np.uint8))
+    batches = OrderedGroupBatchSampler(ShardSampler(dataset, num_replicas, rank), flag, samples_per_gpu)
+    return DataLoader(dataset, batch_sampler=batches, **common)

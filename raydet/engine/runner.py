@@ -179,7 +179,7 @@ class Runner:
             sampler = dict(epoch=done_epochs, start_batch=0)
         full_meta = dict(self.meta)
         full_meta.update(meta or {})
-        full_meta.update(epoch=done_epochs, iter=done_iters,
+        full_meta.update(epoch=done_epochs, iter=done_iters, max_epochs=self._max_epochs, max_iters=self._max_iters,
                          time=time.asctime(), timestamp=self.timestamp, raydet_version=__version__,
                          torch_version=str(torch.__version__), python_version=platform.python_version(),
                          world_size=get_world_size())

@@ -42,22 +42,37 @@ class FailFast(ray.train.UserCallback):
 
     def after_exception(self, run_context, worker_exceptions):
         for rank, exc in sorted(worker_exceptions.items()):
-            found = _ERROR_LINE.findall(str(exc))
+            found = _deterministic(exc)
             if found:
-                kind, message = found[-1]
-                raise DeterministicFailure(kind, message.strip(), rank)
+                raise DeterministicFailure(*found, rank)
+
+
+def _deterministic(exc: BaseException) -> tuple[str, str] | None:
+    """``(error class name, message)`` when ``exc`` is, or carries the traceback of, a
+    deterministic raydet error; ``None`` otherwise."""
+    if type(exc).__name__ in DETERMINISTIC and isinstance(exc, errors.RaydetError):
+        return type(exc).__name__, str(exc)
+    found = _ERROR_LINE.findall(str(exc))  # a wrapper whose str() is the worker's traceback
+    return (found[-1][0], found[-1][1].strip()) if found else None
+
+
+def _as_raydet_error(kind: str, message: str) -> errors.RaydetError:
+    if kind == "NonFiniteLossError":  # its constructor takes the loss dict; keep the message
+        return errors.RaydetError(f"non-finite loss: {message}")
+    return getattr(errors, kind)(message)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
     """One clear exception for the user: the raydet error a worker raised, if any."""
     cause = getattr(exc, "controller_failure", None)
     if isinstance(cause, DeterministicFailure):
-        return getattr(errors, cause.kind)(cause.message) if cause.kind != "NonFiniteLossError" else \
-            errors.RaydetError(f"NonFiniteLossError: {cause.message}")
+        return _as_raydet_error(cause.kind, cause.message)
     for failure in (getattr(exc, "worker_failures", None) or {}).values():
-        found = _ERROR_LINE.findall(str(failure))
+        if isinstance(failure, errors.RaydetError):
+            return failure
+        found = _deterministic(failure)
         if found:
-            return errors.RaydetError(f"{found[-1][0]}: {found[-1][1]}")
+            return _as_raydet_error(*found)
     return exc
 
 
@@ -81,7 +96,8 @@ def _finished(cfg) -> dict | None:
     if latest is None:
         return None
     meta = load_file(latest)["meta"]
-    return meta if meta["epoch"] >= cfg.runner.max_epochs else None
+    done = meta["iter"] >= meta.get("max_iters", float("inf")) and meta.get("max_epochs") == cfg.runner.max_epochs
+    return meta if done else None
 
 
 def _fresh_start(work_dir: str) -> None:
@@ -142,7 +158,7 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
     if cfg.auto_resume:
         done = _finished(cfg)
         if done is not None:
-            logger.info(f"the run in {cfg.work_dir} is complete ({done['epoch']}/{cfg.runner.max_epochs} epochs)")
+            logger.info(f"the run in {cfg.work_dir} is complete ({done['iter']}/{done['max_iters']} iterations)")
             result = ray.train.Result.from_path(cfg.work_dir)
             print(f"raydet: {cfg.work_dir} is already complete; final metrics: "
                   f"{ {k: v for k, v in (result.metrics or {}).items() if 'mAP' in k} }")

@@ -10,6 +10,8 @@ import ray.train
 import torch
 from mmengine import Config
 
+from ..engine.hooks import PRIORITIES, Hook
+
 CKPT_FILE = "checkpoint.pth"
 
 
@@ -50,15 +52,35 @@ def choose_resume(work_dir: str, resume_from: str | None) -> str | None:
     return broadcast_object(choice)
 
 
-def make_reporter(upload_mode: str):
-    """``on_checkpoint(runner, path)``: every rank reports once per checkpoint (report is a
-    barrier); rank 0 attaches the file, hard-linked into a Ray checkpoint directory of the run
-    dir so that Ray's bookkeeping costs no copy."""
-    from ray.train import Checkpoint, CheckpointUploadMode
+class RayReportHook(Hook):
+    """Reports each checkpoint to Ray Train, after the iteration's or epoch's log line is written.
 
-    from ..engine.dist import get_rank
+    The :class:`CheckpointHook` calls :meth:`on_saved` (on every rank); the report itself, a
+    barrier that blocks once the driver is gone, waits for this hook's turn at LOWEST priority, so
+    a worker killed while blocked there has already logged the checkpointed iteration. Every rank
+    reports once per checkpoint; rank 0 attaches the file, hard-linked into a Ray checkpoint
+    directory of the run dir so that Ray's bookkeeping costs no copy.
+    """
 
-    def on_checkpoint(runner, path, metrics=None, name=None):
+    priority = PRIORITIES["LOWEST"]
+
+    def __init__(self, upload_mode: str):
+        self.upload_mode, self.pending = upload_mode, []
+
+    def on_saved(self, runner, path):
+        self.pending.append(path)
+
+    def _flush(self, runner):
+        for path in self.pending:
+            self.report(runner, path)
+        self.pending = []
+
+    after_train_iter = after_train_epoch = _flush
+
+    def report(self, runner, path, metrics=None, name=None):
+        from ray.train import Checkpoint, CheckpointUploadMode
+
+        from ..engine.dist import get_rank
         name = name or "checkpoint_" + os.path.basename(path)[: -len(".pth")]
         epochs, iters = runner.progress()
         metrics = metrics or dict(epoch=epochs, iter=iters, **{
@@ -72,10 +94,8 @@ def make_reporter(upload_mode: str):
                 os.remove(target)
             os.link(path, target)
             checkpoint = Checkpoint.from_directory(directory)
-            mode = CheckpointUploadMode.NO_UPLOAD if upload_mode == "sync" else CheckpointUploadMode.ASYNC
+            mode = CheckpointUploadMode.NO_UPLOAD if self.upload_mode == "sync" else CheckpointUploadMode.ASYNC
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_mode=mode)
-
-    return on_checkpoint
 
 
 def train_loop(config: dict) -> dict:
@@ -87,13 +107,13 @@ def train_loop(config: dict) -> dict:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     log = _setup_logging(rank)
-    cfg = Config(config["cfg"], filename=config.get("filename"))
+    cfg = Config(config["cfg"])  # a plain dict: the config file need not exist on this node
     if cfg.get("device") == "cuda" or (cfg.get("device") is None and torch.cuda.is_available()):
         torch.cuda.set_device(ray.train.torch.get_device())
     resume = choose_resume(cfg.work_dir, cfg.get("resume_from"))
     cfg.resume_from = resume
     cfg.auto_resume = False
-    on_checkpoint = make_reporter(config.get("upload_mode", "sync"))
+    reporter = RayReportHook(config.get("upload_mode", "sync"))
     if resume:
         log.info(f"attempt on world size {ctx.get_world_size()} resumes from {resume}")
     if config.get("objects") is not None:  # train_detector(model, dataset, cfg, distributed=True)
@@ -102,16 +122,17 @@ def train_loop(config: dict) -> dict:
         set_random_seed(cfg.seed, cfg.get("deterministic", False))
         runner, loaders = build_training(model, datasets, cfg, validate=config["validate"],
                                          timestamp=config["timestamp"], meta=config.get("meta"),
-                                         on_checkpoint=on_checkpoint)
+                                         on_checkpoint=reporter.on_saved, extra_hooks=[reporter])
         runner.run(loaders, cfg.workflow)
     else:
         runner = train_from_config(cfg, validate=config["validate"], timestamp=config["timestamp"],
-                                   on_checkpoint=on_checkpoint)
+                                   on_checkpoint=reporter.on_saved, extra_hooks=[reporter],
+                                   exp_name=os.path.basename(config.get("filename") or "config.py"))
     evals = [h.last_metrics for h in runner.hooks if getattr(h, "last_metrics", None)]
     final = dict(epoch=runner.epoch, iter=runner.iter, done=True,
                  **{k: v for k, v in (evals[0] if evals else {}).items() if isinstance(v, (int, float))})
     # Ray's Result.metrics are those of the last reported checkpoint: report the final state with
     # the final evaluation once more.
     latest = os.path.realpath(os.path.join(runner.work_dir, "latest.pth"))
-    on_checkpoint(runner, latest, metrics=final, name="checkpoint_final")
+    reporter.report(runner, latest, metrics=final, name="checkpoint_final")
     return final if get_rank() == 0 else None
