@@ -44,7 +44,7 @@ def test_imgs_per_gpu_overrides_with_warning():
     cfg = load_config("configs/fcos/fcos_gn_tiny_shapes.py")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert _data_cfg(cfg)["samples_per_gpu"] == 16
+        assert _data_cfg(cfg)["samples_per_gpu"] == 8
 
 
 def test_set_random_seed_repeats():
