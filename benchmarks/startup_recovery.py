@@ -77,13 +77,16 @@ def raydet_side(out_dir: str) -> dict:
 
 
 def _ticks(path, marker, col, time_col):
+    """From rank 0's (step, time) rows: the first row, the restart (the first row whose step does
+    not exceed its predecessor's: the old group kept running until Ray tore it down), and the
+    steps executed more than once."""
     rows = [line.split() for line in open(path)]
     rank0 = [(int(r[col]), float(r[time_col])) for r in rows if r[0] == "0"]
     killed = os.path.getmtime(marker)
-    after = [(step, t) for step, t in rank0 if t > killed]
-    before = [step for step, t in rank0 if t <= killed]
-    return dict(first=rank0[0][1], recovery=after[0][1] - killed,
-                redone=len(before) + len(after) - len({s for s, _ in rank0}))
+    restart = next(i for i in range(1, len(rank0)) if rank0[i][0] <= rank0[i - 1][0])
+    steps = [step for step, _ in rank0]
+    return dict(first=rank0[0][1], recovery=rank0[restart][1] - killed,
+                redone=len(steps) - len(set(steps)))
 
 
 def run_side(side: str) -> dict:
