@@ -109,7 +109,8 @@ def train_loop(config: dict) -> dict:
     log = _setup_logging(rank)
     cfg = Config(config["cfg"])  # a plain dict: the config file need not exist on this node
     if cfg.get("device") == "cuda" or (cfg.get("device") is None and torch.cuda.is_available()):
-        torch.cuda.set_device(ray.train.torch.get_device())
+        from ray.train.torch import get_device
+        torch.cuda.set_device(get_device())
     resume = choose_resume(cfg.work_dir, cfg.get("resume_from"))
     cfg.resume_from = resume
     cfg.auto_resume = False
