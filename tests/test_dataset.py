@@ -36,6 +36,58 @@ def test_ground_truth_scores_map_one(shapes_root):
     assert ds.evaluate(_gt_as_results(ds, False), metric="bbox")["bbox_mAP"] == pytest.approx(1.0)
 
 
+def _noisy_results(ds, seed=0):
+    """Ground truth jittered, sometimes mislabelled or missed, plus false positives; masks too."""
+    from pycocotools import mask as mask_util
+    rng = np.random.default_rng(seed)
+    results = []
+    for info, (bbox, masks) in zip(ds.data_infos, _gt_as_results(ds, True)):
+        boxes, segms = [[] for _ in ds.CLASSES], [[] for _ in ds.CLASSES]
+        for label, (b, m) in enumerate(zip(bbox, masks)):
+            for box, rle in zip(b, m):
+                if rng.random() < 0.15:
+                    continue
+                w, h = box[2] - box[0], box[3] - box[1]
+                box = box[:4] + rng.normal(0, 0.1, 4) * [w, h, w, h]
+                to = label if rng.random() < 0.8 else int(rng.integers(len(ds.CLASSES)))
+                boxes[to].append([*box, rng.uniform(0.2, 1.0)])
+                segms[to].append(rle)
+        for _ in range(3):
+            x, y = rng.uniform(0, info["width"] - 20), rng.uniform(0, info["height"] - 20)
+            to = int(rng.integers(len(ds.CLASSES)))
+            boxes[to].append([x, y, x + 20, y + 20, rng.uniform(0.0, 0.5)])
+            mask = np.zeros((info["height"], info["width"]), np.uint8)
+            mask[int(y):int(y) + 20, int(x):int(x) + 20] = 1
+            segms[to].append(mask_util.encode(np.asfortranarray(mask)))
+        results.append(([np.array(b, np.float32).reshape(-1, 5) for b in boxes], segms))
+    return results
+
+
+@pytest.mark.parametrize("metric", ["bbox", "segm"])
+def test_faster_coco_eval_equals_pycocotools(shapes_root, metric):
+    """The evaluator raydet uses (faster-coco-eval) gives pycocotools' 12 stats exactly."""
+    import contextlib
+    import io
+
+    from faster_coco_eval import COCOeval_faster
+    from pycocotools.cocoeval import COCOeval
+    ds = ShapesDataset("val", TEST_PIPELINE, root=shapes_root, test_mode=True)
+    results = _noisy_results(ds)
+    dets = ds._to_coco_json(results, metric)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = COCOeval(ds.coco, ds.coco.loadRes([dict(d) for d in dets]), metric)
+        ref.params.catIds, ref.params.imgIds = ds.cat_ids, ds.img_ids
+        ref.evaluate(), ref.accumulate(), ref.summarize()
+    gt = ds._fast_gt()
+    fast = COCOeval_faster(gt, gt.loadRes([dict(d) for d in dets]), metric)
+    fast.params.catIds, fast.params.imgIds = ds.cat_ids, ds.img_ids
+    fast.evaluate(), fast.accumulate(), fast.summarize()
+    assert 0.2 < ref.stats[0] < 0.95  # a result set that is neither empty nor perfect
+    assert np.array_equal(np.asarray(fast.stats[:12]), np.asarray(ref.stats[:12]))
+    out = ds.evaluate(results, metric=metric)
+    assert [out[f"{metric}_{k}"] for k in ("mAP", "mAP_50", "mAP_75")] == [float(f"{v:.3f}") for v in ref.stats[:3]]
+
+
 def test_flag_and_classes(shapes_root):
     ds = ShapesDataset("train", TRAIN_PIPELINE, root=shapes_root)
     assert ds.CLASSES == ("rectangle", "ellipse", "triangle")
