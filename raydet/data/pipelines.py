@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import os.path as osp
 
-import cv2
 import mmcv
 import numpy as np
 import torch
