@@ -45,7 +45,6 @@ def ray_config(shapes_root, work_dir, **overrides):
 def learn_config(root, work_dir):
     """The default model and recipe, shortened: 2 workers x 8 images, two epochs of 2,400 images."""
     from raydet.config import load_config
-    ds = dict(type="ShapesDataset", root=root, num_images=LEARN)
     cfg = load_config(os.path.join(REPO, "configs/fcos/fcos_gn_tiny_shapes.py"), {
         "runner.max_epochs": 2, "data.train.root": root, "data.train.num_images": LEARN,
         "data.val.root": root, "data.val.num_images": LEARN, "log_config.interval": 10,
@@ -135,6 +134,34 @@ def test_worker_sigkill_with_epoch_checkpoints_recovers_exactly(baseline, shapes
                               dict(at_iter=ipe + 3, action="sigkill", rank=0))
     assert result.metrics["done"]
     _check_recovery(work, tmp_path, baseline[0], ipe)
+
+
+def test_storage_path_gets_the_checkpoints_and_a_fresh_work_dir_resumes(ray_local, shapes_root, tmp_path):
+    """ray.storage_path apart from the work_dir (a bucket's stand-in): every checkpoint is uploaded
+    there in the background; a second run on an empty work_dir (another machine) resumes from it."""
+    import raydet
+    storage, first, second = tmp_path / "storage", tmp_path / "a" / "run", tmp_path / "b" / "run"
+    storage.mkdir()
+
+    def config(work, epochs):
+        cfg = ray_config(shapes_root, work, runner=dict(max_epochs=epochs))
+        cfg["ray"].update(storage_path=str(storage), checkpoint_upload_mode="async")
+        return cfg
+
+    result = raydet.train(config(first, 2))
+    assert result.checkpoint.path == str(storage / "run" / "checkpoint_final")
+    uploaded = sorted(p.name for p in (storage / "run").glob("checkpoint_*") if p.is_dir())
+    assert uploaded and all((storage / "run" / n / "checkpoint.pth").exists() for n in uploaded)
+    assert not list(first.glob("checkpoint_*"))  # the hard-linked upload dirs are gone locally
+    log = open(glob.glob(str(first / "*.log"))[0]).read()
+    assert re.search(r"checkpoint_iter_4 reported to Ray in [\d.]+ s \(upload: async\)", log)
+    done = len([r for r in _records(first) if r.get("mode") == "train"])  # iterations of 2 epochs
+
+    raydet.train(config(second, 3))  # same run name, fresh work_dir, one more epoch
+    log = open(glob.glob(str(second / "*.log"))[0]).read()
+    resumed = re.findall(r"resumed from (\S+) at .*\(completed: \d+ epochs, (\d+) iterations\)", log)
+    assert resumed and resumed[0][0].startswith(str(storage)) and int(resumed[0][1]) == done
+    assert {r["epoch"] for r in _records(second) if r.get("mode") == "train"} == {3}  # nothing re-run
 
 
 def test_config_error_before_any_worker(ray_local, shapes_root, tmp_path):

@@ -128,7 +128,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     if cfg.get("cudnn_benchmark"):
         torch.backends.cudnn.benchmark = True
     model = model.to(device)
-    if is_dist():
+    if is_dist() and world > 1:  # a group of one has nothing to synchronise
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
             find_unused_parameters=cfg.get("find_unused_parameters", False))
@@ -214,7 +214,8 @@ def env_info() -> dict:
     import torchvision
     info = {"sys.platform": sys.platform, "Python": sys.version.replace("\n", ""),
             "PyTorch": torch.__version__, "TorchVision": torchvision.__version__,
-            "CUDA available": torch.cuda.is_available(), "machine": platform.machine()}
+            "CUDA available": torch.cuda.is_available(), "machine": platform.machine(),
+            "torch threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["GPU 0"] = torch.cuda.get_device_name(0)
     return info

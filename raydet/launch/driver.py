@@ -90,6 +90,16 @@ def _init_ray(address: str | None, num_cpus: int | None = None) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV})
 
 
+def run_dir(cfg) -> str:
+    """Ray's run directory of ``cfg``: the work_dir itself, or ``ray.storage_path``/<work_dir's
+    name> (a directory or a bucket URI, whose ``?query`` stays at the end)."""
+    storage = (cfg.get("ray") or {}).get("storage_path")
+    if not storage:
+        return cfg.work_dir
+    base, sep, query = storage.partition("?")
+    return base.rstrip("/") + "/" + os.path.basename(cfg.work_dir) + sep + query
+
+
 def _finished(cfg) -> dict | None:
     """Meta of the work_dir's final checkpoint when the run already reached max_epochs."""
     latest = find_latest_checkpoint(cfg.work_dir) if os.path.isdir(cfg.work_dir) else None
@@ -114,11 +124,14 @@ def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | Non
     workers = rc.get("num_workers", 2)
     use_gpu = bool(rc.get("use_gpu", False))
     work_dir = os.path.abspath(cfg.work_dir)
-    upload = rc.get("checkpoint_upload_mode", "sync")
+    upload = rc.get("checkpoint_upload_mode", "async")
     if upload not in ("sync", "async"):
         raise errors.ConfigError(f"ray.checkpoint_upload_mode must be 'sync' or 'async', got {upload!r}")
+    # Without a storage_path the work_dir is Ray's run dir: checkpoints are already in place.
+    storage = rc.get("storage_path")
     loop_config = dict(cfg=cfg.to_dict(), filename=cfg.filename, validate=validate, objects=objects,
-                       timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta, upload_mode=upload)
+                       timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta,
+                       upload=upload if storage else "none")
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -126,7 +139,7 @@ def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | Non
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=rc.get("resources_per_worker")),
         run_config=RunConfig(
-            name=os.path.basename(work_dir), storage_path=os.path.dirname(work_dir),
+            name=os.path.basename(work_dir), storage_path=storage or os.path.dirname(work_dir),
             failure_config=FailureConfig(max_failures=rc.get("max_failures", 3)),
             checkpoint_config=CheckpointConfig(num_to_keep=rc.get("num_to_keep")),
             callbacks=[FailFast()]))
@@ -159,7 +172,7 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
         done = _finished(cfg)
         if done is not None:
             logger.info(f"the run in {cfg.work_dir} is complete ({done['iter']}/{done['max_iters']} iterations)")
-            result = ray.train.Result.from_path(cfg.work_dir)
+            result = ray.train.Result.from_path(run_dir(cfg))
             print(f"raydet: {cfg.work_dir} is already complete; final metrics: "
                   f"{ {k: v for k, v in (result.metrics or {}).items() if 'mAP' in k} }")
             return result

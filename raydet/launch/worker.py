@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import ray
 import ray.train
@@ -30,26 +31,54 @@ def _meta_iter(path: str) -> int:
     return int(load_file(path)["meta"]["iter"])
 
 
-def choose_resume(work_dir: str, resume_from: str | None) -> str | None:
-    """Rank 0's choice of where to continue, broadcast to all ranks (a collective).
+def _local_file(ckpt, work_dir: str) -> str:
+    """This node's path to the file of Ray's checkpoint ``ckpt``: in place when the run dir is on
+    a filesystem this node sees (the work_dir itself, or a shared volume), otherwise downloaded
+    from the storage (a bucket) into ``work_dir/downloaded/``."""
+    path = os.path.join(ckpt.path, CKPT_FILE)
+    if getattr(ckpt.filesystem, "type_name", "local") == "local" and os.path.exists(path):
+        return path
+    target = os.path.join(work_dir, "downloaded", os.path.basename(ckpt.path.rstrip("/")))
+    if not os.path.exists(os.path.join(target, CKPT_FILE)):
+        ckpt.to_directory(target)
+    return os.path.join(target, CKPT_FILE)
 
-    The newer of Ray's ``get_checkpoint()`` and the work_dir's newest loadable checkpoint:
-    Ray's can be one behind the last one written (its controller polls reports every ~2 s), and
-    resuming is idempotent either way. The driver moves an old run aside unless it is meant to be
-    resumed, so whatever the work_dir holds belongs to this run. With neither, ``resume_from``."""
+
+def choose_resume(work_dir: str, resume_from: str | None) -> str | None:
+    """Where to continue, agreed by all ranks (collectives: every rank calls this).
+
+    Rank 0 picks the newer (by meta iter) of Ray's ``get_checkpoint()`` and the work_dir's newest
+    loadable checkpoint: Ray's can be one behind the last one written (its controller polls
+    reports every ~2 s), and resuming is idempotent either way. The driver moves an old run aside
+    unless it is meant to be resumed, so whatever the work_dir holds belongs to this run. With
+    neither, ``resume_from``. A work_dir file is used only if every rank can read it (a node-local
+    work_dir with ``ray.storage_path`` on a bucket: other nodes then load Ray's checkpoint, each
+    downloading its own copy)."""
     from ..engine.checkpoint import find_latest_checkpoint
-    from ..engine.dist import broadcast_object, get_rank
+    from ..engine.dist import all_reduce_mean, broadcast_object, get_rank
     choice = None
     if get_rank() == 0:
         candidates = []
         ckpt = ray.train.get_checkpoint()
-        if ckpt is not None and os.path.exists(os.path.join(ckpt.path, CKPT_FILE)):
-            candidates.append(os.path.join(ckpt.path, CKPT_FILE))
+        if ckpt is not None:
+            candidates.append(("ray", _local_file(ckpt, work_dir)))
         latest = find_latest_checkpoint(work_dir) if os.path.isdir(work_dir) else None
         if latest:
-            candidates.append(latest)
-        choice = max(candidates, key=_meta_iter) if candidates else resume_from
-    return broadcast_object(choice)
+            candidates.append(("file", latest))
+        choice = max(candidates, key=lambda c: _meta_iter(c[1])) if candidates else (
+            ("file", resume_from) if resume_from else None)
+    choice = broadcast_object(choice)
+    if choice is None:
+        return None
+    kind, path = choice
+    if kind == "file" and all_reduce_mean({"ok": float(os.path.exists(path))})["ok"] < 1.0:
+        if ray.train.get_checkpoint() is None:
+            from ..errors import CheckpointError
+            raise CheckpointError(f"{path}: not readable on every node and Ray has no checkpoint of this run")
+        kind, path = "ray", None
+    if kind == "ray" and (get_rank() != 0 or path is None):  # each node needs its own copy
+        path = _local_file(ray.train.get_checkpoint(), work_dir)
+    return path
 
 
 class RayReportHook(Hook):
@@ -58,14 +87,20 @@ class RayReportHook(Hook):
     The :class:`CheckpointHook` calls :meth:`on_saved` (on every rank); the report itself, a
     barrier that blocks once the driver is gone, waits for this hook's turn at LOWEST priority, so
     a worker killed while blocked there has already logged the checkpointed iteration. Every rank
-    reports once per checkpoint; rank 0 attaches the file, hard-linked into a Ray checkpoint
-    directory of the run dir so that Ray's bookkeeping costs no copy.
+    reports once per checkpoint; rank 0 attaches the file, hard-linked into a directory of the
+    work_dir (no copy). ``upload``: ``'none'`` when the work_dir is Ray's run dir (the checkpoint
+    is already in place), else ``'sync'`` (the report returns once the copy in ``storage_path`` is
+    complete) or ``'async'`` (copied by a background thread while training goes on; Ray removes
+    the hard-linked directory afterwards, never the checkpoint file itself). The time each report
+    held up training is logged.
     """
 
     priority = PRIORITIES["LOWEST"]
 
-    def __init__(self, upload_mode: str):
-        self.upload_mode, self.pending = upload_mode, []
+    def __init__(self, upload: str):
+        if upload not in ("none", "sync", "async"):
+            raise ValueError(f"upload must be none, sync or async, got {upload!r}")
+        self.upload, self.pending = upload, []
 
     def on_saved(self, runner, path):
         self.pending.append(path)
@@ -81,11 +116,12 @@ class RayReportHook(Hook):
         from ray.train import Checkpoint, CheckpointUploadMode
 
         from ..engine.dist import get_rank
+        start = time.perf_counter()
         name = name or "checkpoint_" + os.path.basename(path)[: -len(".pth")]
         epochs, iters = runner.progress()
         metrics = metrics or dict(epoch=epochs, iter=iters, **{
             k: v for k, v in runner.log_buffer.output.items() if isinstance(v, (int, float))})
-        checkpoint, mode = None, CheckpointUploadMode.SYNC
+        checkpoint = None
         if get_rank() == 0:
             directory = os.path.join(runner.work_dir, name)
             os.makedirs(directory, exist_ok=True)
@@ -94,8 +130,12 @@ class RayReportHook(Hook):
                 os.remove(target)
             os.link(path, target)
             checkpoint = Checkpoint.from_directory(directory)
-            mode = CheckpointUploadMode.NO_UPLOAD if self.upload_mode == "sync" else CheckpointUploadMode.ASYNC
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_mode=mode)
+        mode = {"none": CheckpointUploadMode.NO_UPLOAD, "sync": CheckpointUploadMode.SYNC,
+                "async": CheckpointUploadMode.ASYNC}[self.upload]
+        # after an upload the hard-linked directory goes, or it would keep every old checkpoint alive
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_mode=mode,
+                         delete_local_checkpoint_after_upload=self.upload != "none")
+        runner.logger.info(f"{name} reported to Ray in {time.perf_counter() - start:.3f} s (upload: {self.upload})")
 
 
 def train_loop(config: dict) -> dict:
@@ -107,6 +147,7 @@ def train_loop(config: dict) -> dict:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     log = _setup_logging(rank)
+    log.info(f"worker group of {ctx.get_world_size()} started (rank {rank} here, pid {os.getpid()})")
     cfg = Config(config["cfg"])  # a plain dict: the config file need not exist on this node
     if cfg.get("device") == "cuda" or (cfg.get("device") is None and torch.cuda.is_available()):
         from ray.train.torch import get_device
@@ -114,7 +155,7 @@ def train_loop(config: dict) -> dict:
     resume = choose_resume(cfg.work_dir, cfg.get("resume_from"))
     cfg.resume_from = resume
     cfg.auto_resume = False
-    reporter = RayReportHook(config.get("upload_mode", "sync"))
+    reporter = RayReportHook(config.get("upload", "none"))
     if resume:
         log.info(f"attempt on world size {ctx.get_world_size()} resumes from {resume}")
     if config.get("objects") is not None:  # train_detector(model, dataset, cfg, distributed=True)
