@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/startup_recovery.py [--repeats 2]
 
-Each repetition runs both sides, alternating, each in a fresh process (Ray started and stopped
+Each repetition runs the sides, alternating, each in a fresh process (Ray started and stopped
 inside it), with 2 workers on this machine:
 
 * start: seconds from process start to the first line of user code (bare: the train function
-  is entered; raydet: its first training iteration ends),
+  is entered; raydet: its worker function is entered, i.e. after config checks, ``ray.init`` and
+  the worker group start), and to raydet's first finished training iteration; beside
+  ``raydet train --launcher none`` (no Ray) to its first finished iteration;
 * recovery: SIGKILL of rank 1 mid-run -> the first iteration run by the restarted group, and how
   many iterations were executed twice.
 
@@ -15,6 +17,7 @@ Prints median/min/max of each side and the differences (raydet - bare).
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -60,20 +63,32 @@ def bare_side(out_dir: str) -> dict:
     return _ticks(os.path.join(out_dir, "ticks"), os.path.join(out_dir, "marker"), col=1, time_col=2)
 
 
-def raydet_side(out_dir: str) -> dict:
+def _tiny_config(out_dir, **overrides):
     sys.path.insert(0, REPO)
-    import raydet
     from raydet.data.shapes import generate
     from tests.conftest import tiny_config
     root = generate(os.path.join(tempfile.gettempdir(), "raydet-bench-shapes"), 0, dict(train=48, val=16))
+    return tiny_config(root, os.path.join(out_dir, "run"), runner=dict(max_epochs=2),
+                       checkpoint_config=dict(interval=4, by_epoch=False), auto_resume=True, **overrides)
+
+
+def raydet_side(out_dir: str) -> dict:
+    import raydet
     marker, count = os.path.join(out_dir, "marker"), os.path.join(out_dir, "count")
-    cfg = tiny_config(root, os.path.join(out_dir, "run"), runner=dict(max_epochs=2),
-                      checkpoint_config=dict(interval=4, by_epoch=False), auto_resume=True,
-                      ray=dict(num_workers=2, max_failures=1),
-                      custom_hooks=[dict(type="ChaosHook", marker=marker, at_iter=10, action="sigkill", rank=1,
-                                         count_file=count)])
+    cfg = _tiny_config(out_dir, ray=dict(num_workers=2, max_failures=1), custom_hooks=[
+        dict(type="ChaosHook", marker=marker, at_iter=10, action="sigkill", rank=1, count_file=count)])
     raydet.train(cfg, validate=False)
     return _ticks(count, marker, col=2, time_col=3)
+
+
+def none_side(out_dir: str) -> dict:
+    """``raydet train --launcher none``: the same run in this process, without Ray."""
+    from raydet.apis import train_from_config
+    count = os.path.join(out_dir, "count")
+    cfg = _tiny_config(out_dir, custom_hooks=[
+        dict(type="ChaosHook", marker=count + ".never", at_iter=10 ** 9, count_file=count)])
+    train_from_config(cfg, validate=False)
+    return dict(first=float(open(count).readline().split()[3]))
 
 
 def _ticks(path, marker, col, time_col):
@@ -100,6 +115,11 @@ def run_side(side: str) -> dict:
         raise RuntimeError(f"{side} side failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["start"] = result.pop("first") - start
+    if side == "raydet":  # the worker function's first log line, "worker group of 2 started"
+        stamp = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) - raydet - INFO - worker group of",
+                          proc.stdout + proc.stderr)
+        entered = time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")) + int(stamp.group(2)) / 1000
+        result["user"] = entered - start
     return result
 
 
@@ -110,25 +130,30 @@ def summary(values):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--side", choices=["bare", "raydet"])
+    parser.add_argument("--side", choices=["bare", "raydet", "none"])
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.side:
-        print(json.dumps((bare_side if args.side == "bare" else raydet_side)(args.out)))
+        print(json.dumps(dict(bare=bare_side, raydet=raydet_side, none=none_side)[args.side](args.out)))
         return
-    results = {"bare": [], "raydet": []}
+    results = {"bare": [], "raydet": [], "none": []}
     for _ in range(args.repeats):
-        for side in ("bare", "raydet"):
+        for side in results:
             results[side].append(run_side(side))
-    for key, label in (("start", "process start -> first user-code line (s)"),
-                       ("recovery", "SIGKILL of rank 1 -> first resumed iteration (s)"),
-                       ("redone", "iterations executed twice")):
+    for side in results:  # the bare side's "start" is its first line of user code
+        for r in results[side]:
+            r.setdefault("user", r["start"])
+    rows = [("user", "process start -> first line of user code (s)", ("bare", "raydet")),
+            ("start", "process start -> first finished training iteration (s)", ("raydet", "none")),
+            ("recovery", "SIGKILL of rank 1 -> first resumed iteration (s)", ("bare", "raydet")),
+            ("redone", "iterations executed twice", ("bare", "raydet"))]
+    for key, label, sides in rows:
         print(label)
-        for side in ("bare", "raydet"):
+        for side in sides:
             print(f"  {side:7s} {summary([r[key] for r in results[side]])}")
-        diff = statistics.median([r[key] for r in results["raydet"]]) - statistics.median(
-            [r[key] for r in results["bare"]])
-        print(f"  raydet - bare (medians): {diff:+.2f}")
+        a, b = sides
+        diff = statistics.median([r[key] for r in results[b]]) - statistics.median([r[key] for r in results[a]])
+        print(f"  {b} - {a} (medians): {diff:+.2f}")
 
 
 if __name__ == "__main__":

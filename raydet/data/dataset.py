@@ -191,8 +191,11 @@ class CocoDataset:
     def _fast_gt(self):
         """faster-coco-eval's view of the ground truth, built once."""
         if getattr(self, "_fast_coco", None) is None:
+            import copy
+
             from faster_coco_eval import COCO
-            self._fast_coco = COCO(self.coco.dataset, use_deepcopy=True)
+            # one copy of the ground truth here; use_deepcopy would also copy every loadRes input
+            self._fast_coco = COCO(copy.deepcopy(self.coco.dataset))
         return self._fast_coco
 
     def evaluate(self, results, metric=("bbox",), logger=None, classwise=False, **_):
