@@ -207,3 +207,20 @@ def test_eval_loader_shards_are_disjoint_and_cover(shapes_root):
         assert all(len({ds.flag[i] for i in b}) == 1 and len(b) <= 2 for b in batches)
         seen += [i for b in batches for i in b]
     assert seen == list(range(len(ds)))
+
+
+def test_batch_crosses_processes_packed_and_unchanged():
+    """A collated batch pickles (as DataLoader workers send it) with its per-image tensor lists
+    packed into one tensor each, and arrives equal, empty boxes included."""
+    import pickle
+
+    import torch
+    samples = [dict(img=torch.rand(3, 8, 8), gt_bboxes=torch.rand(n, 4), gt_labels=torch.arange(n),
+                    img_metas=dict(filename=f"{n}.jpg")) for n in (2, 0, 3)]
+    batch = collate(samples)
+    back = pickle.loads(pickle.dumps(batch))
+    assert set(back) == set(batch) and torch.equal(back["img"], batch["img"])
+    for key in ("gt_bboxes", "gt_labels"):
+        assert [t.shape for t in back[key]] == [t.shape for t in batch[key]]
+        assert all(torch.equal(a, b) for a, b in zip(back[key], batch[key]))
+    assert back["img_metas"] == batch["img_metas"]

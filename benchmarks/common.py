@@ -1,0 +1,56 @@
+"""Helpers shared by the benchmark scripts (not a benchmark itself)."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs/fcos/fcos_gn_tiny_shapes.py")
+# Ray started by a benchmark stays on loopback; worker prints are not teed twice.
+RAY_ENV = dict(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TRAIN_ENABLE_PRINT_PATCH="0")
+
+
+def shapes_subset(train: int, val: int = 16) -> dict:
+    """Dataset keys for the first ``train``/``val`` images of the shapes set (same images as the
+    full set's first ones), generated once into a temp directory of their own."""
+    root = os.path.join(tempfile.gettempdir(), f"raydet-bench-shapes-{train}-{val}")
+    return {"data.train.root": root, "data.train.num_images": {"train": train, "val": val},
+            "data.val.root": root, "data.val.num_images": {"train": train, "val": val}}
+
+
+def stamp_hook(path: str) -> dict:
+    """A hook config that appends ``rank epoch iter unix_time`` after every training iteration
+    (raydet's ChaosHook with nothing to inject): the images/s of a run, read from outside."""
+    return dict(type="ChaosHook", marker=path + ".never", at_iter=10 ** 9, count_file=path)
+
+
+def read_stamps(path: str, rank: int = 0) -> list[tuple[int, float]]:
+    """``[(iter, unix_time)]`` of one rank from a stamp file."""
+    rows = [line.split() for line in open(path)]
+    return [(int(r[2]), float(r[3])) for r in rows if int(r[0]) == rank]
+
+
+def images_per_s(stamps: list[tuple[int, float]], images_per_iter: int, skip: int) -> float:
+    """Throughput between the end of iteration ``skip`` and the end of the last one, so start-up
+    (Ray, loader workers, the first iterations' allocations) is left out but everything between
+    iterations (logging, checkpoints, epoch ends) is in."""
+    (i0, t0), (i1, t1) = stamps[skip - 1], stamps[-1]
+    return (i1 - i0) * images_per_iter / (t1 - t0)
+
+
+def run_json(args: list[str], env: dict | None = None) -> dict:
+    """Run ``python ARGS`` in a fresh process; its last stdout line is a JSON result."""
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO, **RAY_ENV, **(env or {})))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summary(values, fmt="8.2f") -> str:
+    return (f"median {statistics.median(values):{fmt}}  min {min(values):{fmt}}  "
+            f"max {max(values):{fmt}}  (n={len(values)})")
