@@ -37,7 +37,7 @@ def test_base_and_cfg_options_merge():
     assert cfg.optimizer.type == "AdamW" and cfg.optimizer.lr == 0.01 and cfg.optimizer.weight_decay == 0.05
     assert cfg.data.samples_per_gpu == 4 and cfg.data.workers_per_gpu == 1
     assert cfg.model.backbone.channels == (32, 64, 96, 128)
-    assert cfg.data.train.pipeline[2] == dict(type="Resize", img_scale=(128, 96), keep_ratio=True)
+    assert cfg.data.train.pipeline[2] == dict(type="Resize", img_scale=(96, 72), keep_ratio=True)
     assert cfg.runner == dict(type="EpochBasedRunner", max_epochs=3)
 
 
@@ -74,3 +74,10 @@ def test_dump_and_reload_identical(tmp_path, ext):
 def test_missing_config_file_named():
     with pytest.raises(ConfigError, match="config file not found: nope.py"):
         load_config("nope.py")
+
+
+def test_cfg_option_dict_over_none_replaces_it():
+    """`--cfg-options ray.resources_per_worker="{'CPU': 2}"`: the default is None, not a dict."""
+    cfg = load_config(DEFAULT, {"ray.resources_per_worker": {"CPU": 2}, "optimizer": {"lr": 0.2}})
+    assert cfg.ray.resources_per_worker == {"CPU": 2}
+    assert cfg.optimizer.lr == 0.2 and cfg.optimizer.type == "AdamW"  # a dict over a dict still merges

@@ -39,11 +39,31 @@ def load_config(path_or_cfg, cfg_options: Mapping | None = None) -> Config:
 
 def merge_overrides(cfg: Config, options: Mapping) -> Config:
     """Apply dotted overrides in place (list indices allowed: ``data.train.pipeline.0.type``)."""
+    options = dict(options)
+    for key, value in options.items():
+        current = _lookup(cfg, key)
+        if isinstance(value, dict) and current is not _MISSING and not isinstance(current, dict):
+            # a dict over a non-dict (None, say): replace it; mmengine would refuse to merge
+            options[key] = dict(value, _delete_=True)
     try:
-        cfg.merge_from_dict(dict(options))
+        cfg.merge_from_dict(options)
     except Exception as exc:
         raise ConfigError(f"cannot apply --cfg-options {dict(options)}: {exc}") from exc
     return cfg
+
+
+_MISSING = object()
+
+
+def _lookup(cfg, dotted: str):
+    """The value at a dotted key, or ``_MISSING``."""
+    node = cfg
+    for part in dotted.split("."):
+        try:
+            node = node[int(part)] if isinstance(node, (list, tuple)) and part.isdigit() else node[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node
 
 
 def dump_config(cfg: Config, path: str) -> None:
