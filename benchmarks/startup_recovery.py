@@ -84,9 +84,10 @@ def raydet_side(out_dir: str) -> dict:
 def none_side(out_dir: str) -> dict:
     """``raydet train --launcher none``: the same run in this process, without Ray."""
     from raydet.apis import train_from_config
+    from raydet.config import load_config
     count = os.path.join(out_dir, "count")
-    cfg = _tiny_config(out_dir, custom_hooks=[
-        dict(type="ChaosHook", marker=count + ".never", at_iter=10 ** 9, count_file=count)])
+    cfg = load_config(_tiny_config(out_dir, custom_hooks=[
+        dict(type="ChaosHook", marker=count + ".never", at_iter=10 ** 9, count_file=count)]))
     train_from_config(cfg, validate=False)
     return dict(first=float(open(count).readline().split()[3]))
 

@@ -1,0 +1,79 @@
+"""Scaling: images/s of raydet on Ray with N workers x C CPUs beside 1 worker.
+
+    .venv/bin/python benchmarks/scaling.py [--repeats 2] [--workers 2] [--iters 30] [--use-gpu]
+
+Sides (each a fresh process starting its own local Ray, alternating, ``--repeats`` times):
+
+* ``1x1``: 1 worker x 1 CPU (Ray sets one torch thread per CPU of the worker),
+* ``Nx1``: ``--workers`` workers x 1 CPU each (DDP over gloo, or NCCL with ``--use-gpu``),
+* ``1xN``: 1 worker x ``--workers`` CPUs, for reference: the same cores used by one process.
+
+Every worker trains the default config's detector on 8 images per step (the default's per-worker
+batch), so N workers process N x 8 images per step; images/s is taken from per-iteration stamps
+(iterations after the 3rd), checkpoints and logging as in the default config. On a real cluster
+pass ``--address`` of the cluster and ``--use-gpu``: the sides then use GPUs instead of CPUs.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import CONFIG, images_per_s, read_stamps, run_json, shapes_subset, stamp_hook, summary  # noqa: E402
+
+PER_WORKER, SKIP = 8, 3
+
+
+def run(args, workers, cpus, out):
+    import raydet
+    work_dir = tempfile.mkdtemp(prefix="bench-scaling-")
+    resources = None if args.use_gpu else {"CPU": cpus}
+    raydet.train(CONFIG, address=args.address, validate=False, work_dir=work_dir,
+                 **{"ray.num_workers": workers, "ray.use_gpu": args.use_gpu, "ray.resources_per_worker": resources},
+                 **shapes_subset(PER_WORKER * workers * args.iters), **{
+                     "data.samples_per_gpu": PER_WORKER, "runner.max_epochs": 1,
+                     "custom_hooks": [stamp_hook(out)]})
+    return {}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=30, help="iterations per run")
+    parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--address", default=None, help="a Ray cluster's address (default: local Ray)")
+    parser.add_argument("--side")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.side:
+        workers, cpus = map(int, args.side.split("x"))
+        print(json.dumps(run(args, workers, cpus, args.out)))
+        return
+    n = args.workers
+    sides = ["1x1", f"{n}x1"] + ([] if args.use_gpu else [f"1x{n}"])  # one worker holds one GPU
+    results = {side: [] for side in sides}
+    for _ in range(args.repeats):
+        for side in sides:
+            workers = int(side.split("x")[0])
+            out = tempfile.mktemp(prefix=f"bench-scaling-{side}-", suffix=".txt")
+            extra = ["--use-gpu"] if args.use_gpu else []
+            extra += ["--address", args.address] if args.address else []
+            run_json([__file__, "--side", side, "--out", out, "--iters", str(args.iters), *extra])
+            results[side].append(images_per_s(read_stamps(out), PER_WORKER * workers, SKIP))
+            print(f"{side}: {results[side][-1]:.2f} images/s", flush=True)
+    unit = "GPU" if args.use_gpu else "CPU"
+    print(f"\nimages/s, workers x {unit}s per worker, {PER_WORKER} images per worker-step:")
+    for side in sides:
+        print(f"  {side:5s} {summary(results[side])}")
+    base = statistics.median(results["1x1"])
+    print(f"  speed-up {n}x1 / 1x1 (medians): {statistics.median(results[f'{n}x1']) / base:.2f}  (goal >= 1.7 for N=2)")
+    if f"1x{n}" in results:
+        print(f"  speed-up 1x{n} / 1x1 (medians): {statistics.median(results[f'1x{n}']) / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
