@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/loop_overhead.py [--repeats 3] [--iters-per-epoch 40] [--epochs 2]
 
+On a GPU machine without Ray (Faster R-CNN R50-FPN, 2 images of ~1333x800, fp16):
+
+    python benchmarks/loop_overhead.py --sides plain,none --device cuda --fp16 --batch 2 \
+        --config configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py --img-scale 1333 800
+
 The sides train the default config's detector (torchvision FCOS on the tiny GN backbone) on the
 same images in the same order (raydet's loader, same seed, batch 16, the default
 ``workers_per_gpu``), with AdamW and grad-norm clipping, and 2 torch threads:
@@ -35,12 +40,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import CONFIG, images_per_s, read_stamps, run_json, shapes_subset, stamp_hook, summary  # noqa: E402
 
-BATCH, SKIP = 16, 5
+SKIP = 5
 
 
 def overrides(args, stamps):
-    return {**shapes_subset(BATCH * args.iters_per_epoch), "data.samples_per_gpu": BATCH,
-            "runner.max_epochs": args.epochs, "custom_hooks": [stamp_hook(stamps)]}
+    """The config changes of every side: the shapes images (any config: its train pipeline is
+    kept, at ``--img-scale`` if given), batch, epochs, device, fp16, the stamp hook."""
+    from raydet.config import load_config
+    pipeline = [dict(step) for step in load_config(args.config).train_pipeline]
+    for step in pipeline:
+        if step["type"] == "Resize" and args.img_scale:
+            step["img_scale"] = tuple(args.img_scale)
+    subset = shapes_subset(args.batch * args.iters_per_epoch)
+    train = dict(_delete_=True, type="ShapesDataset", split="train", pipeline=pipeline,
+                 root=subset["data.train.root"], num_images=subset["data.train.num_images"])
+    extra = {"device": args.device} if args.device else {}
+    if args.fp16:
+        extra["fp16"] = dict(loss_scale="dynamic")
+    return {"seed": 0, "data.train": train, "data.samples_per_gpu": args.batch, "runner.max_epochs": args.epochs,
+            "custom_hooks": [stamp_hook(stamps)], **extra}
+
+
+def _peak_memory():
+    import torch
+    return torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
 
 
 def plain_side(args, out):
@@ -55,28 +78,38 @@ def plain_side(args, out):
     from raydet.engine.optim import build_optimizer
     from raydet.models import build_detector
 
-    cfg = load_config(CONFIG, overrides(args, out))
+    cfg = load_config(args.config, overrides(args, out))
     set_random_seed(cfg.seed)
-    model = build_detector(cfg.model).train()
+    device = torch.device(args.device or "cpu")
+    model = build_detector(cfg.model).train().to(device)
     dataset = build_dataset(cfg.data.train, seed=cfg.seed)
-    loader = build_dataloader(dataset, BATCH, cfg.data.workers_per_gpu, seed=cfg.seed)
+    loader = build_dataloader(dataset, args.batch, cfg.data.workers_per_gpu, seed=cfg.seed)
     optimizer = build_optimizer(model, cfg.optimizer)
-    clip = cfg.optimizer_config.grad_clip
+    clip = (cfg.get("optimizer_config") or {}).get("grad_clip")
+    scaler = torch.amp.GradScaler(device.type, enabled=args.fp16 and device.type == "cuda")
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     step = 0
     for epoch in range(cfg.runner.max_epochs):
         loader.sampler.set_epoch(epoch)
         for data in loader:
-            losses = model(img=data["img"], img_metas=data["img_metas"], gt_bboxes=data["gt_bboxes"],
-                           gt_labels=data["gt_labels"])
-            loss = sum(v for k, v in losses.items() if "loss" in k)
+            with torch.autocast(device.type, dtype=dtype, enabled=args.fp16):
+                losses = model(img=data["img"].to(device), img_metas=data["img_metas"],
+                               gt_bboxes=[b.to(device) for b in data["gt_bboxes"]],
+                               gt_labels=[t.to(device) for t in data["gt_labels"]])
+                loss = sum(v for k, v in losses.items() if "loss" in k)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip.max_norm, clip.norm_type)
-            optimizer.step()
+            scaler.scale(loss).backward()
+            if clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip.max_norm, clip.norm_type)
+            scaler.step(optimizer)
+            scaler.update()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             step += 1
             with open(out, "a") as f:
                 f.write(f"0 {epoch + 1} {step} {time.time():.3f}\n")
-    return dict(threads=torch.get_num_threads())
+    return dict(threads=torch.get_num_threads(), peak_mib=_peak_memory())
 
 
 def _threads(work_dir):
@@ -129,7 +162,7 @@ def raydet_side(args, out):
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    raydet.train(CONFIG, validate=False, work_dir=work_dir,
+    raydet.train(args.config, validate=False, work_dir=work_dir,
                  **{"ray.num_workers": 1, "ray.resources_per_worker": {"CPU": os.cpu_count()}},
                  **overrides(args, out))
     done.set()
@@ -147,10 +180,10 @@ def raydet_side(args, out):
 def none_side(args, out):
     from raydet.apis import train_from_config
     from raydet.config import load_config
-    cfg = load_config(CONFIG, overrides(args, out))
+    cfg = load_config(args.config, overrides(args, out))
     cfg.work_dir = tempfile.mkdtemp(prefix="bench-loop-none-")
     train_from_config(cfg, validate=False)
-    return dict(threads=_threads(cfg.work_dir))
+    return dict(threads=_threads(cfg.work_dir), peak_mib=_peak_memory())
 
 
 def main():
@@ -158,32 +191,46 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters-per-epoch", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--config", default=CONFIG)
+    parser.add_argument("--batch", type=int, default=16, help="images per step")
+    parser.add_argument("--img-scale", type=int, nargs=2, metavar=("W", "H"), default=None,
+                        help="the train pipeline's Resize scale (e.g. 1333 800)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's)")
+    parser.add_argument("--fp16", action="store_true", help="autocast (fp16 + GradScaler on CUDA, bf16 on CPU)")
+    parser.add_argument("--sides", default="plain,none,raydet",
+                        help="comma-separated; a machine without ray runs plain,none")
     parser.add_argument("--side", choices=["plain", "none", "raydet"])
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.side:
         print(json.dumps(dict(plain=plain_side, none=none_side, raydet=raydet_side)[args.side](args, args.out)))
         return
-    results, ray_cpu = {"plain": [], "none": [], "raydet": []}, []
+    results, ray_cpu = {side: [] for side in args.sides.split(",")}, []
+    passed = ["--config", args.config, "--batch", str(args.batch), "--iters-per-epoch", str(args.iters_per_epoch),
+              "--epochs", str(args.epochs), *(["--img-scale", *map(str, args.img_scale)] if args.img_scale else []),
+              *(["--device", args.device] if args.device else []), *(["--fp16"] if args.fp16 else [])]
     for _ in range(args.repeats):
         for side in results:
             out = tempfile.mktemp(prefix=f"bench-loop-{side}-", suffix=".txt")
-            info = run_json([__file__, "--side", side, "--out", out, "--repeats", "1",
-                             "--iters-per-epoch", str(args.iters_per_epoch), "--epochs", str(args.epochs)])
+            info = run_json([__file__, "--side", side, "--out", out, *passed])
             stamps = read_stamps(out)
-            results[side].append(images_per_s(stamps, BATCH, SKIP))
+            results[side].append(images_per_s(stamps, args.batch, SKIP))
+            memory = f", peak GPU memory {info['peak_mib']:.0f} MiB" if info.get("peak_mib") else ""
             print(f"{side}: {results[side][-1]:.2f} images/s over iterations {SKIP + 1}-{stamps[-1][0]}, "
-                  f"torch threads {info['threads']}", flush=True)
+                  f"torch threads {info['threads']}{memory}", flush=True)
             if "cpu" in info:
                 ray_cpu.append(info)
                 print("  CPU seconds of Ray's processes within {:.1f} s of training: {}".format(info["wall"], ", ".join(
                     f"{k} {v:.1f}" for k, v in sorted(info["cpu"].items(), key=lambda kv: -kv[1]))), flush=True)
-    print(f"\nimages/s ({args.epochs} epochs x ~{args.iters_per_epoch} iterations of {BATCH} images):")
+    print(f"\nimages/s ({args.epochs} epochs x ~{args.iters_per_epoch} iterations of {args.batch} images):")
     for side, values in results.items():
         print(f"  {side:7s} {summary(values)}")
     plain = statistics.median(results["plain"])
-    print(f"  ratio raydet on Ray / plain (medians): {statistics.median(results['raydet']) / plain:.3f}  (goal >= 0.98)")
-    print(f"  ratio raydet --launcher none / plain (medians): {statistics.median(results['none']) / plain:.3f}")
+    for side, label in (("raydet", "raydet on Ray"), ("none", "raydet --launcher none")):
+        if side in results:
+            print(f"  ratio {label} / plain (medians): {statistics.median(results[side]) / plain:.3f}  (goal >= 0.98)")
+    if not ray_cpu:
+        return
     daemons = [sum(v for k, v in r["cpu"].items() if k != "training worker") / r["wall"] for r in ray_cpu]
     print(f"  while training, Ray's own processes (all but the training worker) used "
           f"{statistics.median(daemons) * 100:.1f}% of one core (median of the raydet-on-Ray runs)")
