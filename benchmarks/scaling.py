@@ -35,6 +35,7 @@ def run(args, workers, cpus, out):
                  **{"ray.num_workers": workers, "ray.use_gpu": args.use_gpu, "ray.resources_per_worker": resources},
                  **shapes_subset(PER_WORKER * workers * args.iters), **{
                      "data.samples_per_gpu": PER_WORKER, "runner.max_epochs": 1,
+                     **({"data.workers_per_gpu": args.workers_per_gpu} if args.workers_per_gpu is not None else {}),
                      "custom_hooks": [stamp_hook(out)]})
     return {}
 
@@ -45,6 +46,8 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--iters", type=int, default=30, help="iterations per run")
     parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--workers-per-gpu", type=int, default=None,
+                        help="dataloader processes per worker (default: the config's, 1)")
     parser.add_argument("--address", default=None, help="a Ray cluster's address (default: local Ray)")
     parser.add_argument("--side")
     parser.add_argument("--out")
@@ -61,6 +64,7 @@ def main():
             workers = int(side.split("x")[0])
             out = tempfile.mktemp(prefix=f"bench-scaling-{side}-", suffix=".txt")
             extra = ["--use-gpu"] if args.use_gpu else []
+            extra += ["--workers-per-gpu", str(args.workers_per_gpu)] if args.workers_per_gpu is not None else []
             extra += ["--address", args.address] if args.address else []
             run_json([__file__, "--side", side, "--out", out, "--iters", str(args.iters), *extra])
             results[side].append(images_per_s(read_stamps(out), PER_WORKER * workers, SKIP))
