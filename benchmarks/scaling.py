@@ -21,6 +21,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import CONFIG, images_per_s, read_stamps, run_json, shapes_subset, stamp_hook, summary  # noqa: E402
 
@@ -40,6 +41,44 @@ def run(args, workers, cpus, out):
     return {}
 
 
+def _allreduce_rank(rank, world, port, numel, queue):
+    import time
+
+    import torch
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    grads, times = torch.randn(numel), []
+    for _ in range(40):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_reduce(grads)
+        times.append(time.perf_counter() - start)
+    if rank == 0:
+        queue.put(statistics.median(times[5:]))
+    dist.destroy_process_group()
+
+
+def allreduce_ms(world: int) -> tuple[float, int]:
+    """Median time of one gloo all-reduce of the default model's gradients over ``world``
+    processes on loopback (what DDP adds to a CPU step, without the waiting), and the size."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from raydet.config import load_config
+    from raydet.models import build_detector
+    model = build_detector(load_config(CONFIG).model)
+    numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_allreduce_rank, args=(world, port, numel, queue), nprocs=world)
+    return queue.get() * 1000, numel
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
@@ -49,6 +88,7 @@ def main():
     parser.add_argument("--workers-per-gpu", type=int, default=None,
                         help="dataloader processes per worker (default: the config's, 1)")
     parser.add_argument("--address", default=None, help="a Ray cluster's address (default: local Ray)")
+    parser.add_argument("--allreduce-only", action="store_true", help="only time the gradient all-reduce")
     parser.add_argument("--side")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -57,6 +97,12 @@ def main():
         print(json.dumps(run(args, workers, cpus, args.out)))
         return
     n = args.workers
+    if not args.use_gpu:
+        ms, numel = allreduce_ms(n)
+        print(f"gloo all-reduce of the default model's {numel} float32 gradients over {n} processes "
+              f"on loopback: {ms:.1f} ms (median of 35)", flush=True)
+    if args.allreduce_only:
+        return
     sides = ["1x1", f"{n}x1"] + ([] if args.use_gpu else [f"1x{n}"])  # one worker holds one GPU
     results = {side: [] for side in sides}
     for _ in range(args.repeats):
