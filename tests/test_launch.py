@@ -164,6 +164,24 @@ def test_storage_path_gets_the_checkpoints_and_a_fresh_work_dir_resumes(ray_loca
     assert {r["epoch"] for r in _records(second) if r.get("mode") == "train"} == {3}  # nothing re-run
 
 
+def test_a_checkpoint_on_remote_storage_is_downloaded_once(tmp_path):
+    """What a node does with a checkpoint on a bucket (here a pyarrow filesystem that is not the
+    local one): download it into the work_dir, whole, and reuse that copy."""
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    from raydet.launch.worker import CKPT_FILE, _local_file
+    (tmp_path / "bucket" / "checkpoint_iter_4").mkdir(parents=True)
+    (tmp_path / "bucket" / "checkpoint_iter_4" / CKPT_FILE).write_bytes(b"weights" * 1000)
+    remote = pyarrow.fs.SubTreeFileSystem(str(tmp_path / "bucket"), pyarrow.fs.LocalFileSystem())
+    ckpt = Checkpoint(path="checkpoint_iter_4", filesystem=remote)
+    path = _local_file(ckpt, str(tmp_path / "work"))
+    assert path == str(tmp_path / "work" / "downloaded" / "checkpoint_iter_4" / CKPT_FILE)
+    assert open(path, "rb").read() == b"weights" * 1000
+    assert _local_file(ckpt, str(tmp_path / "work")) == path
+    assert os.listdir(tmp_path / "work" / "downloaded") == ["checkpoint_iter_4"]  # no leftovers
+
+
 def test_config_error_before_any_worker(ray_local, shapes_root, tmp_path):
     import raydet
     from raydet.errors import ConfigError

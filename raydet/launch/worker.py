@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import ray
@@ -40,7 +42,14 @@ def _local_file(ckpt, work_dir: str) -> str:
         return path
     target = os.path.join(work_dir, "downloaded", os.path.basename(ckpt.path.rstrip("/")))
     if not os.path.exists(os.path.join(target, CKPT_FILE)):
-        ckpt.to_directory(target)
+        # into a temporary sibling, then renamed: ranks sharing this node never read a partial file
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(target))
+        ckpt.to_directory(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another rank of this node was first
+            shutil.rmtree(tmp, ignore_errors=True)
     return os.path.join(target, CKPT_FILE)
 
 
