@@ -200,7 +200,7 @@ class CocoDataset:
 
     def evaluate(self, results, metric=("bbox",), logger=None, classwise=False, **_):
         """COCO mAP, computed by faster-coco-eval's C++ COCOeval (the same 12 numbers as
-        pycocotools' on the same input, checked by ``tests/test_dataset.py``; 15x faster on a
+        pycocotools' on the same input, checked by ``tests/test_dataset.py``; ~10x faster on a
         COCO-val-sized result set, ``benchmarks/coco_eval.py``).
 
         ``results[i]`` belongs to image ``i`` of this dataset: a list over classes of float
