@@ -99,6 +99,8 @@ def cmd_train(args) -> int:
         return 0
     from .apis import train_from_config
     from .config import dump_config
+    if "://" in cfg.work_dir:
+        raise RaydetError(f"work_dir={cfg.work_dir}: a bucket work_dir needs the Ray launcher (--launcher ray)")
     os.makedirs(cfg.work_dir, exist_ok=True)
     dump_config(cfg, os.path.join(cfg.work_dir, os.path.basename(args.config).rsplit(".", 1)[0] + ".py"))
     cfg.setdefault("auto_resume", False)

@@ -198,6 +198,33 @@ def test_group_sampler_groups_shards_and_resumes():
     assert [k.index for k in other] != order
 
 
+@pytest.mark.parametrize("before,after,steps", [(2, 1, 3), (1, 2, 5), (1, 3, 4), (3, 2, 1)])
+def test_group_sampler_reshards_the_rest_of_an_epoch_on_another_world_size(before, after, steps):
+    """An elastic restart: ``steps`` steps on ``before`` ranks, the rest of the epoch on ``after``
+    ranks. Every rank takes the same number of steps and every batch of the epoch is used exactly
+    once, apart from the epoch's first batches repeated to pad the rest to a multiple of ``after``."""
+    ds = _Flags([0] * 13 + [1] * 8)
+    glob = GroupSampler(ds, samples_per_gpu=2, seed=5)
+    glob.set_epoch(1)
+    global_batches = glob.global_batches()  # 11 batches
+    start = steps * before
+    seen = [b for b in global_batches[:start]]
+    shards = []
+    for rank in range(after):
+        s = GroupSampler(ds, samples_per_gpu=2, num_replicas=after, rank=rank, seed=5)
+        s.set_epoch(1, start_batch=start)
+        keys = [k.index for k in s]
+        assert len(keys) == len(s) == s.remaining_steps() * 2
+        shards.append([keys[i:i + 2] for i in range(0, len(keys), 2)])
+    assert len({len(sh) for sh in shards}) == 1  # equal steps: DDP never waits for a missing rank
+    for step in zip(*shards):
+        seen += list(step)
+    rest = len(global_batches) - start
+    assert len(seen) == len(global_batches) + (-rest) % after
+    assert sorted(map(tuple, seen[:len(global_batches)])) == sorted(map(tuple, global_batches))
+    assert seen[len(global_batches):] == global_batches[:(-rest) % after]  # as an uninterrupted run pads
+
+
 def test_eval_loader_shards_are_disjoint_and_cover(shapes_root):
     ds = ShapesDataset("val", TEST_PIPELINE, root=shapes_root, test_mode=True)
     seen = []

@@ -133,21 +133,28 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
             find_unused_parameters=cfg.get("find_unused_parameters", False))
     optimizer_cfg = copy.deepcopy(dict(cfg.optimizer))
+    lr_cfg = copy.deepcopy(dict(cfg.get("lr_config") or {}))
     auto = cfg.get("auto_scale_lr") or {}
     if auto.get("enable"):
+        # mmdet's rule, re-applied on every (re)start: the world size may have changed
         batch = world * loader_cfg["samples_per_gpu"]
-        optimizer_cfg["lr"] = optimizer_cfg["lr"] * batch / auto.get("base_batch_size", 16)
-        logger.info(f"LR scaled to {optimizer_cfg['lr']:.6g} for a total batch of {batch} "
-                    f"({world} x {loader_cfg['samples_per_gpu']}) against base_batch_size "
-                    f"{auto.get('base_batch_size', 16)}")
+        scale = batch / auto.get("base_batch_size", 16)
+        optimizer_cfg["lr"] *= scale
+        if lr_cfg.get("policy") == "OneCycle":  # its peak is given apart from the optimizer's LR
+            peak = lr_cfg["max_lr"]
+            lr_cfg["max_lr"] = [v * scale for v in peak] if isinstance(peak, (list, tuple)) else peak * scale
+        logger.info(f"world size {world}: LR scaled by {scale:.4g} to {optimizer_cfg['lr']:.6g}"
+                    + (f" (OneCycle max_lr {lr_cfg['max_lr']})" if "max_lr" in lr_cfg else "")
+                    + f" for a total batch of {batch} ({world} x {loader_cfg['samples_per_gpu']}) against "
+                    f"base_batch_size {auto.get('base_batch_size', 16)}")
     optimizer = build_optimizer(model, optimizer_cfg)
     precision = Precision(cfg.get("fp16"), device)
     runner = Runner(model, batch_processor, optimizer, cfg.work_dir, cfg.runner.max_epochs, logger=logger,
                     meta=meta, autocast=precision.autocast, timestamp=timestamp)
 
     # mmcv's register_training_hooks, in its order
-    if cfg.get("lr_config"):
-        runner.register_hook(build_lr_hook(cfg.lr_config))
+    if lr_cfg:
+        runner.register_hook(build_lr_hook(lr_cfg))
     if cfg.get("momentum_config"):
         runner.register_hook(build_lr_hook(cfg.momentum_config, MOMENTUM_POLICIES, "momentum_config"))
     opt_cfg = dict(cfg.get("optimizer_config") or {})

@@ -40,7 +40,8 @@ SECTIONS = {
     "auto_scale_lr": {"enable", "base_batch_size"},
     "dist_params": {"backend", "port"},
     "ray": {"num_workers", "use_gpu", "resources_per_worker", "max_failures", "num_to_keep",
-            "checkpoint_upload_mode", "address", "storage_path"},
+            "checkpoint_upload_mode", "address", "storage_path", "elastic_resize_monitor_interval_s",
+            "max_preemption_failures", "preemption_check_interval"},
 }
 DATALOADER_KEYS = {"samples_per_gpu", "workers_per_gpu", "persistent_workers", "pin_memory",
                    "shuffle"}

@@ -68,11 +68,13 @@ class GroupSampler(Sampler):
     Each batch holds images of one ``dataset.flag`` group. Per epoch, from a generator seeded with
     ``seed + epoch``: each group's indices are shuffled and padded by repetition to a multiple of
     ``samples_per_gpu``, cut into batches, and the batches permuted. That global batch order does
-    not depend on ``num_replicas``; the batch list is padded by repetition to a multiple of
-    ``num_replicas`` and rank ``r`` takes global batches ``r, r + R, r + 2R, ...``, so one
-    training step consumes the next ``R`` global batches. ``set_epoch(epoch, start_batch)`` skips
-    the first ``start_batch`` global batches, which resumes mid-epoch at the exact sample on any
-    number of replicas. Yields :class:`SampleKey` ``(index, epoch)``.
+    not depend on ``num_replicas``. ``set_epoch(epoch, start_batch)`` skips the first
+    ``start_batch`` global batches (consumed before a resume, possibly by another number of
+    replicas); the rest is padded with the epoch's first batches to a multiple of ``num_replicas``
+    (the padding an uninterrupted run on as many replicas has) and rank ``r``
+    takes its batches ``r, r + R, r + 2R, ...``, so one training step consumes the next ``R``
+    global batches, every rank takes the same number of steps, and every sample of the epoch is
+    seen exactly once apart from that padding. Yields :class:`SampleKey` ``(index, epoch)``.
     """
 
     def __init__(self, dataset, samples_per_gpu: int = 1, num_replicas: int = 1, rank: int = 0,
@@ -105,23 +107,29 @@ class GroupSampler(Sampler):
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         return batches
 
+    def _total(self) -> int:
+        return sum(math.ceil(int((self.flag == gr).sum()) / self.samples_per_gpu) for gr in np.unique(self.flag))
+
     def num_batches(self) -> int:
         """Steps in a full epoch for one rank."""
-        total = sum(math.ceil(int((self.flag == gr).sum()) / self.samples_per_gpu)
-                    for gr in np.unique(self.flag))
-        return math.ceil(total / self.num_replicas)
+        return math.ceil(self._total() / self.num_replicas)
+
+    def remaining_steps(self) -> int:
+        """Steps left in the epoch after ``start_batch`` (each rank takes as many)."""
+        return math.ceil(max(self._total() - self.start_batch, 0) / self.num_replicas)
 
     def __iter__(self):
         batches = self.global_batches()
-        total = self.num_batches() * self.num_replicas
-        batches = (batches * math.ceil(total / len(batches)))[:total]
-        for batch in batches[self.start_batch + self.rank::self.num_replicas]:
+        rest = batches[self.start_batch:]
+        # padded with the epoch's first batches, as an uninterrupted run on this world size pads
+        extra = self.remaining_steps() * self.num_replicas - len(rest) if rest else 0
+        rest += (batches * math.ceil(extra / len(batches)))[:extra] if extra else []
+        for batch in rest[self.rank::self.num_replicas]:
             for i in batch:
                 yield SampleKey(int(i), self.epoch)
 
     def __len__(self):
-        remaining = self.num_batches() - math.ceil(self.start_batch / self.num_replicas)
-        return max(remaining, 0) * self.samples_per_gpu
+        return self.remaining_steps() * self.samples_per_gpu
 
 
 class ShardSampler(Sampler):

@@ -8,7 +8,6 @@ included. See :class:`raydet.engine.hooks.Hook` for the loop.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import time
@@ -51,6 +50,7 @@ class Runner:
         self._max_iters = 0
         self.iters_per_epoch = 0
         self.start_batch = 0  # global batches of the current epoch already consumed (resume)
+        self._epoch_start = (0, 0)  # (first step, start_batch) of the running epoch
         self.mode, self.data_loader, self.outputs = None, None, {}
         self.log_buffer = LogBuffer()
         self._hooks: list[Hook] = []
@@ -125,9 +125,18 @@ class Runner:
     def train(self, data_loader) -> None:
         self.model.train()
         self.mode, self.data_loader = "train", data_loader
-        first = math.ceil(self.start_batch / get_world_size())
+        self.call_hook("before_train_epoch")  # the sampler learns its epoch and resume position here
+        # Steps are counted at this run's world size: after a resume on another number of
+        # workers the epoch's remaining batches are re-sharded, and the iteration-based
+        # schedules see the same fraction of training done.
+        first = self.iters_per_epoch - len(data_loader)
+        self._epoch_start = (first, self.start_batch)
+        iters = self._epoch * self.iters_per_epoch + first
+        if iters != self._iter:
+            self.logger.info(f"iterations counted on world size {get_world_size()}: {self._iter} -> {iters} "
+                             f"(epoch {self._epoch + 1}, {self.start_batch} batches of it done)")
+            self._iter = iters
         self._inner_iter = first - 1
-        self.call_hook("before_train_epoch")
         for i, data_batch in enumerate(data_loader, start=first):
             self._inner_iter = i
             self.call_hook("before_train_iter")
@@ -174,7 +183,8 @@ class Runner:
         in_iter = self._stage == "after_train_iter"
         done_epochs, done_iters = self.progress()
         if in_iter:
-            sampler = dict(epoch=self._epoch, start_batch=(self._inner_iter + 1) * get_world_size())
+            first, start_batch = self._epoch_start
+            sampler = dict(epoch=self._epoch, start_batch=start_batch + (self._inner_iter + 1 - first) * get_world_size())
         else:
             sampler = dict(epoch=done_epochs, start_batch=0)
         full_meta = dict(self.meta)
@@ -192,7 +202,9 @@ class Runner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Strict: missing or leftover keys, hooks or weights raise :class:`CheckpointError`."""
+        """Strict: missing or leftover keys, hooks or weights raise :class:`CheckpointError`.
+        The optimizer's state is the checkpoint's except each group's base LR, which stays the
+        configured one (mmcv kept the checkpoint's ``initial_lr``)."""
         keys = set(state)
         if keys != CHECKPOINT_KEYS:
             missing, extra = sorted(CHECKPOINT_KEYS - keys), sorted(keys - CHECKPOINT_KEYS)
@@ -202,9 +214,15 @@ class Runner:
         if set(own) != set(state["hooks"]):
             raise CheckpointError(f"cannot resume: checkpoint has state of hooks {sorted(state['hooks'])}, "
                                   f"this run has stateful hooks {sorted(own)}")
+        configured = [group["lr"] for group in self.optimizer.param_groups]
         try:
             self._module().load_state_dict(state["state_dict"], strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
+            # The LR schedules start again from this run's configured LR, not the checkpoint's: with
+            # auto_scale_lr it depends on the world size, which may differ after a restart.
+            for group, lr in zip(self.optimizer.param_groups, configured):
+                group["lr"] = lr
+                group.pop("initial_lr", None)
             for name, hook in own.items():
                 hook.load_state_dict(state["hooks"][name])
         except (RuntimeError, KeyError, ValueError) as exc:

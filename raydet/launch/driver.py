@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import time
 
 import ray
@@ -100,6 +101,36 @@ def run_dir(cfg) -> str:
     return base.rstrip("/") + "/" + os.path.basename(cfg.work_dir) + sep + query
 
 
+def resolve_work_dir(cfg) -> None:
+    """A work_dir on a bucket (``s3://bucket/runs/name?endpoint_override=...``, ``gs://...``) is
+    Ray's storage: ``ray.storage_path`` becomes its parent, and each node works in a local
+    directory of the same name under the temp dir (``/tmp/raydet/name``), whose checkpoints and
+    logs are uploaded there. A local work_dir is made absolute."""
+    if "://" not in cfg.work_dir:
+        cfg.work_dir = os.path.abspath(cfg.work_dir)
+        return
+    base, sep, query = cfg.work_dir.partition("?")
+    parent, name = base.rstrip("/").rsplit("/", 1)
+    if "://" not in parent or not name:
+        raise errors.ConfigError(f"work_dir={cfg.work_dir!r}: a bucket work_dir needs a path, e.g. s3://bucket/runs/name")
+    cfg.setdefault("ray", {})
+    if cfg.ray.get("storage_path"):
+        raise errors.ConfigError("work_dir is a bucket URI and ray.storage_path is set: give one of them")
+    cfg.ray.storage_path = parent + sep + query
+    cfg.work_dir = os.path.join(tempfile.gettempdir(), "raydet", name)
+
+
+def _num_workers(value) -> int | tuple[int, int]:
+    """``ray.num_workers``: a fixed count, or ``(min, max)`` for an elastic group."""
+    if isinstance(value, int) and value >= 1:
+        return value
+    if (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)
+            and 1 <= value[0] <= value[1]):
+        return tuple(value)
+    raise errors.ConfigError(f"ray.num_workers must be a positive int or (min, max) with 1 <= min <= max, "
+                             f"got {value!r}")
+
+
 def _finished(cfg) -> dict | None:
     """Meta of the work_dir's final checkpoint when the run already reached max_epochs."""
     latest = find_latest_checkpoint(cfg.work_dir) if os.path.isdir(cfg.work_dir) else None
@@ -121,7 +152,7 @@ def _fresh_start(work_dir: str) -> None:
 def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | None = None, meta=None) -> TorchTrainer:
     """The ``TorchTrainer`` of a resolved config: run dir = ``cfg.work_dir``."""
     rc = dict(cfg.get("ray") or {})
-    workers = rc.get("num_workers", 2)
+    workers = _num_workers(rc.get("num_workers", 2))
     use_gpu = bool(rc.get("use_gpu", False))
     work_dir = os.path.abspath(cfg.work_dir)
     upload = rc.get("checkpoint_upload_mode", "async")
@@ -131,16 +162,20 @@ def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | Non
     storage = rc.get("storage_path")
     loop_config = dict(cfg=cfg.to_dict(), filename=cfg.filename, validate=validate, objects=objects,
                        timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta,
-                       upload=upload if storage else "none")
+                       upload=upload if storage else "none", run_dir=run_dir(cfg) if storage else None,
+                       preemption_check_interval=rc.get("preemption_check_interval", 1))
+    elastic = {} if rc.get("elastic_resize_monitor_interval_s") is None else dict(
+        elastic_resize_monitor_interval_s=float(rc["elastic_resize_monitor_interval_s"]))
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker=rc.get("resources_per_worker")),
+                                     resources_per_worker=rc.get("resources_per_worker"), **elastic),
         run_config=RunConfig(
             name=os.path.basename(work_dir), storage_path=storage or os.path.dirname(work_dir),
-            failure_config=FailureConfig(max_failures=rc.get("max_failures", 3)),
+            failure_config=FailureConfig(max_failures=rc.get("max_failures", 3),
+                                         max_preemption_failures=rc.get("max_preemption_failures", -1)),
             checkpoint_config=CheckpointConfig(num_to_keep=rc.get("num_to_keep")),
             callbacks=[FailFast()]))
 
@@ -166,7 +201,7 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
     if not cfg.get("work_dir"):
         name = os.path.splitext(os.path.basename(cfg.filename or "raydet.py"))[0]
         cfg.work_dir = os.path.join("work_dirs", name)
-    cfg.work_dir = os.path.abspath(cfg.work_dir)
+    resolve_work_dir(cfg)
     cfg.setdefault("auto_resume", True)
     if cfg.auto_resume:
         done = _finished(cfg)
@@ -186,7 +221,7 @@ def train_detector_on_ray(model, dataset, cfg, validate=False, timestamp=None, m
     """mmdet's ``train_detector(..., distributed=True)``: ``model`` and ``dataset`` travel once
     through Ray's object store (never in a closure); each worker trains its copy."""
     cfg = load_config(cfg)
-    cfg.work_dir = os.path.abspath(cfg.work_dir)
+    resolve_work_dir(cfg)
     cfg.setdefault("auto_resume", True)
     _init_ray((cfg.get("ray") or {}).get("address"))
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]

@@ -1,11 +1,13 @@
 """What runs on every Ray Train worker."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 import ray
@@ -28,9 +30,12 @@ def _setup_logging(rank: int) -> logging.Logger:
     return log
 
 
-def _meta_iter(path: str) -> int:
+def _progress(path: str) -> tuple[int, int]:
+    """How far a checkpoint got, in units that do not depend on the world size: (epoch, global
+    batches of it consumed)."""
     from ..engine.checkpoint import load_file
-    return int(load_file(path)["meta"]["iter"])
+    sampler = load_file(path)["sampler"]
+    return int(sampler["epoch"]), int(sampler["start_batch"])
 
 
 def _local_file(ckpt, work_dir: str) -> str:
@@ -56,7 +61,7 @@ def _local_file(ckpt, work_dir: str) -> str:
 def choose_resume(work_dir: str, resume_from: str | None) -> str | None:
     """Where to continue, agreed by all ranks (collectives: every rank calls this).
 
-    Rank 0 picks the newer (by meta iter) of Ray's ``get_checkpoint()`` and the work_dir's newest
+    Rank 0 picks the further (by epoch and batches consumed) of Ray's ``get_checkpoint()`` and the work_dir's newest
     loadable checkpoint: Ray's can be one behind the last one written (its controller polls
     reports every ~2 s), and resuming is idempotent either way. The driver moves an old run aside
     unless it is meant to be resumed, so whatever the work_dir holds belongs to this run. With
@@ -74,7 +79,7 @@ def choose_resume(work_dir: str, resume_from: str | None) -> str | None:
         latest = find_latest_checkpoint(work_dir) if os.path.isdir(work_dir) else None
         if latest:
             candidates.append(("file", latest))
-        choice = max(candidates, key=lambda c: _meta_iter(c[1])) if candidates else (
+        choice = max(candidates, key=lambda c: _progress(c[1])) if candidates else (
             ("file", resume_from) if resume_from else None)
     choice = broadcast_object(choice)
     if choice is None:
@@ -106,10 +111,11 @@ class RayReportHook(Hook):
 
     priority = PRIORITIES["LOWEST"]
 
-    def __init__(self, upload: str):
+    def __init__(self, upload: str, logs: "LogUploader | None" = None):
         if upload not in ("none", "sync", "async"):
             raise ValueError(f"upload must be none, sync or async, got {upload!r}")
-        self.upload, self.pending = upload, []
+        self.upload, self.pending, self.logs = upload, [], logs
+        self.reported_iter = None
 
     def on_saved(self, runner, path):
         self.pending.append(path)
@@ -144,7 +150,124 @@ class RayReportHook(Hook):
         # after an upload the hard-linked directory goes, or it would keep every old checkpoint alive
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_mode=mode,
                          delete_local_checkpoint_after_upload=self.upload != "none")
+        self.reported_iter = iters
         runner.logger.info(f"{name} reported to Ray in {time.perf_counter() - start:.3f} s (upload: {self.upload})")
+        if self.logs is not None and get_rank() == 0:
+            self.logs.sync(wait=self.upload == "sync")
+
+
+class LogUploader:
+    """Copies rank 0's logs (text, json, tensorboard, the dumped config) from the local work_dir
+    to ``<run_dir>/logs/`` when Ray's run dir is elsewhere (``ray.storage_path``, a bucket
+    work_dir), so that a run's logs outlive its nodes. Checkpoints are Ray's to upload and are
+    skipped. One copy runs at a time in a background thread; a request made while one runs is
+    served by the next one."""
+
+    def __init__(self, work_dir: str, run_dir: str):
+        from pyarrow import fs
+        self.work_dir = work_dir
+        self.fs, root = fs.FileSystem.from_uri(run_dir)
+        self.root = root.rstrip("/") + "/logs"
+        self.thread = None
+
+    def _files(self):
+        for top, dirs, files in os.walk(self.work_dir):
+            dirs[:] = [d for d in dirs if d != "downloaded" and not d.startswith(("checkpoint_", "."))]
+            for name in files:
+                if not name.endswith(".pth"):
+                    yield os.path.join(top, name)
+
+    def _copy(self):
+        for path in self._files():
+            target = self.root + "/" + os.path.relpath(path, self.work_dir).replace(os.sep, "/")
+            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            with open(path, "rb") as src, self.fs.open_output_stream(target) as dst:
+                shutil.copyfileobj(src, dst)
+
+    def sync(self, wait: bool = False) -> None:
+        """Copy the logs now (``wait``: before returning; it then also waits for a running copy)."""
+        if wait:
+            if self.thread is not None:
+                self.thread.join()
+            self._copy()
+        elif self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._copy, name="raydet-log-upload", daemon=True)
+            self.thread.start()
+
+
+class LeaveLoop(Exception):
+    """Raised out of the runner on every rank after the checkpoint of a preemption or SIGTERM;
+    ``deadline`` (epoch seconds) is when Ray will have ended this attempt at the latest."""
+
+    def __init__(self, reason: str, deadline: float):
+        super().__init__(reason)
+        self.deadline = deadline
+
+
+class PreemptionHook(Hook):
+    """Checkpoints at the next iteration boundary when this worker group is about to lose a node
+    (a spot reclaim: Ray marks the node as draining) or a worker process got SIGTERM, then leaves
+    the training loop on every rank.
+
+    Every ``interval`` iterations all ranks ask Ray (``ray.train.get_preemption_info()``, a
+    collective) and compare SIGTERM flags (one all-reduce). On a preemption the checkpoint is
+    reported to Ray and waited for until Ray has committed it; the restart Ray makes at the
+    drain's deadline (counted against ``max_preemption_failures``) resumes from it, so at most the
+    iteration in flight is redone. Ray 2.60 counts a worker that exits by itself during a drain as
+    an ordinary failure, so the ranks wait for Ray to end the attempt instead (no collective held).
+    On SIGTERM, the signalled worker's exit waits (up to ``sigterm_grace_s``) while rank 0 writes
+    the checkpoint file in the work_dir, without a report: the signalled process can no longer
+    answer Ray. Ray counts that exit as a failure; the restart resumes from the file.
+    """
+
+    priority = PRIORITIES["LOWEST"]  # after the iteration's log line and its periodic report
+
+    def __init__(self, reporter: RayReportHook, interval: int = 1, sigterm_grace_s: float = 60.0):
+        if interval < 1:
+            raise ValueError(f"ray.preemption_check_interval must be >= 1, got {interval}")
+        self.reporter, self.interval, self.grace = reporter, interval, sigterm_grace_s
+        self.exit_requested, self.saved = threading.Event(), threading.Event()
+        self.training, self.thread = False, None
+
+    def before_run(self, runner):
+        self.training, self.thread = True, threading.current_thread()
+        atexit.register(self._at_exit)  # runs in the actor's main thread, after Ray's SIGTERM handler
+
+    def after_run(self, runner):
+        self.training = False
+
+    def _at_exit(self):
+        if self.training and self.thread.is_alive():
+            self.exit_requested.set()
+            self.saved.wait(self.grace)
+
+    def after_train_iter(self, runner):
+        from ..engine.dist import all_reduce_mean, get_rank
+        if not self.every_n_iters(runner, self.interval):
+            return
+        sigterm = all_reduce_mean({"sigterm": float(self.exit_requested.is_set())})["sigterm"] > 0
+        info = ray.train.get_preemption_info()  # a collective: same iterations on every rank
+        if info is None and not sigterm:
+            return
+        start = time.perf_counter()
+        epochs, iters = runner.progress()
+        path = os.path.join(runner.work_dir, f"iter_{iters}.pth")
+        if get_rank() == 0 and self.reporter.reported_iter != iters:
+            runner.save_checkpoint(path)
+        self.training = False
+        if sigterm:
+            runner.logger.info(f"SIGTERM: checkpoint of iter {iters} written to {path}; leaving the loop")
+            self.saved.set()
+            raise LeaveLoop("SIGTERM", time.time() + self.grace)
+        if self.reporter.reported_iter != iters:
+            self.reporter.report(runner, path, name=f"checkpoint_iter_{iters}")
+        ray.train.get_all_reported_checkpoints()  # returns once Ray has committed every report
+        deadline = info.deadline_ms / 1000 if info.deadline_ms else time.time() + 120
+        runner.logger.info(
+            f"preemption of ranks {sorted(info.preempted_ranks)}: checkpoint of iter {iters} committed in "
+            f"{time.perf_counter() - start:.2f} s, {deadline - time.time():.1f} s before the deadline; "
+            f"leaving the loop until Ray restarts the worker group")
+        raise LeaveLoop("preemption", deadline)
 
 
 def train_loop(config: dict) -> dict:
@@ -156,7 +279,8 @@ def train_loop(config: dict) -> dict:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     log = _setup_logging(rank)
-    log.info(f"worker group of {ctx.get_world_size()} started (rank {rank} here, pid {os.getpid()})")
+    log.info(f"worker group of {ctx.get_world_size()} started (rank {rank} here, pid {os.getpid()}, "
+             f"node {ray.get_runtime_context().get_node_id()})")
     cfg = Config(config["cfg"])  # a plain dict: the config file need not exist on this node
     if cfg.get("device") == "cuda" or (cfg.get("device") is None and torch.cuda.is_available()):
         from ray.train.torch import get_device
@@ -164,21 +288,31 @@ def train_loop(config: dict) -> dict:
     resume = choose_resume(cfg.work_dir, cfg.get("resume_from"))
     cfg.resume_from = resume
     cfg.auto_resume = False
-    reporter = RayReportHook(config.get("upload", "none"))
+    logs = LogUploader(cfg.work_dir, config["run_dir"]) if config.get("run_dir") and rank == 0 else None
+    reporter = RayReportHook(config.get("upload", "none"), logs)
+    hooks = [reporter, PreemptionHook(reporter, config.get("preemption_check_interval", 1))]
     if resume:
         log.info(f"attempt on world size {ctx.get_world_size()} resumes from {resume}")
-    if config.get("objects") is not None:  # train_detector(model, dataset, cfg, distributed=True)
-        model, datasets = ray.get(config["objects"])
-        cfg.seed = init_random_seed(cfg.get("seed"))
-        set_random_seed(cfg.seed, cfg.get("deterministic", False))
-        runner, loaders = build_training(model, datasets, cfg, validate=config["validate"],
-                                         timestamp=config["timestamp"], meta=config.get("meta"),
-                                         on_checkpoint=reporter.on_saved, extra_hooks=[reporter])
-        runner.run(loaders, cfg.workflow)
-    else:
-        runner = train_from_config(cfg, validate=config["validate"], timestamp=config["timestamp"],
-                                   on_checkpoint=reporter.on_saved, extra_hooks=[reporter],
-                                   exp_name=os.path.basename(config.get("filename") or "config.py"))
+    try:
+        if config.get("objects") is not None:  # train_detector(model, dataset, cfg, distributed=True)
+            model, datasets = ray.get(config["objects"])
+            cfg.seed = init_random_seed(cfg.get("seed"))
+            set_random_seed(cfg.seed, cfg.get("deterministic", False))
+            runner, loaders = build_training(model, datasets, cfg, validate=config["validate"],
+                                             timestamp=config["timestamp"], meta=config.get("meta"),
+                                             on_checkpoint=reporter.on_saved, extra_hooks=hooks)
+            runner.run(loaders, cfg.workflow)
+        else:
+            runner = train_from_config(cfg, validate=config["validate"], timestamp=config["timestamp"],
+                                       on_checkpoint=reporter.on_saved, extra_hooks=hooks,
+                                       exp_name=os.path.basename(config.get("filename") or "config.py"))
+    except LeaveLoop as stop:
+        if logs is not None:
+            logs.sync(wait=True)
+        # Ray ends this attempt (kills this actor) by the deadline; not being ended is a bug to report.
+        while time.time() < stop.deadline + 60:
+            time.sleep(1)
+        raise RuntimeError(f"{stop}: Ray did not restart the worker group within 60 s of the deadline") from None
     evals = [h.last_metrics for h in runner.hooks if getattr(h, "last_metrics", None)]
     final = dict(epoch=runner.epoch, iter=runner.iter, done=True,
                  **{k: v for k, v in (evals[0] if evals else {}).items() if isinstance(v, (int, float))})
@@ -186,4 +320,6 @@ def train_loop(config: dict) -> dict:
     # the final evaluation once more.
     latest = os.path.realpath(os.path.join(runner.work_dir, "latest.pth"))
     reporter.report(runner, latest, metrics=final, name="checkpoint_final")
+    if logs is not None:
+        logs.sync(wait=True)
     return final if get_rank() == 0 else None
