@@ -51,6 +51,7 @@ class Runner:
         self.iters_per_epoch = 0
         self.start_batch = 0  # global batches of the current epoch already consumed (resume)
         self._epoch_start = (0, 0)  # (first step, start_batch) of the running epoch
+        self.saved_position = (None, 0)  # (iterations per epoch, iteration) of the resumed checkpoint
         self.mode, self.data_loader, self.outputs = None, None, {}
         self.log_buffer = LogBuffer()
         self._hooks: list[Hook] = []
@@ -102,7 +103,8 @@ class Runner:
         self.call_hook("before_run")  # first: the text logger hook opens the run's log file here
         self.logger.info(f"Start running, work_dir: {self.work_dir}")
         self.logger.info(self.hook_order())
-        self.logger.info(f"workflow: {workflow}, max: {self._max_epochs} epochs")
+        self.logger.info(f"workflow: {workflow}, max: {self._max_epochs} epochs, world size {get_world_size()}: "
+                         f"{self.iters_per_epoch} iterations per epoch")
         if self.resumed_from:
             self.logger.info(f"resumed from {self.resumed_from} at epoch {self._epoch + 1}, iter {self._iter + 1} "
                              f"(completed: {self._epoch} epochs, {self._iter} iterations)")
@@ -230,6 +232,8 @@ class Runner:
         meta = state["meta"]
         self.meta["hook_msgs"] = dict(meta.get("hook_msgs", {}))
         self._iter = int(meta["iter"])
+        epochs = int(meta.get("max_epochs") or 0)
+        self.saved_position = (int(meta["max_iters"]) // epochs if epochs else None, self._iter)
         self._epoch = int(state["sampler"]["epoch"])
         self.start_batch = int(state["sampler"]["start_batch"])
         set_rng_state(state["rng"])

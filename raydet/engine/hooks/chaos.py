@@ -6,6 +6,8 @@ that iteration's checkpoint (if any) was written. ``at_epoch=E`` instead fails a
 ``E``. The ``marker`` file is created just before failing and, while it exists, the hook never
 fails again, so a restarted run goes through. ``count_file``, if set, gets one line per executed
 training iteration (``rank epoch iter unix_time``), counting the work a failure costs.
+``delay_s`` sleeps after every training iteration (a slower step, to give a drill time to act);
+with neither ``at_iter`` nor ``at_epoch`` the hook only counts and delays.
 """
 from __future__ import annotations
 
@@ -25,14 +27,16 @@ class ChaosError(RaydetError, RuntimeError):
 class ChaosHook(Hook):
     priority = PRIORITIES["LOWEST"]
 
-    def __init__(self, marker: str, at_iter: int | None = None, at_epoch: int | None = None,
-                 action: str = "raise", rank: int = 0, count_file: str | None = None):
-        if (at_iter is None) == (at_epoch is None):
-            raise ValueError("ChaosHook needs exactly one of at_iter and at_epoch")
+    def __init__(self, marker: str | None = None, at_iter: int | None = None, at_epoch: int | None = None,
+                 action: str = "raise", rank: int = 0, count_file: str | None = None, delay_s: float = 0.0):
+        if at_iter is not None and at_epoch is not None:
+            raise ValueError("ChaosHook takes at most one of at_iter and at_epoch")
+        if (at_iter is not None or at_epoch is not None) and not marker:
+            raise ValueError("ChaosHook needs a marker file to fail only once")
         if action not in ("raise", "sigkill", "sigterm"):
             raise ValueError(f"ChaosHook.action must be raise, sigkill or sigterm, got {action!r}")
         self.marker, self.at_iter, self.at_epoch = marker, at_iter, at_epoch
-        self.action, self.rank, self.count_file = action, rank, count_file
+        self.action, self.rank, self.count_file, self.delay_s = action, rank, count_file, delay_s
 
     def _fail(self, runner, where: str):
         from ..dist import get_rank
@@ -52,6 +56,8 @@ class ChaosHook(Hook):
             from ..dist import get_rank
             with open(self.count_file, "a") as f:
                 f.write(f"{get_rank()} {runner.epoch + 1} {runner.iter + 1} {time.time():.3f}\n")
+        if self.delay_s:
+            time.sleep(self.delay_s)
         if self.at_iter is not None and runner.iter + 1 == self.at_iter:
             self._fail(runner, f"iter {self.at_iter}")
 

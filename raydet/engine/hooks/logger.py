@@ -96,7 +96,7 @@ class TextLoggerHook(LoggerHook):
     lines to the runner's logger and ``{timestamp}.log``, and mmdet's JSON records to
     ``{timestamp}.log.json`` (first line: the run's meta). Rank 0 only writes files."""
 
-    TEXT_ITER = re.compile(r"Epoch \[(\d+)\]\[(\d+)/\d+\]")
+    TEXT_ITER = re.compile(r"Epoch \[(\d+)\]\[(\d+)/(\d+)\]")
 
     def __init__(self, interval=10, ignore_last=True, reset_flag=False, by_epoch=True):
         super().__init__(interval, ignore_last, reset_flag, by_epoch)
@@ -110,7 +110,7 @@ class TextLoggerHook(LoggerHook):
     def before_run(self, runner):
         self.timestamp = self.timestamp or runner.timestamp
         self.work_dir = runner.work_dir
-        self.start_iter = runner.iter
+        self.start_iter = None  # set at the first iteration, once a resume has counted its iterations
         self.time_sec_tot = 0.0
         if not is_main():
             return
@@ -138,21 +138,41 @@ class TextLoggerHook(LoggerHook):
             os.truncate(path, offset)
 
     def _cut_after(self, runner, text_path, json_path):
-        ipe, done = runner.iters_per_epoch, runner.iter
+        # A line is past the checkpoint if it was logged at the checkpoint's world size (its
+        # iterations per epoch) after the checkpoint's iteration; lines of other world sizes came
+        # from earlier attempts, before it. The json file holds the same train records in the same
+        # order, so it keeps as many.
+        ipe, done = runner.saved_position
+        kept = 0
 
         def text_past(line):
+            nonlocal kept
             m = self.TEXT_ITER.search(line)
-            return m is not None and (int(m.group(1)) - 1) * ipe + int(m.group(2)) > done
+            if m is None:
+                return False
+            epoch, i, n = map(int, m.groups())
+            if (ipe is None or n == ipe) and (epoch - 1) * n + i > done:
+                return True
+            kept += 1
+            return False
+
+        seen = 0
 
         def json_past(line):
+            nonlocal seen
             try:
                 rec = json.loads(line)
             except ValueError:
                 return True  # a torn last line
-            return rec.get("mode") == "train" and (rec["epoch"] - 1) * ipe + rec["iter"] > done
+            seen += rec.get("mode") == "train"
+            return seen > kept
 
         self._cut(text_path, text_past)
         self._cut(json_path, json_past)
+
+    def before_train_iter(self, runner):
+        if self.start_iter is None:
+            self.start_iter = runner.iter
 
     def after_run(self, runner):
         if self.handler is not None:

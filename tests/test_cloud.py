@@ -1,0 +1,133 @@
+"""Cloud behaviour on a local multi-node Ray (``ray.cluster_utils.Cluster``: a head with no CPUs
+and 1-CPU "nodes", all on 127.0.0.1): elastic world sizes and spot preemption.
+
+Each test drives ``raydet.train`` from a driver subprocess (``Cluster.add_node`` must run in the
+main thread, and killing or draining nodes must not take the test process with them) and acts
+on the driver's log lines, then asserts on the run's log.
+"""
+import json
+import os
+import pickle
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from .test_launch import ray_config
+
+ray = pytest.importorskip("ray")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DRIVER = ("import json, pickle, sys, raydet; cfg = pickle.load(open(sys.argv[1], 'rb')); "
+          "res = raydet.train(cfg, address=sys.argv[2], validate=False); "
+          "print('RESULT', json.dumps({k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}))")
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """A head without CPUs (Ray Train's controller, a 0-CPU actor, lands there and survives the
+    node changes) and two 1-CPU worker nodes."""
+    from ray.cluster_utils import Cluster
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, node_ip_address="127.0.0.1",
+                                                          temp_dir=temp_dir, include_dashboard=False))
+    c.workers = [c.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class Driver:
+    """``raydet.train(cfg)`` in a subprocess connected to ``address``; its output, line by line."""
+
+    def __init__(self, cfg, address, tmp_path, **env):
+        path = tmp_path / "cfg.pkl"
+        path.write_bytes(pickle.dumps(cfg))
+        env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0", **env)
+        self.out = tmp_path / "driver.out"  # everything the driver printed, for a failure's post-mortem
+        self.proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(path), address], env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines, self.seen = queue.Queue(), []
+        threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout] + [self.lines.put(None)],
+                         daemon=True).start()
+
+    def wait_for(self, pattern, timeout=180):
+        """The first match of ``pattern`` in a line printed from now on."""
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+            with open(self.out, "a") as f:
+                f.write(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+        self.proc.kill()
+        pytest.fail(f"no line matching {pattern!r}; the driver printed:\n" + "".join(self.seen[-80:]))
+
+    def finish(self, timeout=240):
+        found = self.wait_for(r"^RESULT (.*)", timeout)
+        self.proc.wait(timeout=60)
+        return json.loads(found.group(1))
+
+
+def _slow_config(shapes_root, work_dir, tmp_path, **overrides):
+    """The tiny 2-worker config, half a second a step (time for the test to act), fixed LR."""
+    cfg = ray_config(shapes_root, work_dir, lr_config=dict(policy="fixed"), **overrides)
+    cfg["custom_hooks"] = [dict(type="ChaosHook", count_file=str(tmp_path / "count"), delay_s=0.5)]
+    return cfg
+
+
+def _log(work_dir):
+    (name,) = [n for n in os.listdir(work_dir) if n.endswith(".log")]
+    return open(os.path.join(work_dir, name)).read()
+
+
+def test_elastic_group_shrinks_and_grows_with_the_lr_following_the_world_batch(cluster, shapes_root, tmp_path):
+    """``ray.num_workers=(1, 2)``: a lost node shrinks the group to one worker, its return grows it
+    back; each size re-derives the LR (auto_scale_lr) and the schedule's iteration count."""
+    work = tmp_path / "run"
+    cfg = _slow_config(shapes_root, work, tmp_path, runner=dict(max_epochs=5),
+                       auto_scale_lr=dict(enable=True, base_batch_size=8))
+    cfg["ray"].update(num_workers=(1, 2), elastic_resize_monitor_interval_s=2, max_failures=3)
+    # waiting for the lost node before shrinking costs this long (Ray's default: 60 s)
+    driver = Driver(cfg, cluster.address, tmp_path, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="8")
+    node = driver.wait_for(r"worker group of 2 started \(rank 0 here, pid \d+, node (\w+)\)").group(1)
+    per_epoch = {2: int(driver.wait_for(r"Epoch \[1\]\[1/(\d+)\]").group(1))}
+    driver.wait_for(r"Epoch \[2\]\[2/")
+    cluster.remove_node(next(n for n in cluster.workers if n.unique_id != node))
+    driver.wait_for(r"worker group of 1 started")
+    per_epoch[1] = int(driver.wait_for(r"Epoch \[\d\]\[\d+/(\d+)\]").group(1))  # training on one worker
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    driver.wait_for(r"worker group of 2 started")
+    result = driver.finish()
+    assert result["done"] and result["epoch"] == 5
+
+    log, out = _log(work), "".join(driver.seen)
+    sizes = [int(n) for n in re.findall(r"worker group of (\d) started", out)]
+    assert sizes == [2, 1, 2]
+    assert [int(n) for n in re.findall(r"world size (\d): \d+ iterations per epoch", log)] == sizes
+    scaled = re.findall(r"world size (\d): LR scaled by ([\d.]+) to ([\d.e-]+)", out)
+    assert [(int(w), float(s), float(lr)) for w, s, lr in scaled] == [(2, 1, 1e-3), (1, 0.5, 5e-4), (2, 1, 1e-3)]
+    # the LR each iteration used, by the iterations per epoch its line shows
+    assert per_epoch[1] == 2 * per_epoch[2] - 1  # 13 batches of 4 images: 7 steps on 2 workers, 13 on 1
+    steps = re.findall(r"Epoch \[(\d)\]\[(\d+)/(\d+)\]\tlr: ([\d.e+-]+)", log)
+    assert {(int(n), float(lr)) for _, _, n, lr in steps} == {(per_epoch[2], 1e-3), (per_epoch[1], 5e-4)}
+    # the schedule's iteration count follows the world size: epochs end where they should
+    assert re.search(r"iterations counted on world size 1: \d+ -> \d+", log)
+    assert re.search(r"iterations counted on world size 2: \d+ -> \d+", log)
+    last = [(int(e), int(i), int(n)) for e, i, n, _ in steps][-1]
+    assert last == (5, per_epoch[2], per_epoch[2])
