@@ -108,7 +108,7 @@ def test_elastic_group_shrinks_and_grows_with_the_lr_following_the_world_batch(c
     node = driver.wait_for(r"worker group of 2 started \(rank 0 here, pid \d+, node (\w+)\)").group(1)
     per_epoch = {2: int(driver.wait_for(r"Epoch \[1\]\[1/(\d+)\]").group(1))}
     driver.wait_for(r"Epoch \[2\]\[2/")
-    cluster.remove_node(next(n for n in cluster.workers if n.unique_id != node))
+    cluster.remove_node(next(n for n in cluster.workers if n.node_id != node))
     driver.wait_for(r"worker group of 1 started")
     per_epoch[1] = int(driver.wait_for(r"Epoch \[\d\]\[\d+/(\d+)\]").group(1))  # training on one worker
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
@@ -131,3 +131,37 @@ def test_elastic_group_shrinks_and_grows_with_the_lr_following_the_world_batch(c
     assert re.search(r"iterations counted on world size 2: \d+ -> \d+", log)
     last = [(int(e), int(i), int(n)) for e, i, n, _ in steps][-1]
     assert last == (5, per_epoch[2], per_epoch[2])
+
+
+def test_spot_preemption_checkpoints_at_once_and_restarts_without_a_failure(cluster, shapes_root, tmp_path):
+    """A drain with reason PREEMPTION (a spot reclaim notice) on rank 1's node: raydet checkpoints
+    at the next iteration, Ray commits it, training stops; at the deadline the node goes and Ray
+    restarts the group on a new one, counting a preemption, not a failure (``max_failures=0``);
+    the restart resumes from that checkpoint, so no iteration is done twice."""
+    work = tmp_path / "run"
+    cfg = _slow_config(shapes_root, work, tmp_path, runner=dict(max_epochs=4))
+    cfg["ray"].update(max_failures=0)
+    driver = Driver(cfg, cluster.address, tmp_path, RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="1")
+    node = driver.wait_for(r"worker group of 2 started \(rank 0 here, pid \d+, node (\w+)\)").group(1)
+    driver.wait_for(r"Epoch \[2\]\[2/")
+    doomed = next(n for n in cluster.workers if n.node_id != node)
+    deadline = time.time() + 12
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node", "--address", cluster.address,
+                    "--node-id", doomed.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+                    "--reason-message", "spot reclaim", "--deadline-remaining-seconds", "12"], check=True)
+    saved = int(driver.wait_for(r"preemption of ranks \[1\]: checkpoint of iter (\d+) committed").group(1))
+    driver.wait_for(r"Source: preemption")  # at the deadline Ray ends the attempt, counting a preemption
+    assert time.time() >= deadline
+    # The cloud takes the node and the autoscaler replaces it. (Killed by the test before Ray's
+    # decision, the node's death would count as a failure: a real reclaim marks it preempted.)
+    cluster.remove_node(doomed)
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    result = driver.finish()
+    assert result["done"] and result["epoch"] == 4
+
+    log = _log(work)
+    resumed = re.findall(r"resumed from (\S+) at .*\(completed: \d+ epochs, (\d+) iterations\)", log)
+    assert [int(n) for _, n in resumed] == [saved] and f"iter_{saved}" in resumed[0][0]
+    executed = [int(line.split()[2]) for line in open(tmp_path / "count") if line.startswith("0 ")]
+    schedule = 4 * int(re.search(r"world size 2: (\d+) iterations per epoch", log).group(1))
+    assert sorted(executed) == list(range(1, schedule + 1))  # every iteration once: none redone, none lost

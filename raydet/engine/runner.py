@@ -181,12 +181,12 @@ class Runner:
 
     def state_dict(self, save_optimizer: bool = True, meta: dict | None = None) -> dict:
         """Everything a resume needs. Called from a hook, it counts the iteration or epoch that
-        just finished as done."""
-        in_iter = self._stage == "after_train_iter"
+        just finished as done (in ``before_train_iter``: the iterations before this one)."""
         done_epochs, done_iters = self.progress()
-        if in_iter:
+        if self._stage in ("after_train_iter", "before_train_iter"):
             first, start_batch = self._epoch_start
-            sampler = dict(epoch=self._epoch, start_batch=start_batch + (self._inner_iter + 1 - first) * get_world_size())
+            steps = self._inner_iter + int(self._stage == "after_train_iter") - first
+            sampler = dict(epoch=self._epoch, start_batch=start_batch + steps * get_world_size())
         else:
             sampler = dict(epoch=done_epochs, start_batch=0)
         full_meta = dict(self.meta)

@@ -205,7 +205,7 @@ class LeaveLoop(Exception):
 
 
 class PreemptionHook(Hook):
-    """Checkpoints at the next iteration boundary when this worker group is about to lose a node
+    """Checkpoints before the next iteration when this worker group is about to lose a node
     (a spot reclaim: Ray marks the node as draining) or a worker process got SIGTERM, then leaves
     the training loop on every rank.
 
@@ -219,8 +219,6 @@ class PreemptionHook(Hook):
     the checkpoint file in the work_dir, without a report: the signalled process can no longer
     answer Ray. Ray counts that exit as a failure; the restart resumes from the file.
     """
-
-    priority = PRIORITIES["LOWEST"]  # after the iteration's log line and its periodic report
 
     def __init__(self, reporter: RayReportHook, interval: int = 1, sigterm_grace_s: float = 60.0):
         if interval < 1:
@@ -241,9 +239,11 @@ class PreemptionHook(Hook):
             self.exit_requested.set()
             self.saved.wait(self.grace)
 
-    def after_train_iter(self, runner):
+    def before_train_iter(self, runner):
+        # between iterations, once every hook of the previous one has run (its log line, its
+        # periodic checkpoint's report)
         from ..engine.dist import all_reduce_mean, get_rank
-        if not self.every_n_iters(runner, self.interval):
+        if runner.iter % self.interval:
             return
         sigterm = all_reduce_mean({"sigterm": float(self.exit_requested.is_set())})["sigterm"] > 0
         info = ray.train.get_preemption_info()  # a collective: same iterations on every rank
