@@ -1,7 +1,6 @@
 """What runs on every Ray Train worker."""
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import shutil
@@ -196,7 +195,7 @@ class LogUploader:
 
 
 class LeaveLoop(Exception):
-    """Raised out of the runner on every rank after the checkpoint of a preemption or SIGTERM;
+    """Raised out of the runner on every rank once a preemption checkpoint is committed;
     ``deadline`` (epoch seconds) is when Ray will have ended this attempt at the latest."""
 
     def __init__(self, reason: str, deadline: float):
@@ -205,61 +204,37 @@ class LeaveLoop(Exception):
 
 
 class PreemptionHook(Hook):
-    """Checkpoints before the next iteration when this worker group is about to lose a node
-    (a spot reclaim: Ray marks the node as draining) or a worker process got SIGTERM, then leaves
-    the training loop on every rank.
+    """Checkpoints before the next iteration when this worker group is about to lose a node (a
+    spot reclaim: Ray marks the node as draining), then leaves the training loop on every rank.
 
     Every ``interval`` iterations all ranks ask Ray (``ray.train.get_preemption_info()``, a
-    collective) and compare SIGTERM flags (one all-reduce). On a preemption the checkpoint is
-    reported to Ray and waited for until Ray has committed it; the restart Ray makes at the
-    drain's deadline (counted against ``max_preemption_failures``) resumes from it, so at most the
-    iteration in flight is redone. Ray 2.60 counts a worker that exits by itself during a drain as
-    an ordinary failure, so the ranks wait for Ray to end the attempt instead (no collective held).
-    On SIGTERM, the signalled worker's exit waits (up to ``sigterm_grace_s``) while rank 0 writes
-    the checkpoint file in the work_dir, without a report: the signalled process can no longer
-    answer Ray. Ray counts that exit as a failure; the restart resumes from the file.
+    collective of a few ms). On a preemption the checkpoint is reported to Ray and waited for
+    until Ray has committed it; the restart Ray makes at the drain's deadline (counted against
+    ``max_preemption_failures``, not ``max_failures``) resumes from it, so no iteration is done
+    twice. The ranks then wait, holding no collective, for Ray to end the attempt: Ray 2.60 counts
+    a worker that exits by itself during a drain as an ordinary failure.
     """
 
-    def __init__(self, reporter: RayReportHook, interval: int = 1, sigterm_grace_s: float = 60.0):
+    def __init__(self, reporter: RayReportHook, interval: int = 1):
         if interval < 1:
             raise ValueError(f"ray.preemption_check_interval must be >= 1, got {interval}")
-        self.reporter, self.interval, self.grace = reporter, interval, sigterm_grace_s
-        self.exit_requested, self.saved = threading.Event(), threading.Event()
-        self.training, self.thread = False, None
-
-    def before_run(self, runner):
-        self.training, self.thread = True, threading.current_thread()
-        atexit.register(self._at_exit)  # runs in the actor's main thread, after Ray's SIGTERM handler
-
-    def after_run(self, runner):
-        self.training = False
-
-    def _at_exit(self):
-        if self.training and self.thread.is_alive():
-            self.exit_requested.set()
-            self.saved.wait(self.grace)
+        self.reporter, self.interval = reporter, interval
 
     def before_train_iter(self, runner):
         # between iterations, once every hook of the previous one has run (its log line, its
         # periodic checkpoint's report)
-        from ..engine.dist import all_reduce_mean, get_rank
+        from ..engine.dist import get_rank
         if runner.iter % self.interval:
             return
-        sigterm = all_reduce_mean({"sigterm": float(self.exit_requested.is_set())})["sigterm"] > 0
         info = ray.train.get_preemption_info()  # a collective: same iterations on every rank
-        if info is None and not sigterm:
+        if info is None:
             return
         start = time.perf_counter()
-        epochs, iters = runner.progress()
-        path = os.path.join(runner.work_dir, f"iter_{iters}.pth")
-        if get_rank() == 0 and self.reporter.reported_iter != iters:
-            runner.save_checkpoint(path)
-        self.training = False
-        if sigterm:
-            runner.logger.info(f"SIGTERM: checkpoint of iter {iters} written to {path}; leaving the loop")
-            self.saved.set()
-            raise LeaveLoop("SIGTERM", time.time() + self.grace)
+        _, iters = runner.progress()
         if self.reporter.reported_iter != iters:
+            path = os.path.join(runner.work_dir, f"iter_{iters}.pth")
+            if get_rank() == 0:
+                runner.save_checkpoint(path)
             self.reporter.report(runner, path, name=f"checkpoint_iter_{iters}")
         ray.train.get_all_reported_checkpoints()  # returns once Ray has committed every report
         deadline = info.deadline_ms / 1000 if info.deadline_ms else time.time() + 120
