@@ -7,10 +7,12 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -27,6 +29,8 @@ LEARN = dict(train=2400, val=100)
 def ray_local(tmp_path_factory):
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # for the local S3 server (moto) only
+        os.environ.setdefault(key, "testing")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     yield
@@ -74,7 +78,7 @@ def baseline(ray_local, shapes_root, tmp_path_factory):
 def test_two_workers_complete_with_one_log_and_ray_run_dir(baseline):
     work, result = baseline
     assert result.metrics["done"] and "bbox_mAP" in result.metrics
-    assert result.checkpoint.path == str(work / "checkpoint_final")
+    assert re.fullmatch(re.escape(str(work)) + r"/checkpoint_final_\d+", result.checkpoint.path)
     assert (work / "latest.pth").exists() and glob.glob(str(work / "iter_*.pth"))
     assert (work / "checkpoint_manager_snapshot.json").exists()  # the work_dir is Ray's run dir
     records = [(r["epoch"], r["iter"]) for r in _records(work) if r.get("mode") == "train"]
@@ -149,7 +153,7 @@ def test_storage_path_gets_the_checkpoints_and_a_fresh_work_dir_resumes(ray_loca
         return cfg
 
     result = raydet.train(config(first, 2))
-    assert result.checkpoint.path == str(storage / "run" / "checkpoint_final")
+    assert re.fullmatch(re.escape(str(storage / "run")) + r"/checkpoint_final_\d+", result.checkpoint.path)
     uploaded = sorted(p.name for p in (storage / "run").glob("checkpoint_*") if p.is_dir())
     assert uploaded and all((storage / "run" / n / "checkpoint.pth").exists() for n in uploaded)
     assert not list(first.glob("checkpoint_*"))  # the hard-linked upload dirs are gone locally
@@ -161,7 +165,69 @@ def test_storage_path_gets_the_checkpoints_and_a_fresh_work_dir_resumes(ray_loca
     log = open(glob.glob(str(second / "*.log"))[0]).read()
     resumed = re.findall(r"resumed from (\S+) at .*\(completed: \d+ epochs, (\d+) iterations\)", log)
     assert resumed and resumed[0][0].startswith(str(storage)) and int(resumed[0][1]) == done
-    assert {r["epoch"] for r in _records(second) if r.get("mode") == "train"} == {3}  # nothing re-run
+    trained = [(r["epoch"], r["iter"]) for r in _records(second) if r.get("mode") == "train"]
+    assert len(trained) == len(set(trained)) == done * 3 // 2  # the logs came back from the storage; nothing re-run
+
+
+@pytest.fixture
+def s3_bucket():
+    """A bucket on a local S3 server (moto) on 127.0.0.1: ``(uri_of(path), pyarrow filesystem)``."""
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is a test dependency")
+    from pyarrow import fs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = fs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                         access_key="testing", secret_key="testing", allow_bucket_creation=True)
+    s3.create_dir("raydet-test")
+    query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    yield (lambda path: f"s3://raydet-test/{path}{query}"), s3
+    server.stop()
+
+
+def test_work_dir_on_a_bucket_holds_checkpoints_and_logs_and_a_new_machine_resumes(ray_local, shapes_root,
+                                                                                 s3_bucket, tmp_path):
+    """work_dir=s3://...: checkpoints are uploaded in the background, logs follow; a second run
+    of the same work_dir whose local staging directory is gone (another machine) resumes from the
+    bucket and trains only the added epoch."""
+    import raydet
+    from pyarrow import fs
+    uri_of, s3 = s3_bucket
+    name = f"run-{os.getpid()}-{time.time_ns()}"
+    staging = os.path.join(tempfile.gettempdir(), "raydet", name)
+
+    def files():
+        infos = s3.get_file_info(fs.FileSelector(f"raydet-test/runs/{name}", recursive=True))
+        return {i.path.split(f"runs/{name}/", 1)[1] for i in infos if i.type == fs.FileType.File}
+
+    result = raydet.train(ray_config(shapes_root, uri_of(f"runs/{name}"), runner=dict(max_epochs=2)))
+    assert re.fullmatch(rf"raydet-test/runs/{name}/checkpoint_final_\d+", result.checkpoint.path)
+    first = files()
+    assert result.checkpoint.path.split(f"{name}/")[1] + "/checkpoint.pth" in first
+    assert "checkpoint_manager_snapshot.json" in first
+    assert any(re.fullmatch(r"checkpoint_iter_\d+/checkpoint.pth", f) for f in first)
+    (log_name,) = [f for f in first if re.fullmatch(r"logs/\d+_\d+\.log", f)]
+    assert f"{log_name}.json" in first
+    with s3.open_input_stream(f"raydet-test/runs/{name}/{log_name}") as f:
+        log = f.read().decode()
+    assert "Epoch [2][" in log and re.search(r"reported to Ray in [\d.]+ s \(upload: async\)", log)
+    assert not glob.glob(os.path.join(staging, "checkpoint_*"))  # uploaded, then removed locally
+
+    shutil.rmtree(staging)  # another machine: nothing local
+    raydet.train(ray_config(shapes_root, uri_of(f"runs/{name}"), runner=dict(max_epochs=3)))
+    log = open(glob.glob(os.path.join(staging, "*.log"))[0]).read()
+    resumed = re.findall(r"resumed from (\S+) at .*\(completed: \d+ epochs, (\d+) iterations", log)
+    per_epoch = int(re.search(r"world size 2: (\d+) iterations per epoch", log).group(1))
+    assert resumed and resumed[0][0].startswith(os.path.join(staging, "downloaded"))
+    assert int(resumed[0][1]) == 2 * per_epoch
+    trained = [(r["epoch"], r["iter"]) for r in _records(staging) if r.get("mode") == "train"]
+    assert len(trained) == len(set(trained)) == 3 * per_epoch  # the first run's records came back; none twice
+    with s3.open_input_stream(f"raydet-test/runs/{name}/{log_name}") as f:
+        log = f.read().decode()  # one log for the run, whichever machine trained which epoch
+    assert "Epoch [2][" in log and "Epoch [3][" in log
+    shutil.rmtree(staging)
 
 
 def test_a_checkpoint_on_remote_storage_is_downloaded_once(tmp_path):

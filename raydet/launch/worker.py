@@ -176,6 +176,17 @@ class LogUploader:
                 if not name.endswith(".pth"):
                     yield os.path.join(top, name)
 
+    def restore(self) -> None:
+        """Download the logs this run already has in the storage but not here (a restart on
+        another machine), so that the run keeps one log across machines."""
+        from pyarrow import fs
+        for info in self.fs.get_file_info(fs.FileSelector(self.root, allow_not_found=True, recursive=True)):
+            local = os.path.join(self.work_dir, *info.path[len(self.root) + 1:].split("/"))
+            if info.type == fs.FileType.File and not os.path.exists(local):
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                with self.fs.open_input_stream(info.path) as src, open(local, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+
     def _copy(self):
         for path in self._files():
             target = self.root + "/" + os.path.relpath(path, self.work_dir).replace(os.sep, "/")
@@ -264,6 +275,8 @@ def train_loop(config: dict) -> dict:
     cfg.resume_from = resume
     cfg.auto_resume = False
     logs = LogUploader(cfg.work_dir, config["run_dir"]) if config.get("run_dir") and rank == 0 else None
+    if logs is not None:
+        logs.restore()
     reporter = RayReportHook(config.get("upload", "none"), logs)
     hooks = [reporter, PreemptionHook(reporter, config.get("preemption_check_interval", 1))]
     if resume:
@@ -293,8 +306,11 @@ def train_loop(config: dict) -> dict:
                  **{k: v for k, v in (evals[0] if evals else {}).items() if isinstance(v, (int, float))})
     # Ray's Result.metrics are those of the last reported checkpoint: report the final state with
     # the final evaluation once more.
-    latest = os.path.realpath(os.path.join(runner.work_dir, "latest.pth"))
-    reporter.report(runner, latest, metrics=final, name="checkpoint_final")
+    # The name carries the iteration: a run extended later reports another final checkpoint, and
+    # Ray's pruning of the older one must not delete a directory of the same name.
+    if not (runner.resumed_from and runner.iter == runner.saved_position[1]):  # else nothing new to report
+        latest = os.path.realpath(os.path.join(runner.work_dir, "latest.pth"))
+        reporter.report(runner, latest, metrics=final, name=f"checkpoint_final_{runner.iter}")
     if logs is not None:
         logs.sync(wait=True)
     return final if get_rank() == 0 else None
