@@ -5,12 +5,15 @@ Each test drives ``raydet.train`` from a driver subprocess (``Cluster.add_node``
 main thread, and killing or draining nodes must not take the test process with them) and acts
 on the driver's log lines, then asserts on the run's log.
 """
+import glob
 import json
 import os
 import pickle
 import queue
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -165,3 +168,75 @@ def test_spot_preemption_checkpoints_at_once_and_restarts_without_a_failure(clus
     executed = [int(line.split()[2]) for line in open(tmp_path / "count") if line.startswith("0 ")]
     schedule = 4 * int(re.search(r"world size 2: (\d+) iterations per epoch", log).group(1))
     assert sorted(executed) == list(range(1, schedule + 1))  # every iteration once: none redone, none lost
+
+
+FAKE_CLUSTER = """\
+cluster_name: raydet-fake
+max_workers: 2
+upscaling_speed: 1.0
+idle_timeout_minutes: 0.25
+provider: {{type: fake_multinode, use_node_id_as_ip: true, disable_node_updaters: true,
+           disable_launch_config_check: true, gcs_address: "127.0.0.1:{port}"}}
+auth: {{}}
+docker: {{}}
+head_node_type: ray.head.default
+available_node_types:
+  ray.head.default: {{resources: {{CPU: 0}}, node_config: {{}}, max_workers: 0}}
+  ray.worker.cpu: {{resources: {{CPU: 1, object_store_memory: 200000000}}, node_config: {{}},
+                   min_workers: 0, max_workers: 2}}
+file_mounts: {{}}
+cluster_synced_files: []
+file_mounts_sync_continuously: false
+rsync_exclude: []
+rsync_filter: []
+initialization_commands: []
+setup_commands: []
+head_setup_commands: []
+worker_setup_commands: []
+head_start_ray_commands: []
+worker_start_ray_commands: []
+"""
+
+
+def test_autoscaler_adds_the_nodes_a_run_asks_for(shapes_root, tmp_path):
+    """A head with no CPUs and Ray's fake multi-node provider (nodes are processes on this
+    machine): a 2-worker run's resource request (2 x 1 CPU) makes the autoscaler launch two
+    worker nodes, and training runs on them. Only this cluster is stopped afterwards."""
+    from .test_cluster import RAY, _free_ports
+    gcs, client, agent_http, agent_grpc, metrics, runtime_env = _free_ports(6)
+    (tmp_path / "fake.yaml").write_text(FAKE_CLUSTER.format(port=gcs))
+    token = tmp_path / "token"
+    token.write_text("0" * 32 + secrets.token_hex(16))
+    temp_dir = tempfile.mkdtemp(prefix="ra-", dir="/tmp")
+    env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN_PATH=str(token), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_TRAIN_ENABLE_PRINT_PATCH="0")
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--autoscaling-config={tmp_path / 'fake.yaml'}", "--num-cpus=0",
+         "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=false",
+         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+         f"--runtime-env-agent-port={runtime_env}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        cfg = ray_config(shapes_root, tmp_path / "run", runner=dict(max_epochs=1))
+        driver = Driver(cfg, f"127.0.0.1:{gcs}", tmp_path, **{k: env[k] for k in (
+            "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")})
+        node = driver.wait_for(r"worker group of 2 started \(rank 0 here, pid \d+, node (\w+)\)").group(1)
+        result = driver.finish()
+        assert result["done"]
+        monitor = "".join(open(p).read() for p in glob.glob(os.path.join(temp_dir, "session_latest", "logs",
+                                                                         "monitor*")))
+        (tmp_path / "monitor.log").write_text(monitor)  # for a failure's post-mortem
+        assert re.search(r"Adding \d node\(s\) of type ray\.worker\.cpu", monitor)
+        launched = set(re.findall(r"\bf{40,}\d*[1-9]\d*\b", monitor))  # fake node ids; the head's ends in 00000
+        assert len(launched) == 2, launched  # as many as the run asked for, within max_workers
+        assert not node.endswith("00000")  # rank 0 ran on a launched node, not on the (CPU-less) head
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # --block: the head takes its processes (and fake nodes) down
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
