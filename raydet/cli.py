@@ -30,7 +30,8 @@ def _train_parser(sub):
                    help="override config keys, e.g. optimizer.lr=0.01 lr_config.step=[8,11]")
     p.add_argument("--launcher", choices=["ray", "none"], default="ray",
                    help="ray: Ray Train workers (default); none: this process")
-    p.add_argument("--num-workers", type=int, help="Ray workers (ray.num_workers)")
+    p.add_argument("--num-workers", type=_workers, metavar="N|MIN-MAX",
+                   help="Ray workers (ray.num_workers); MIN-MAX for an elastic group")
     p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per Ray worker")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     return p
@@ -57,6 +58,15 @@ def setup_console_logging(level=logging.INFO):
     return log
 
 
+def _workers(text: str):
+    """``--num-workers``: ``N`` or ``MIN-MAX``."""
+    low, sep, high = text.partition("-")
+    try:
+        return (int(low), int(high)) if sep else int(low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+
+
 def prepare_train_config(args):
     """The resolved config of ``raydet train``: CLI flags folded in, work_dir chosen (flag, then
     config, then ``./work_dirs/<config name>``). Raises ConfigError before anything starts."""
@@ -66,6 +76,7 @@ def prepare_train_config(args):
         cfg.work_dir = args.work_dir
     elif not cfg.get("work_dir"):
         cfg.work_dir = os.path.join("work_dirs", os.path.splitext(os.path.basename(args.config))[0])
+    cfg.work_dir = os.path.expandvars(cfg.work_dir)
     cfg.work_dir = os.path.abspath(cfg.work_dir) if "://" not in cfg.work_dir else cfg.work_dir
     if args.resume_from:
         cfg.resume_from = args.resume_from

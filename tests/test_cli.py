@@ -34,3 +34,27 @@ def test_config_typo_is_one_clear_error(tmp_path):
     assert out.returncode == 2
     assert "raydet: error:" in out.stderr and "'optimizer.lrr' (did you mean 'lr'?)" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_elastic_workers_and_a_bucket_work_dir_from_the_command_line(monkeypatch):
+    """``--num-workers MIN-MAX`` becomes an elastic ``ScalingConfig``; ``$VARS`` in the work_dir
+    are expanded where the driver runs, and a bucket work_dir becomes Ray's storage with a local
+    staging directory of the same name."""
+    import argparse
+
+    import pytest
+    from raydet.cli import _train_parser, prepare_train_config
+    from raydet.launch.driver import build_trainer, resolve_work_dir
+    monkeypatch.setenv("RAYDET_BUCKET", "my-bucket")
+    parser = argparse.ArgumentParser()
+    _train_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "configs/fcos/fcos_gn_tiny_shapes.py", "--num-workers", "1-4",
+                              "--work-dir", "s3://${RAYDET_BUCKET}/runs/fcos?region=us-east-1"])
+    cfg = prepare_train_config(args)
+    assert cfg.ray.num_workers == (1, 4) and cfg.work_dir == "s3://my-bucket/runs/fcos?region=us-east-1"
+    resolve_work_dir(cfg)
+    assert cfg.ray.storage_path == "s3://my-bucket/runs?region=us-east-1"
+    assert cfg.work_dir.endswith(os.path.join("raydet", "fcos")) and os.path.isabs(cfg.work_dir)
+    assert build_trainer(cfg).scaling_config.num_workers == (1, 4)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "x.py", "--num-workers", "two"])

@@ -105,7 +105,10 @@ def resolve_work_dir(cfg) -> None:
     """A work_dir on a bucket (``s3://bucket/runs/name?endpoint_override=...``, ``gs://...``) is
     Ray's storage: ``ray.storage_path`` becomes its parent, and each node works in a local
     directory of the same name under the temp dir (``/tmp/raydet/name``), whose checkpoints and
-    logs are uploaded there. A local work_dir is made absolute."""
+    logs are uploaded there. A local work_dir is made absolute. Environment variables in it
+    (``s3://${RAYDET_BUCKET}/...``) are expanded here, on the machine that runs the driver (the
+    head, for ``ray job submit`` and a KubeRay RayJob)."""
+    cfg.work_dir = os.path.expandvars(cfg.work_dir)
     if "://" not in cfg.work_dir:
         cfg.work_dir = os.path.abspath(cfg.work_dir)
         return
