@@ -7,8 +7,16 @@ load_from = None
 resume_from = None
 workflow = [('train', 1)]
 # raydet: Ray Train launcher settings (used by `raydet train` with the default --launcher ray)
+# num_workers: N, or (min, max) for an elastic group that shrinks when nodes are lost and grows
+#   back (each size re-derives the LR when auto_scale_lr is enabled); elastic_resize_monitor_interval_s
+#   (None: Ray's 60 s) is how often Ray looks for room to grow.
 # storage_path=None keeps Ray's run dir = work_dir (shared by all nodes, or one machine); a
-# directory or bucket URI (s3://..., gs://...) instead gets a copy of every checkpoint, uploaded
-# in the background ('async') or before training goes on ('sync'), and restarts resume from it.
+#   directory or bucket URI (s3://..., gs://...) instead gets a copy of every checkpoint and of the
+#   logs, uploaded in the background ('async') or before training goes on ('sync'), and restarts
+#   resume from it. A work_dir that is itself a bucket URI sets this for you.
+# max_failures counts crashes; max_preemption_failures (-1: unlimited) counts spot reclaims, on
+#   which raydet checkpoints before the next iteration (checked every preemption_check_interval
+#   iterations).
 ray = dict(num_workers=2, use_gpu=False, resources_per_worker=None, max_failures=3, num_to_keep=2,
-           storage_path=None, checkpoint_upload_mode='async')
+           storage_path=None, checkpoint_upload_mode='async', elastic_resize_monitor_interval_s=None,
+           max_preemption_failures=-1, preemption_check_interval=1)
