@@ -143,7 +143,7 @@ def test_spot_preemption_checkpoints_at_once_and_restarts_without_a_failure(clus
     the restart resumes from that checkpoint, so no iteration is done twice."""
     work = tmp_path / "run"
     cfg = _slow_config(shapes_root, work, tmp_path, runner=dict(max_epochs=4))
-    cfg["ray"].update(max_failures=0)
+    cfg["ray"].update(max_failures=0, preemption_check_interval=2)
     driver = Driver(cfg, cluster.address, tmp_path, RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="1")
     node = driver.wait_for(r"worker group of 2 started \(rank 0 here, pid \d+, node (\w+)\)").group(1)
     driver.wait_for(r"Epoch \[2\]\[2/")

@@ -16,7 +16,7 @@ workflow = [('train', 1)]
 #   resume from it. A work_dir that is itself a bucket URI sets this for you.
 # max_failures counts crashes; max_preemption_failures (-1: unlimited) counts spot reclaims, on
 #   which raydet checkpoints before the next iteration (checked every preemption_check_interval
-#   iterations).
+#   iterations: each check is a Ray collective of ~8 ms).
 ray = dict(num_workers=2, use_gpu=False, resources_per_worker=None, max_failures=3, num_to_keep=2,
            storage_path=None, checkpoint_upload_mode='async', elastic_resize_monitor_interval_s=None,
-           max_preemption_failures=-1, preemption_check_interval=1)
+           max_preemption_failures=-1, preemption_check_interval=10)

@@ -166,7 +166,7 @@ def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | Non
     loop_config = dict(cfg=cfg.to_dict(), filename=cfg.filename, validate=validate, objects=objects,
                        timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta,
                        upload=upload if storage else "none", run_dir=run_dir(cfg) if storage else None,
-                       preemption_check_interval=rc.get("preemption_check_interval", 1))
+                       preemption_check_interval=rc.get("preemption_check_interval", 10))
     elastic = {} if rc.get("elastic_resize_monitor_interval_s") is None else dict(
         elastic_resize_monitor_interval_s=float(rc["elastic_resize_monitor_interval_s"]))
     return TorchTrainer(

@@ -219,14 +219,15 @@ class PreemptionHook(Hook):
     spot reclaim: Ray marks the node as draining), then leaves the training loop on every rank.
 
     Every ``interval`` iterations all ranks ask Ray (``ray.train.get_preemption_info()``, a
-    collective of a few ms). On a preemption the checkpoint is reported to Ray and waited for
+    collective: 7.7 ms on 2 CPU workers, 2% of the default recipe's step, hence not every
+    iteration; Ray itself looks for drains every 5 s). On a preemption the checkpoint is reported to Ray and waited for
     until Ray has committed it; the restart Ray makes at the drain's deadline (counted against
     ``max_preemption_failures``, not ``max_failures``) resumes from it, so no iteration is done
     twice. The ranks then wait, holding no collective, for Ray to end the attempt: Ray 2.60 counts
     a worker that exits by itself during a drain as an ordinary failure.
     """
 
-    def __init__(self, reporter: RayReportHook, interval: int = 1):
+    def __init__(self, reporter: RayReportHook, interval: int = 10):
         if interval < 1:
             raise ValueError(f"ray.preemption_check_interval must be >= 1, got {interval}")
         self.reporter, self.interval = reporter, interval
@@ -278,7 +279,7 @@ def train_loop(config: dict) -> dict:
     if logs is not None:
         logs.restore()
     reporter = RayReportHook(config.get("upload", "none"), logs)
-    hooks = [reporter, PreemptionHook(reporter, config.get("preemption_check_interval", 1))]
+    hooks = [reporter, PreemptionHook(reporter, config.get("preemption_check_interval", 10))]
     if resume:
         log.info(f"attempt on world size {ctx.get_world_size()} resumes from {resume}")
     try:
