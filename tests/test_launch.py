@@ -230,6 +230,19 @@ def test_work_dir_on_a_bucket_holds_checkpoints_and_logs_and_a_new_machine_resum
     shutil.rmtree(staging)
 
 
+def test_no_auto_resume_refuses_a_run_that_storage_already_holds(shapes_root, tmp_path):
+    """Ray resumes any run its storage holds; raydet never deletes from storage, so a fresh start
+    on the same name is refused before Ray starts, naming the run dir."""
+    import raydet
+    from raydet.errors import ConfigError
+    (tmp_path / "storage" / "run").mkdir(parents=True)
+    (tmp_path / "storage" / "run" / "checkpoint_manager_snapshot.json").write_text("{}")
+    cfg = ray_config(shapes_root, tmp_path / "run")
+    cfg["ray"]["storage_path"], cfg["auto_resume"] = str(tmp_path / "storage"), False
+    with pytest.raises(ConfigError, match=re.escape(str(tmp_path / "storage" / "run")) + ".*another work_dir name"):
+        raydet.train(cfg)
+
+
 def test_a_checkpoint_on_remote_storage_is_downloaded_once(tmp_path):
     """What a node does with a checkpoint on a bucket (here a pyarrow filesystem that is not the
     local one): download it into the work_dir, whole, and reuse that copy."""

@@ -144,8 +144,17 @@ def _finished(cfg) -> dict | None:
     return meta if done else None
 
 
-def _fresh_start(work_dir: str) -> None:
-    """--no-auto-resume on an existing run: keep the old run, renamed, and start a new one."""
+def _fresh_start(cfg) -> None:
+    """--no-auto-resume on an existing run: keep the old run, renamed, and start a new one. A run
+    on storage apart from the work_dir (a bucket) is not moved or deleted: Ray would resume it, so
+    this raises :class:`ConfigError` asking for another work_dir name."""
+    work_dir = cfg.work_dir
+    if (cfg.get("ray") or {}).get("storage_path"):
+        from pyarrow import fs
+        storage, path = fs.FileSystem.from_uri(run_dir(cfg))
+        if storage.get_file_info(path + "/checkpoint_manager_snapshot.json").type != fs.FileType.NotFound:
+            raise errors.ConfigError(f"--no-auto-resume: {run_dir(cfg)} already holds a run, which raydet does not "
+                                     f"delete from storage; give the new run another work_dir name")
     if os.path.isdir(work_dir) and os.listdir(work_dir):
         old = f"{work_dir}.old-{time.strftime('%Y%m%d_%H%M%S')}"
         os.rename(work_dir, old)
@@ -215,7 +224,7 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
                   f"{ {k: v for k, v in (result.metrics or {}).items() if 'mAP' in k} }")
             return result
     elif cfg.get("resume_from") is None:
-        _fresh_start(cfg.work_dir)
+        _fresh_start(cfg)
     _init_ray(address or (cfg.get("ray") or {}).get("address"))
     return _fit(build_trainer(cfg, validate=validate))
 

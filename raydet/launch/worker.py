@@ -220,8 +220,8 @@ class PreemptionHook(Hook):
 
     Every ``interval`` iterations all ranks ask Ray (``ray.train.get_preemption_info()``, a
     collective: 7.7 ms on 2 CPU workers, 2% of the default recipe's step, hence not every
-    iteration; Ray itself looks for drains every 5 s). On a preemption the checkpoint is reported to Ray and waited for
-    until Ray has committed it; the restart Ray makes at the drain's deadline (counted against
+    iteration; Ray itself looks for drains every 5 s). On a preemption the checkpoint is reported
+    to Ray and waited for until Ray has committed it; the restart Ray makes at the drain's deadline (counted against
     ``max_preemption_failures``, not ``max_failures``) resumes from it, so no iteration is done
     twice. The ranks then wait, holding no collective, for Ray to end the attempt: Ray 2.60 counts
     a worker that exits by itself during a drain as an ordinary failure.
