@@ -15,9 +15,10 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RAY_ENV  # noqa: E402
+from common import RAY_ENV, summary  # noqa: E402
 
 
 def loop(config):
@@ -50,15 +51,13 @@ def main():
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    import tempfile
     ray.init(num_cpus=2, include_dashboard=False)
     result = TorchTrainer(loop, train_loop_config=dict(calls=args.calls, rounds=args.rounds),
                           scaling_config=ScalingConfig(num_workers=2),
                           run_config=RunConfig(storage_path=tempfile.mkdtemp())).fit()
     ms = result.return_value
     for side, label in (("ray", "get_preemption_info"), ("gloo", "gloo all_reduce, 1 float")):
-        print(f"{label:28s} ms/call: median {statistics.median(ms[side]):.3f}  "
-              f"min {min(ms[side]):.3f}  max {max(ms[side]):.3f}  (rounds={args.rounds}, calls={args.calls})")
+        print(f"{label:28s} ms/call, {args.calls} calls a round: {summary(ms[side], '.3f')}")
     ratio = statistics.median(ms["ray"]) / statistics.median(ms["gloo"])
     share = statistics.median(ms["ray"]) / 1000 / args.step_s
     print(f"get_preemption_info / all_reduce: {ratio:.1f}x; per default step of {args.step_s} s: {share:.2%}")
