@@ -18,9 +18,12 @@ class CheckpointError(RaydetError):
 
 
 class NonFiniteLossError(RaydetError, FloatingPointError):
-    """A training loss became NaN/Inf in full precision. Carries ``epoch``, ``iter`` and ``losses``."""
+    """A training loss became NaN/Inf (in full precision, or repeatedly under loss scaling). Carries ``epoch``, ``iter`` and ``losses``."""
 
-    def __init__(self, epoch: int, iter: int, losses: dict):
-        self.epoch, self.iter, self.losses = epoch, iter, losses
+    def __init__(self, epoch: int, iter: int, losses: dict, detail: str = ""):
+        self.epoch, self.iter, self.losses, self.detail = epoch, iter, losses, detail
         shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-        super().__init__(f"non-finite loss at epoch {epoch + 1}, iter {iter + 1}: {shown}")
+        super().__init__(f"non-finite loss at epoch {epoch + 1}, iter {iter + 1}: {shown}{detail}")
+
+    def __reduce__(self):  # crosses process boundaries (Ray, multiprocessing) intact
+        return (type(self), (self.epoch, self.iter, self.losses, self.detail))

@@ -322,7 +322,7 @@ def test_driver_loss_then_rerun_resumes(ray_local, shapes_root, tmp_path):
 
 def test_train_detector_distributed_ships_built_objects(ray_local, shapes_root, tmp_path):
     """mmdet's signature: the caller builds model and dataset; they travel via ray.put."""
-    from raydet.apis import train_detector
+    from raydet import train_detector
     from raydet.config import load_config
     from raydet.data import build_dataset
     from raydet.models import build_detector
@@ -330,6 +330,6 @@ def test_train_detector_distributed_ships_built_objects(ray_local, shapes_root, 
     cfg = load_config(ray_config(shapes_root, tmp_path / "run", runner=dict(max_epochs=1)))
     model = build_detector(cfg.model)
     dataset = build_dataset(cfg.data.train)
-    result = train_detector(model, dataset, cfg, distributed=True, validate=True)
+    result = train_detector(model, dataset, cfg, validate=True)
     assert result.metrics["done"] and "bbox_mAP" in result.metrics
     assert (tmp_path / "run" / "latest.pth").exists()

@@ -14,7 +14,7 @@ import torch
 from ..data import build_dataloader, build_dataset
 from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterTimerHook, OptimizerHook,
                       Precision, Runner, TensorboardLoggerHook, TextLoggerHook, build_lr_hook,
-                      build_optimizer, find_latest_checkpoint)
+                      build_optimizer, find_latest_checkpoint, load_file)
 from ..engine.dist import all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist
 from ..engine.hooks import HOOKS, MOMENTUM_POLICIES
 from ..errors import ConfigError
@@ -46,13 +46,48 @@ def init_random_seed(seed: int | None = None) -> int:
     return int(broadcast_object(np.random.randint(2 ** 31) if get_rank() == 0 else None))
 
 
+def run_seed(cfg, resume: str | None = None, drawn: int | None = None) -> int:
+    """The one seed of a run, agreed by every rank (a collective), logged with where it came from.
+
+    In order: the config's ``seed`` (or ``--seed``); the ``meta.seed`` of the checkpoint the run
+    resumes from, so a config without a seed keeps the seed it started with across restarts;
+    ``drawn``, a seed the launcher drew once for the whole run (the Ray driver does, so that a
+    worker group restarted before its first checkpoint draws no other); else one drawn on rank 0
+    and broadcast (mmdet's ``init_random_seed``). The result goes into the run's meta and so into
+    every checkpoint.
+    """
+    choice = None
+    if get_rank() == 0:
+        saved = load_file(resume)["meta"].get("seed") if resume and cfg.get("seed") is None else None
+        if cfg.get("seed") is not None:
+            choice = (int(cfg.seed), "from the config")
+        elif saved is not None:
+            choice = (int(saved), f"from the checkpoint {resume}")
+        elif drawn is not None:
+            choice = (int(drawn), "drawn once for this run by the launcher")
+    choice = broadcast_object(choice)
+    if choice is None:
+        choice = (init_random_seed(None), "drawn on rank 0: the config sets no seed")
+    logger.info(f"seed {choice[0]} ({choice[1]})")
+    return choice[0]
+
+
+def resume_path(cfg) -> str | None:
+    """``resume_from``, else with ``auto_resume`` the work_dir's newest loadable checkpoint."""
+    resume = cfg.get("resume_from")
+    if resume is None and cfg.get("auto_resume"):
+        resume = find_latest_checkpoint(cfg.work_dir) if os.path.isdir(cfg.work_dir) else None
+    return resume
+
+
 def parse_losses(losses: dict) -> tuple[torch.Tensor, dict]:
     """``(loss, log_vars)`` from a model's loss dict.
 
     A tensor value becomes its mean; a list of tensors the sum of their means; anything else
     raises ``TypeError`` naming the key. ``loss`` is the sum of the entries whose key contains
     ``"loss"``. With torch.distributed initialised, every log var is averaged over ranks (one
-    all_reduce; every rank must call this). ``log_vars`` holds python floats.
+    all_reduce; every rank must call this). ``log_vars`` holds python floats, copied from the
+    device in one transfer (one stream sync per step on a GPU, not one per loss).
     """
     log_vars = {}
     for name, value in losses.items():
@@ -64,7 +99,8 @@ def parse_losses(losses: dict) -> tuple[torch.Tensor, dict]:
             raise TypeError(f"{name} is not a tensor or list of tensors")
     loss = sum(v for k, v in log_vars.items() if "loss" in k)
     log_vars["loss"] = loss
-    floats = {k: float(v.detach()) for k, v in log_vars.items()}
+    host = torch.stack([torch.as_tensor(v).detach().float().reshape(()) for v in log_vars.values()]).cpu()
+    floats = dict(zip(log_vars, host.tolist()))
     return loss, all_reduce_mean(floats) if is_dist() else floats
 
 
@@ -91,6 +127,32 @@ def _device(cfg) -> torch.device:
     return torch.device(name)
 
 
+def _asks_sync_bn(model_cfg) -> bool:
+    """Whether any norm of the model config is ``SyncBN`` (``norm_cfg=dict(type='SyncBN')``)."""
+    if isinstance(model_cfg, dict):
+        return any(v == "SyncBN" or _asks_sync_bn(v) for v in model_cfg.values())
+    if isinstance(model_cfg, (list, tuple)):
+        return any(_asks_sync_bn(v) for v in model_cfg)
+    return False
+
+
+def sync_batchnorm(model: torch.nn.Module, model_cfg, device: torch.device, world_size: int) -> torch.nn.Module:
+    """``SyncBN`` layers (built as BatchNorm) become ``torch.nn.SyncBatchNorm`` when they have
+    something to synchronise: CUDA devices and more than one rank. In a group of one, and on CPU
+    (where SyncBatchNorm refuses to run in a process group), they stay plain BatchNorm, which
+    computes the same statistics over the rank's own batch; the choice is logged."""
+    if not _asks_sync_bn(model_cfg):
+        return model
+    if device.type == "cuda" and world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        count = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+        logger.info(f"SyncBN: {count} BatchNorm layers synchronised over {world_size} ranks")
+    else:
+        why = "a group of one rank" if world_size == 1 else f"{device.type} device: SyncBatchNorm needs CUDA"
+        logger.info(f"SyncBN: kept as plain BatchNorm ({why}); statistics are per rank")
+    return model
+
+
 def _data_cfg(cfg) -> dict:
     """The loader settings, with mmdet's deprecated ``imgs_per_gpu`` overriding ``samples_per_gpu``."""
     data = cfg.data
@@ -103,7 +165,7 @@ def _data_cfg(cfg) -> dict:
         spg = data["imgs_per_gpu"]
     loader = dict(samples_per_gpu=spg, workers_per_gpu=data.get("workers_per_gpu", 2),
                   persistent_workers=data.get("persistent_workers", True),
-                  pin_memory=data.get("pin_memory", False))
+                  pin_memory=data.get("pin_memory"))
     loader.update(data.get("train_dataloader", {}))
     return loader
 
@@ -120,14 +182,16 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     # mmcv's get_root_logger: the configured level on rank 0, errors only elsewhere
     logger.setLevel(cfg.get("log_level", "INFO") if rank == 0 else "ERROR")
     loader_cfg = _data_cfg(cfg)
+    device = _device(cfg)
+    if loader_cfg["pin_memory"] is None:  # page-locked batches make the copies to a GPU asynchronous
+        loader_cfg["pin_memory"] = device.type == "cuda"
     loaders = [build_dataloader(ds, loader_cfg["samples_per_gpu"], loader_cfg["workers_per_gpu"],
                                 num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                 persistent_workers=loader_cfg["persistent_workers"],
                                 pin_memory=loader_cfg["pin_memory"]) for ds in datasets]
-    device = _device(cfg)
     if cfg.get("cudnn_benchmark"):
         torch.backends.cudnn.benchmark = True
-    model = model.to(device)
+    model = sync_batchnorm(model, cfg.get("model"), device, world).to(device)
     if is_dist() and world > 1:  # a group of one has nothing to synchronise
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
@@ -190,9 +254,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         priority = hook_cfg.pop("priority", None)  # default: the hook class's own (NORMAL for most)
         runner.register_hook(HOOKS.build(hook_cfg, f"custom_hooks.{i}"), priority=priority)
 
-    resume = cfg.get("resume_from")
-    if resume is None and cfg.get("auto_resume"):
-        resume = find_latest_checkpoint(cfg.work_dir)
+    resume = resume_path(cfg)
     if resume:
         runner.resume(resume)
     elif cfg.get("load_from"):
@@ -201,15 +263,20 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
 
 
 def train_detector(model, dataset, cfg, distributed=False, validate=False, timestamp=None, meta=None):
-    """mmdet 2.x's entry point. ``distributed=False`` trains in this process and returns the
-    runner; ``distributed=True`` ships ``model`` and ``dataset`` once through Ray's object store
-    to ``cfg.ray.num_workers`` workers (see :mod:`raydet.launch`) and returns Ray's ``Result``."""
+    """mmdet 2.x's entry point, in this process. ``distributed=False`` trains alone;
+    ``distributed=True`` trains as this process's rank of an initialised process group (torchrun,
+    or a Ray Train worker), as mmdet's does. Returns the runner. To ship ``model`` and ``dataset``
+    to Ray workers from a driver, use ``raydet.train_detector`` (:mod:`raydet.launch`)."""
     if distributed and not is_dist():
-        from ..launch import train_detector_on_ray
-        return train_detector_on_ray(model, dataset, cfg, validate=validate, timestamp=timestamp, meta=meta)
-    cfg.seed = init_random_seed(cfg.get("seed"))
+        raise ConfigError("train_detector(distributed=True) runs as one rank of an initialised process group; "
+                          "none is initialised here. To train on Ray workers, call raydet.train_detector("
+                          "model, dataset, cfg) instead")
+    resume = resume_path(cfg)
+    cfg.resume_from, cfg.auto_resume = resume, False
+    cfg.seed = run_seed(cfg, resume)
     runner, loaders = build_training(model, dataset, cfg, validate=validate,
-                                     timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta)
+                                     timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"),
+                                     meta=dict(meta or {}, seed=cfg.seed))
     runner.run(loaders, cfg.workflow)
     return runner
 
@@ -229,11 +296,15 @@ def env_info() -> dict:
 
 
 def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, deterministic=None, extra_hooks=(),
-                      exp_name=None):
+                      exp_name=None, drawn_seed=None):
     """Build the detector and datasets from ``cfg`` in this process and train (the body of
-    ``raydet train --launcher none`` and of every Ray worker). Returns the finished runner."""
+    ``raydet train --launcher none`` and of every Ray worker; every rank of the process group
+    calls it). ``drawn_seed``: the launcher's seed for a config without one (see
+    :func:`run_seed`). Returns the finished runner."""
     from ..models import build_detector
-    cfg.seed = init_random_seed(cfg.get("seed"))
+    resume = resume_path(cfg)
+    cfg.resume_from, cfg.auto_resume = resume, False
+    cfg.seed = run_seed(cfg, resume, drawn_seed)
     det = cfg.get("deterministic", False) if deterministic is None else deterministic
     set_random_seed(cfg.seed, det)
     timestamp = timestamp or time.strftime("%Y%m%d_%H%M%S")

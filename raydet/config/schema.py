@@ -36,7 +36,7 @@ SECTIONS = {
     "evaluation": {"interval", "start", "by_epoch", "metric", "save_best", "rule", "classwise",
                    "gpu_collect", "tmpdir", "greater_keys", "less_keys"},
     "optimizer_config": {"type", "grad_clip"},
-    "fp16": {"loss_scale"},
+    "fp16": {"loss_scale", "dtype", "max_consecutive_nonfinite"},
     "auto_scale_lr": {"enable", "base_batch_size"},
     "dist_params": {"backend", "port"},
     "ray": {"num_workers", "use_gpu", "resources_per_worker", "max_failures", "num_to_keep",
@@ -135,8 +135,9 @@ def validate_config(cfg, source: str | None = None) -> None:
             check_keys([k for k in hook if k != "type"], LOGGER_TYPES[htype], f"log_config.hooks.{i}")
         for i, hook in enumerate(cfg.get("custom_hooks") or []):
             HOOKS.check(hook, f"custom_hooks.{i}", skip=("priority",))
-        if cfg.get("fp16") is not None and "loss_scale" not in cfg.fp16:
-            raise ConfigError("fp16 needs loss_scale ('dynamic', a number, or a dict of GradScaler args)")
+        if cfg.get("fp16") is not None:
+            from ..engine.precision import Precision
+            Precision(cfg.fp16)  # raises ConfigError for a bad dtype, loss_scale or patience
         for phase, _ in cfg.get("workflow", []):
             if phase not in ("train", "val"):
                 raise ConfigError(f"workflow phase '{phase}' must be 'train' or 'val'")

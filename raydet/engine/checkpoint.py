@@ -8,7 +8,13 @@ Layout (mmcv 1.x plus what exact resume needs)::
      'optimizer': optimizer.state_dict(),
      'hooks': {hook class name: hook.state_dict()},
      'sampler': {'epoch', 'start_batch'},
-     'rng': {'python', 'numpy', 'torch', 'cuda'}}
+     'rng': [{'python', 'numpy', 'torch', 'cuda'} of rank 0, of rank 1, ...]}
+
+``rng`` holds every rank's generators, in rank order (a model's forward draws on its own rank's:
+proposal sampling, dropout). A resume restores rank ``r``'s own state. After a restart on more
+ranks than the checkpoint has states for, a rank without one is seeded from
+``(seed, rank, iteration)`` (:func:`restore_rng`); on fewer ranks the surplus states are unused.
+A checkpoint of an older raydet holds one dict: rank 0's.
 
 Every value is a tensor or a plain python type, so ``torch.load(weights_only=True)`` reads it.
 """
@@ -121,7 +127,27 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        states = state["cuda"][:torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
+
+
+def derived_seed(seed: int, rank: int, iteration: int) -> int:
+    """A 31-bit seed that is a pure function of ``(seed, rank, iteration)``."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1)[0] >> 1)
+
+
+def restore_rng(saved, rank: int, seed: int, iteration: int) -> str:
+    """Set this rank's generators from a checkpoint's ``rng`` (see the module docstring). Returns
+    how: ``'restored'`` or ``'seeded'``."""
+    states = [saved] if isinstance(saved, dict) else list(saved)
+    if rank < len(states):
+        set_rng_state(states[rank])
+        return "restored"
+    s = derived_seed(seed, rank, iteration)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)  # every CUDA device too
+    return "seeded"
 
 
 _NUMBERED = re.compile(r"^(epoch|iter)_(\d+)\.pth$")

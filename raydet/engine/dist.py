@@ -2,11 +2,29 @@
 
 Every rank must call the collective helpers (``all_reduce_mean``, ``broadcast_object``,
 ``gather_objects``, ``barrier``) the same number of times and in the same order.
+
+**GPU groups.** raydet's own collectives carry host data: a handful of loss floats per step
+(needed on the host anyway, for the log and the finite check), pickled objects (the resume
+choice, RNG states, evaluation results) and flags. They travel as CPU tensors, on a group with a
+CPU backend:
+
+* raydet's Ray launcher asks for ``"cpu:gloo,cuda:nccl"`` on GPU workers, one process group in
+  which torch sends CPU tensors through gloo and CUDA tensors (DDP's gradient buckets) through
+  NCCL; Ray still sets NCCL's environment for it (``_is_backend_nccl`` accepts the list);
+* a group someone else initialised with only a CUDA backend (``init_process_group("nccl")``,
+  as torchrun scripts do) would refuse CPU tensors (``No backend type associated with device
+  type cpu``), so :func:`host_group` then creates one gloo group beside it, once, on every rank.
+
+Host data over gloo rather than device tensors over NCCL because the values start and end on the
+host: a device round trip would add two copies and a stream sync per call for a few bytes, and
+object collectives over NCCL need the current CUDA device set correctly on every rank.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
+_HOST_GROUP = {}  # id(default group) -> the group raydet's host collectives use
 
 
 def is_dist() -> bool:
@@ -25,9 +43,28 @@ def is_main() -> bool:
     return get_rank() == 0
 
 
+def has_cpu_backend(group=None) -> bool:
+    """Whether ``group`` (default: the default group) takes CPU tensors: ``gloo``, or a device
+    list naming ``cpu`` (``"cpu:gloo,cuda:nccl"``)."""
+    config = str(dist.get_backend_config(group)).lower()
+    return "cpu:" in config or config in ("gloo", "mpi")
+
+
+def host_group():
+    """The group for CPU tensors: the default group when it has a CPU backend, else a gloo group
+    over the same ranks, created on first use. A collective: the first call must happen on every
+    rank (all of raydet's callers are collectives themselves, so it does)."""
+    world = dist.group.WORLD
+    key = id(world)
+    if key not in _HOST_GROUP:
+        _HOST_GROUP.clear()  # a new default group (a restarted worker group in the same process)
+        _HOST_GROUP[key] = None if has_cpu_backend() else dist.new_group(backend="gloo")
+    return _HOST_GROUP[key]
+
+
 def barrier() -> None:
     if is_dist():
-        dist.barrier()
+        dist.barrier(group=host_group())
 
 
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
@@ -36,7 +73,7 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
         return values
     keys = list(values)  # the same order on every rank: models build their loss dicts alike
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=host_group())
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))
 
@@ -46,7 +83,7 @@ def broadcast_object(obj, src: int = 0):
     if not is_dist():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=host_group(), device=torch.device("cpu"))
     return box[0]
 
 
@@ -54,6 +91,9 @@ def gather_objects(obj, dst: int = 0):
     """On ``dst``: the list of every rank's ``obj`` in rank order; elsewhere ``None``."""
     if not is_dist():
         return [obj]
+    group = host_group()
     out = [None] * dist.get_world_size() if get_rank() == dst else None
-    dist.gather_object(obj, out, dst=dst)
+    # gather_object takes the destination's rank in the default group, which is also its rank in
+    # a gloo group made over every rank
+    dist.gather_object(obj, out, dst=dst, group=group)
     return out

@@ -16,8 +16,8 @@ import torch
 
 from .. import __version__
 from ..errors import CheckpointError
-from .checkpoint import link_latest, load_file, load_weights, rng_state, save_file, set_rng_state, strip_prefix
-from .dist import get_world_size
+from .checkpoint import link_latest, load_file, load_weights, restore_rng, rng_state, save_file, strip_prefix
+from .dist import gather_objects, get_rank, get_world_size, is_main
 from .hooks import Hook, LogBuffer, get_priority
 
 STAGES = ("before_run", "before_train_epoch", "before_train_iter", "after_train_iter",
@@ -52,7 +52,7 @@ class Runner:
         self.start_batch = 0  # global batches of the current epoch already consumed (resume)
         self._epoch_start = (0, 0)  # (first step, start_batch) of the running epoch
         self.saved_position = (None, 0)  # (iterations per epoch, iteration) of the resumed checkpoint
-        self.mode, self.data_loader, self.outputs = None, None, {}
+        self.mode, self.data_loader, self.outputs, self.data_batch = None, None, {}, None
         self.log_buffer = LogBuffer()
         self._hooks: list[Hook] = []
         self._stage = None
@@ -141,11 +141,13 @@ class Runner:
         self._inner_iter = first - 1
         for i, data_batch in enumerate(data_loader, start=first):
             self._inner_iter = i
+            self.data_batch = data_batch  # for hooks, as in mmcv
             self.call_hook("before_train_iter")
             self.run_iter(data_batch, train_mode=True)
             self.call_hook("after_train_iter")
             self.log_buffer.clear_output()
             self._iter += 1
+        self.data_batch = None
         self.start_batch = 0
         self.call_hook("after_train_epoch")
         self.log_buffer.clear_output()
@@ -179,9 +181,10 @@ class Runner:
         return (self._epoch + int(self._stage == "after_train_epoch"),
                 self._iter + int(self._stage == "after_train_iter"))
 
-    def state_dict(self, save_optimizer: bool = True, meta: dict | None = None) -> dict:
+    def state_dict(self, save_optimizer: bool = True, meta: dict | None = None, rng: list | None = None) -> dict:
         """Everything a resume needs. Called from a hook, it counts the iteration or epoch that
-        just finished as done (in ``before_train_iter``: the iterations before this one)."""
+        just finished as done (in ``before_train_iter``: the iterations before this one).
+        ``rng``: every rank's generator states in rank order (default: this process's alone)."""
         done_epochs, done_iters = self.progress()
         if self._stage in ("after_train_iter", "before_train_iter"):
             first, start_batch = self._epoch_start
@@ -198,7 +201,7 @@ class Runner:
         state = dict(meta=full_meta,
                      state_dict={k: v.detach().cpu() for k, v in strip_prefix(self._module().state_dict()).items()},
                      hooks={type(h).__name__: h.state_dict() for h in self._hooks if h.state_dict()},
-                     sampler=sampler, rng=rng_state())
+                     sampler=sampler, rng=rng if rng is not None else [rng_state()])
         if save_optimizer:
             state["optimizer"] = self.optimizer.state_dict()
         return state
@@ -236,14 +239,21 @@ class Runner:
         self.saved_position = (int(meta["max_iters"]) // epochs if epochs else None, self._iter)
         self._epoch = int(state["sampler"]["epoch"])
         self.start_batch = int(state["sampler"]["start_batch"])
-        set_rng_state(state["rng"])
+        seed = self.meta.get("seed", meta.get("seed")) or 0
+        how = restore_rng(state["rng"], get_rank(), seed, self._iter)
+        if how == "seeded":
+            self.logger.info(f"rank {get_rank()} has no saved RNG state (the checkpoint has {len(state['rng'])} "
+                             f"ranks'): seeded from (seed {seed}, rank {get_rank()}, iteration {self._iter})")
 
     def save_checkpoint(self, path: str, save_optimizer: bool = True, meta: dict | None = None,
                         create_symlink: bool = True) -> None:
-        """Write the full state atomically; ``latest.pth`` then points at it."""
-        save_file(self.state_dict(save_optimizer, meta), path)
-        if create_symlink:
-            link_latest(path, os.path.join(os.path.dirname(path), "latest.pth"))
+        """Every rank calls this (it gathers each rank's RNG state, a collective); rank 0 writes
+        the full state atomically and points ``latest.pth`` at it."""
+        rngs = gather_objects(rng_state())
+        if is_main():
+            save_file(self.state_dict(save_optimizer, meta, rngs), path)
+            if create_symlink:
+                link_latest(path, os.path.join(os.path.dirname(path), "latest.pth"))
 
     def resume(self, path: str) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""

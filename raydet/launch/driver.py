@@ -7,6 +7,7 @@ import re
 import tempfile
 import time
 
+import numpy as np
 import ray
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -172,7 +173,10 @@ def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | Non
         raise errors.ConfigError(f"ray.checkpoint_upload_mode must be 'sync' or 'async', got {upload!r}")
     # Without a storage_path the work_dir is Ray's run dir: checkpoints are already in place.
     storage = rc.get("storage_path")
-    loop_config = dict(cfg=cfg.to_dict(), filename=cfg.filename, validate=validate, objects=objects,
+    # A config without a seed gets one here, once for the whole run: a worker group restarted
+    # before its first checkpoint then draws no other (later restarts take the checkpoint's).
+    drawn = None if cfg.get("seed") is not None else int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+    loop_config = dict(cfg=cfg.to_dict(), filename=cfg.filename, validate=validate, objects=objects, seed=drawn,
                        timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta,
                        upload=upload if storage else "none", run_dir=run_dir(cfg) if storage else None,
                        preemption_check_interval=rc.get("preemption_check_interval", 10))
@@ -181,7 +185,9 @@ def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | Non
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # GPU workers: NCCL for DDP's CUDA tensors, gloo for raydet's host-side collectives in the
+        # same group (see raydet.engine.dist); Ray still sets NCCL's environment for this list.
+        torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=rc.get("resources_per_worker"), **elastic),
         run_config=RunConfig(

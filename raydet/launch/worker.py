@@ -235,7 +235,6 @@ class PreemptionHook(Hook):
     def before_train_iter(self, runner):
         # between iterations, once every hook of the previous one has run (its log line, its
         # periodic checkpoint's report)
-        from ..engine.dist import get_rank
         if runner.iter % self.interval:
             return
         info = ray.train.get_preemption_info()  # a collective: same iterations on every rank
@@ -245,8 +244,7 @@ class PreemptionHook(Hook):
         _, iters = runner.progress()
         if self.reporter.reported_iter != iters:
             path = os.path.join(runner.work_dir, f"iter_{iters}.pth")
-            if get_rank() == 0:
-                runner.save_checkpoint(path)
+            runner.save_checkpoint(path)  # every rank: a collective
             self.reporter.report(runner, path, name=f"checkpoint_iter_{iters}")
         ray.train.get_all_reported_checkpoints()  # returns once Ray has committed every report
         deadline = info.deadline_ms / 1000 if info.deadline_ms else time.time() + 120
@@ -260,7 +258,7 @@ class PreemptionHook(Hook):
 def train_loop(config: dict) -> dict:
     """The Ray Train worker function: rebuild the config, resume, train, report final metrics."""
     from ..apis import build_training, train_from_config
-    from ..apis.train import init_random_seed, set_random_seed
+    from ..apis.train import run_seed, set_random_seed
     from ..engine.dist import get_rank
 
     ctx = ray.train.get_context()
@@ -285,16 +283,18 @@ def train_loop(config: dict) -> dict:
     try:
         if config.get("objects") is not None:  # train_detector(model, dataset, cfg, distributed=True)
             model, datasets = ray.get(config["objects"])
-            cfg.seed = init_random_seed(cfg.get("seed"))
+            cfg.seed = run_seed(cfg, resume, config.get("seed"))
             set_random_seed(cfg.seed, cfg.get("deterministic", False))
             runner, loaders = build_training(model, datasets, cfg, validate=config["validate"],
-                                             timestamp=config["timestamp"], meta=config.get("meta"),
+                                             timestamp=config["timestamp"],
+                                             meta=dict(config.get("meta") or {}, seed=cfg.seed),
                                              on_checkpoint=reporter.on_saved, extra_hooks=hooks)
             runner.run(loaders, cfg.workflow)
         else:
             runner = train_from_config(cfg, validate=config["validate"], timestamp=config["timestamp"],
                                        on_checkpoint=reporter.on_saved, extra_hooks=hooks,
-                                       exp_name=os.path.basename(config.get("filename") or "config.py"))
+                                       exp_name=os.path.basename(config.get("filename") or "config.py"),
+                                       drawn_seed=config.get("seed"))
     except LeaveLoop as stop:
         if logs is not None:
             logs.sync(wait=True)

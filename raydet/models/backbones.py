@@ -18,14 +18,16 @@ BACKBONES = Registry("backbone")
 
 
 def norm_layer(norm: str):
-    """``'BN'``, ``'GN'`` (32 groups, fewer when channels are few), or ``'FrozenBN'``."""
-    if norm == "BN":
+    """``'BN'``, ``'SyncBN'`` (built as BatchNorm; the trainer converts it where ranks can
+    synchronise, see :func:`raydet.apis.train.sync_batchnorm`), ``'GN'`` (32 groups, fewer when
+    channels are few), or ``'FrozenBN'``."""
+    if norm in ("BN", "SyncBN"):
         return nn.BatchNorm2d
     if norm == "GN":
         return lambda c: nn.GroupNorm(min(32, c // 4) if c % 32 else 32, c)
     if norm == "FrozenBN":
         return FrozenBatchNorm2d
-    raise ConfigError(f"unknown norm '{norm}'; use 'BN', 'GN' or 'FrozenBN'")
+    raise ConfigError(f"unknown norm '{norm}'; use 'BN', 'SyncBN', 'GN' or 'FrozenBN'")
 
 
 def _extra_blocks(extra: str | None, out_channels: int):

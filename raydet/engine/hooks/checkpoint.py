@@ -12,8 +12,9 @@ class CheckpointHook(Hook):
     ``save_last``. Files go to ``out_dir`` (default: the work_dir); ``latest.pth`` points at the
     newest; only the newest ``max_keep_ckpts`` numbered files are kept (``-1``: all).
 
-    Only rank 0 writes. ``on_saved(runner, path)``, if given, is then called on *every* rank (the
-    Ray launcher reports the checkpoint there, which is a collective).
+    Every rank takes part (each rank's RNG state is gathered into the file); only rank 0 writes
+    and prunes. ``on_saved(runner, path)``, if given, is then called on *every* rank (the Ray
+    launcher reports the checkpoint there, which is a collective).
     """
 
     priority = PRIORITIES["NORMAL"]
@@ -39,9 +40,9 @@ class CheckpointHook(Hook):
 
     def _save(self, runner, name, number):
         path = os.path.join(self.out_dir, name)
+        runner.save_checkpoint(path, save_optimizer=self.save_optimizer, meta=self.meta,
+                               create_symlink=self.create_symlink)
         if is_main():
-            runner.save_checkpoint(path, save_optimizer=self.save_optimizer, meta=self.meta,
-                                   create_symlink=self.create_symlink)
             runner.meta.setdefault("hook_msgs", {})["last_ckpt"] = path
             if self.max_keep_ckpts > 0:
                 step = self.interval if self.interval > 0 else 1

@@ -89,9 +89,9 @@ class EvalHook(Hook):
         path = os.path.join(runner.work_dir, f"best_{key}_epoch_{runner.epoch + 1}.pth")
         old = msgs.get("best_ckpt")
         msgs["best_ckpt"] = path
+        if is_main() and old and old != path and os.path.isfile(old):
+            os.remove(old)
+        runner.save_checkpoint(path, create_symlink=False)  # every rank: it gathers their RNG states
         if is_main():
-            if old and old != path and os.path.isfile(old):
-                os.remove(old)
-            runner.save_checkpoint(path, create_symlink=False)
             runner.logger.info(f"Now best checkpoint is saved as {os.path.basename(path)}. "
                                f"Best {key} is {score:.4f} at epoch {runner.epoch + 1}.")
