@@ -209,3 +209,26 @@ def test_core_imports_no_ray():
     code = ("import sys; import raydet, raydet.config, raydet.data, raydet.models, raydet.engine, raydet.apis; "
             "bad = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_core_does_not_import_the_launcher():
+    """No import circle: the core (config, data, models, engine, apis) never reaches up into
+    raydet.launch, not even lazily inside a function."""
+    import ast
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1] / "raydet"
+    offenders = []
+    for package in ("config", "data", "models", "engine", "apis"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [f"{path.relative_to(root)}: {n}" for n in names if "launch" in n.split(".")]
+    assert not offenders, offenders
+
+
+def test_train_detector_distributed_needs_a_process_group(make_cfg):
+    from raydet.apis import train_detector
+    from raydet.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"raydet.train_detector\(model, dataset, cfg\)"):
+        train_detector(torch.nn.Linear(1, 1), [], make_cfg(), distributed=True)

@@ -234,3 +234,43 @@ def test_syncbn_model_trains_on_cpu_as_plain_bn(make_cfg, tmp_path):
                  neck=dict(out_channels=16, extra="p6p7"))
     runner = train_from_config(make_cfg(tmp_path / "w", model=model, runner=dict(max_epochs=1)), validate=False)
     assert glob.glob(str(tmp_path / "w" / "epoch_1.pth")) and runner.epoch == 1
+
+
+# -------------------------------------------------------------- the launcher's GPU group
+def test_gpu_workers_get_nccl_for_cuda_and_gloo_for_host_tensors(shapes_root, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from ray.train.torch.config import _is_backend_nccl
+
+    from raydet.config import load_config
+    from raydet.launch.driver import build_trainer
+
+    cfg = load_config(tiny_config(shapes_root, tmp_path / "w"))
+    cfg.ray = dict(num_workers=2, use_gpu=True)
+    backend = build_trainer(cfg).backend_config.backend
+    assert backend == "cpu:gloo,cuda:nccl" and _is_backend_nccl(backend)  # Ray still sets NCCL's env
+    cfg.ray = dict(num_workers=2, use_gpu=False)
+    assert build_trainer(cfg).backend_config.backend == "gloo"
+    seeds = {build_trainer(cfg).train_loop_config["seed"] for _ in range(3)}
+    assert cfg.seed == 0 and seeds == {None}  # the config's seed is the run's; nothing drawn
+    cfg.seed = None
+    drawn = build_trainer(cfg).train_loop_config["seed"]
+    assert isinstance(drawn, int) and 0 <= drawn < 2 ** 31
+
+
+def test_gpu_check_runs_its_logic_on_cpu():
+    """``benchmarks/gpu_check.py --device cpu --quick``: the three parts of the GPU check, small."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, "benchmarks/gpu_check.py"), "--device", "cpu", "--quick"],
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTHONPATH=repo, GLOO_SOCKET_IFNAME="lo"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    a = info["worker_path"]
+    assert a["ok"] and a["backend"] == "cuda:gloo" and a["resumed_from"] == "iter_2.pth" and a["final_iter"] == 6
+    assert a["max_abs_weight_diff"] == 0.0 and a["iterations_executed"] == 7  # one iteration redone
+    b = info["loop_cost"]
+    assert b["plain"]["images_per_s"] > 0 and b["none"]["images_per_s"] > 0 and b["ratio"] > 0
+    assert 0.0 <= info["demo"]["bbox_mAP"] <= 1.0 and info["demo"]["epochs"] == 1
+    assert "(a) worker path on cpu" in proc.stdout and "(b) Faster R-CNN" in proc.stdout and "(c) default demo" in proc.stdout
