@@ -333,3 +333,18 @@ def test_train_detector_distributed_ships_built_objects(ray_local, shapes_root, 
     result = train_detector(model, dataset, cfg, validate=True)
     assert result.metrics["done"] and "bbox_mAP" in result.metrics
     assert (tmp_path / "run" / "latest.pth").exists()
+
+
+def test_a_seedless_run_restarted_before_its_first_checkpoint_keeps_the_drivers_seed(ray_local, shapes_root,
+                                                                                     tmp_path, capfd):
+    """The driver draws a config's missing seed once; both worker groups use it (and the
+    checkpoints carry it)."""
+    import raydet
+    work = tmp_path / "run"
+    chaos = dict(type="ChaosHook", marker=str(tmp_path / "marker"), at_iter=2, action="raise", rank=1)
+    result = raydet.train(ray_config(shapes_root, work, seed=None, custom_hooks=[chaos], runner=dict(max_epochs=1)))
+    assert result.metrics["done"] and (tmp_path / "marker").exists()  # failed once, before iteration 4's checkpoint
+    seeds = re.findall(r"seed (\d+) \(drawn once for this run by the launcher\)", capfd.readouterr().out)
+    assert len(seeds) == 2 and len(set(seeds)) == 1, seeds  # rank 0 of each attempt
+    from raydet.engine import load_file  # the checkpoints carry that seed
+    assert load_file(str(work / "latest.pth"))["meta"]["seed"] == int(seeds[0])
