@@ -39,6 +39,9 @@ def cluster(monkeypatch):
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    # Ray records the newest cluster's address in $RAY_TMPDIR/ray/: in this test's dir, not the host's /tmp/ray
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
     c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, node_ip_address="127.0.0.1",
                                                           temp_dir=temp_dir, include_dashboard=False))
     c.workers = [c.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
@@ -208,7 +211,8 @@ def test_autoscaler_adds_the_nodes_a_run_asks_for(shapes_root, tmp_path):
     token = tmp_path / "token"
     token.write_text("0" * 32 + secrets.token_hex(16))
     temp_dir = tempfile.mkdtemp(prefix="ra-", dir="/tmp")
-    env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="token",
+    os.makedirs(os.path.join(temp_dir, "ray"))  # the cluster-address file goes there, not to /tmp/ray
+    env = dict(os.environ, RAY_TMPDIR=temp_dir, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN_PATH=str(token), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
                RAY_TRAIN_ENABLE_PRINT_PATCH="0")
     env.pop("RAY_ADDRESS", None)

@@ -314,7 +314,8 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
     datasets = [build_dataset(cfg.data.train, seed=cfg.seed)]
     if len(cfg.workflow) == 2:
         val = copy.deepcopy(dict(cfg.data.val))
-        val["pipeline"] = cfg.data.train.pipeline
+        train = cfg.data.train  # mmdet's rule: the train pipeline, or a wrapper's dataset's
+        val["pipeline"] = train.get("pipeline", (train.get("dataset") or {}).get("pipeline"))
         val.pop("test_mode", None)
         datasets.append(build_dataset(val, seed=cfg.seed))
     model.CLASSES = datasets[0].CLASSES

@@ -84,6 +84,32 @@ def normalize_config(cfg: Config) -> Config:
     return cfg
 
 
+def _check_dataset(ds, where: str, datasets, pipelines) -> None:
+    """A dataset config, a list of them, or a wrapper (``RepeatDataset``, ``ConcatDataset``,
+    ``ClassBalancedDataset``) around them, with every pipeline step."""
+    from ..data.wrappers import WRAPPERS
+    if isinstance(ds, (list, tuple)):
+        for i, one in enumerate(ds):
+            _check_dataset(one, f"{where}.{i}", datasets, pipelines)
+        return
+    if not isinstance(ds, dict):
+        raise ConfigError(f"{where} must be a dataset dict, got {type(ds).__name__}")
+    field = WRAPPERS.get(ds.get("type"))
+    if field is not None:
+        datasets.check(ds, where)
+        needs = {"RepeatDataset": ("times",), "ClassBalancedDataset": ("oversample_thr",)}.get(ds["type"], ())
+        for key in (field, *needs):
+            if key not in ds:
+                raise ConfigError(f"{where}: {ds['type']} needs '{key}'")
+        _check_dataset(ds[field], f"{where}.{field}", datasets, pipelines)
+        return
+    datasets.check({k: v for k, v in ds.items() if k != "separate_eval"}, where, skip=("seed",))
+    for j, step in enumerate(ds.get("pipeline", [])):
+        pipelines.check(step, f"{where}.pipeline.{j}")
+        for k, sub in enumerate(step.get("transforms", [])):
+            pipelines.check(sub, f"{where}.pipeline.{j}.transforms.{k}")
+
+
 def validate_config(cfg, source: str | None = None) -> None:
     """Raise :class:`ConfigError` for the first unknown or ill-typed key of ``cfg``."""
     from ..data import DATASETS, PIPELINES
@@ -105,13 +131,7 @@ def validate_config(cfg, source: str | None = None) -> None:
             if name.endswith("_dataloader"):
                 check_keys(value.keys(), DATALOADER_KEYS, f"data.{name}")
             elif name in ("train", "val", "test"):
-                for i, ds in enumerate(value if isinstance(value, list) else [value]):
-                    where = f"data.{name}" + (f".{i}" if isinstance(value, list) else "")
-                    DATASETS.check(ds, where, skip=("seed",))
-                    for j, step in enumerate(ds.get("pipeline", [])):
-                        PIPELINES.check(step, f"{where}.pipeline.{j}")
-                        for k, sub in enumerate(step.get("transforms", [])):
-                            PIPELINES.check(sub, f"{where}.pipeline.{j}.transforms.{k}")
+                _check_dataset(value, f"data.{name}", DATASETS, PIPELINES)
         if cfg.get("model") is not None:
             MODELS.check(cfg.model, "model")
         if cfg.get("optimizer") is not None:

@@ -33,14 +33,17 @@ class DataWarning(UserWarning):
 
 
 class SampleKey(NamedTuple):
-    """What samplers yield: the sample index and the epoch it is drawn for."""
+    """What samplers yield: the sample index and the epoch it is drawn for; ``stream`` tells apart
+    copies of one image that dataset wrappers make (:mod:`raydet.data.wrappers`)."""
     index: int
     epoch: int
+    stream: int = 0
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The augmentation generator of one sample; the same triple always gives the same stream."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index)])
+def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The augmentation generator of one sample; the same arguments always give the same stream
+    (stream 0 is the unwrapped dataset's)."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index)] + ([int(stream)] if stream else []))
 
 
 @DATASETS.register()
@@ -159,10 +162,15 @@ class CocoDataset:
     def __len__(self):
         return len(self.data_infos)
 
+    def get_cat_ids(self, idx: int) -> list[int]:
+        """The labels (0-based, in ``CLASSES`` order) of image ``idx``'s boxes."""
+        return self.ann_infos[idx]["labels"].tolist()
+
     def __getitem__(self, key):
-        index, epoch = (key.index, key.epoch) if isinstance(key, tuple) else (int(key), 0)
+        key = key if isinstance(key, SampleKey) else SampleKey(*key) if isinstance(key, tuple) else SampleKey(int(key), 0)
+        index = key.index
         results = dict(img_info=self.data_infos[index], img_prefix=self.img_prefix,
-                       rng=sample_rng(self.seed, epoch, index))
+                       rng=sample_rng(self.seed, key.epoch, index, key.stream))
         if not self.test_mode:
             results["ann_info"] = self.ann_infos[index]
         out = self.pipeline(results)
