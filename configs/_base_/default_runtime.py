@@ -1,6 +1,6 @@
 checkpoint_config = dict(interval=1)
 log_config = dict(interval=50, hooks=[dict(type='TextLoggerHook'), dict(type='TensorboardLoggerHook')])
-custom_hooks = []
+custom_hooks = [dict(type='NumClassCheckHook')]
 dist_params = dict(backend='gloo')
 log_level = 'INFO'
 load_from = None

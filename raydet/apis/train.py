@@ -17,6 +17,8 @@ from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterTimerHo
                       build_optimizer, find_latest_checkpoint, load_file)
 from ..engine.dist import all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist
 from ..engine.hooks import HOOKS, MOMENTUM_POLICIES
+from ..config import import_custom_modules
+from ..config.schema import OPTIMIZER_HOOKS
 from ..errors import ConfigError
 
 logger = logging.getLogger("raydet")
@@ -170,6 +172,32 @@ def _data_cfg(cfg) -> dict:
     return loader
 
 
+def optimizer_hook_config(cfg) -> tuple[dict, dict | None]:
+    """``(optimizer_config, fp16)`` as the optimizer hook and precision take them.
+
+    ``optimizer_config.type``: ``OptimizerHook`` (the default) and mmdet 1.x's
+    ``DistOptimizerHook`` are raydet's :class:`OptimizerHook`; ``Fp16OptimizerHook`` means fp16
+    with its ``loss_scale`` (mmcv's default 512), merged under a top-level ``fp16`` as mmdet does.
+    Any other type is a :class:`ConfigError`. ``distributed``, ``coalesce`` and ``bucket_size_mb``
+    (mmcv's own gradient all-reduce) do not apply: DDP buckets and reduces gradients; they are
+    logged once and ignored."""
+    opt = dict(cfg.get("optimizer_config") or {})
+    kind = opt.pop("type", "OptimizerHook")
+    if kind not in OPTIMIZER_HOOKS:
+        raise ConfigError(f"optimizer_config.type={kind!r} is not supported; supported: {', '.join(OPTIMIZER_HOOKS)}")
+    fp16 = cfg.get("fp16")
+    loss_scale = opt.pop("loss_scale", None)
+    if kind == "Fp16OptimizerHook":
+        fp16 = dict({"loss_scale": 512.0 if loss_scale is None else loss_scale}, **dict(fp16 or {}))
+    elif loss_scale is not None:
+        raise ConfigError(f"optimizer_config.loss_scale belongs to Fp16OptimizerHook, not {kind}; set fp16=dict(loss_scale=...)")
+    ignored = [k for k in ("distributed", "coalesce", "bucket_size_mb") if k in opt]
+    if ignored:
+        logger.info(f"optimizer_config.{', '.join(ignored)}: ignored, DistributedDataParallel buckets and reduces "
+                    "gradients itself")
+    return {k: v for k, v in opt.items() if k not in ignored}, fp16
+
+
 def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=None, on_checkpoint=None,
                    extra_hooks=()):
     """Everything ``train_detector`` runs, in this process (rank ``get_rank()`` of the initialised
@@ -177,6 +205,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     runner and its loaders; ``runner.run(loaders, cfg.workflow)`` trains. ``on_checkpoint(runner,
     path)`` runs on every rank after each periodic checkpoint; ``extra_hooks`` are registered after
     mmdet's training hooks and before ``custom_hooks``."""
+    import_custom_modules(cfg)  # custom hooks may live in the user's modules
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
     rank, world = get_rank(), get_world_size()
     # mmcv's get_root_logger: the configured level on rank 0, errors only elsewhere
@@ -212,7 +241,8 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
                     + f" for a total batch of {batch} ({world} x {loader_cfg['samples_per_gpu']}) against "
                     f"base_batch_size {auto.get('base_batch_size', 16)}")
     optimizer = build_optimizer(model, optimizer_cfg)
-    precision = Precision(cfg.get("fp16"), device)
+    opt_cfg, fp16 = optimizer_hook_config(cfg)
+    precision = Precision(fp16, device)
     runner = Runner(model, batch_processor, optimizer, cfg.work_dir, cfg.runner.max_epochs, logger=logger,
                     meta=meta, autocast=precision.autocast, timestamp=timestamp)
 
@@ -221,9 +251,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         runner.register_hook(build_lr_hook(lr_cfg))
     if cfg.get("momentum_config"):
         runner.register_hook(build_lr_hook(cfg.momentum_config, MOMENTUM_POLICIES, "momentum_config"))
-    opt_cfg = dict(cfg.get("optimizer_config") or {})
-    opt_cfg.pop("type", None)
-    runner.register_hook(OptimizerHook(precision, **opt_cfg))
+    runner.register_hook(OptimizerHook(precision, grad_clip=opt_cfg.get("grad_clip")))
     ckpt_cfg = dict(cfg.get("checkpoint_config") or {})
     ckpt_cfg["meta"] = dict(ckpt_cfg.get("meta") or {}, config=cfg.pretty_text,
                             CLASSES=list(getattr(datasets[0], "CLASSES", None) or []))
@@ -302,6 +330,7 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
     calls it). ``drawn_seed``: the launcher's seed for a config without one (see
     :func:`run_seed`). Returns the finished runner."""
     from ..models import build_detector
+    import_custom_modules(cfg)  # a Ray worker gets the config as a dict: import what it registers
     resume = resume_path(cfg)
     cfg.resume_from, cfg.auto_resume = resume, False
     cfg.seed = run_seed(cfg, resume, drawn_seed)

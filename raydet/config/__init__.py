@@ -2,7 +2,7 @@
 
 Only builders read configs; the runner and hooks take built objects.
 """
-from .loader import dump_config, load_config, merge_overrides
+from .loader import dump_config, import_custom_modules, load_config, merge_overrides
 from .schema import validate_config
 
-__all__ = ["load_config", "merge_overrides", "dump_config", "validate_config"]
+__all__ = ["load_config", "import_custom_modules", "merge_overrides", "dump_config", "validate_config"]

@@ -32,9 +32,38 @@ def load_config(path_or_cfg, cfg_options: Mapping | None = None) -> Config:
             raise ConfigError(f"cannot load config {path}: {type(exc).__name__}: {exc}") from exc
     if cfg_options:
         merge_overrides(cfg, cfg_options)
+    import_custom_modules(cfg)  # before validation: they register the types the config names
     normalize_config(cfg)
     validate_config(cfg, source=cfg.filename)
     return cfg
+
+
+def import_custom_modules(cfg) -> list:
+    """mmcv's ``custom_imports = dict(imports=['my_pkg.my_head'], allow_failed_imports=False)``:
+    import the user's modules, which register models, datasets, transforms or hooks. A module that
+    fails to import is a :class:`ConfigError` naming it (a warning with ``allow_failed_imports``).
+    Every process that builds from the config calls this (the driver, each Ray worker)."""
+    import importlib
+    import logging
+    spec = cfg.get("custom_imports")
+    if not spec:
+        return []
+    if not isinstance(spec, dict) or not isinstance(spec.get("imports"), (str, list, tuple)):
+        raise ConfigError(f"custom_imports must be dict(imports=[module, ...], allow_failed_imports=False), got {spec!r}")
+    extra = set(spec) - {"imports", "allow_failed_imports"}
+    if extra:
+        raise ConfigError(f"unknown config key 'custom_imports.{sorted(extra)[0]}'; known: imports, allow_failed_imports")
+    names = [spec["imports"]] if isinstance(spec["imports"], str) else list(spec["imports"])
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as exc:  # an ImportError, or the module's own error while registering
+            if spec.get("allow_failed_imports", False):
+                logging.getLogger("raydet").warning(f"custom_imports: {name} failed to import and is skipped: {exc}")
+                continue
+            raise ConfigError(f"custom_imports: cannot import {name!r}: {type(exc).__name__}: {exc}") from None
+    return modules
 
 
 def merge_overrides(cfg: Config, options: Mapping) -> Config:

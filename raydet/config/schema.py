@@ -18,7 +18,7 @@ TOP_LEVEL = {
     "runner", "total_epochs", "checkpoint_config", "log_config", "custom_hooks", "workflow",
     "dist_params", "log_level", "load_from", "resume_from", "auto_resume", "work_dir", "gpu_ids",
     "seed", "deterministic", "fp16", "find_unused_parameters", "cudnn_benchmark", "auto_scale_lr",
-    "mp_start_method", "opencv_num_threads", "device", "train_cfg", "test_cfg", "ray",
+    "mp_start_method", "opencv_num_threads", "device", "train_cfg", "test_cfg", "ray", "custom_imports",
 }
 #: Helper variables that mmdet configs define at top level and reference elsewhere.
 HELPERS = {
@@ -35,7 +35,7 @@ SECTIONS = {
     "log_config": {"interval", "hooks"},
     "evaluation": {"interval", "start", "by_epoch", "metric", "save_best", "rule", "classwise",
                    "gpu_collect", "tmpdir", "greater_keys", "less_keys"},
-    "optimizer_config": {"type", "grad_clip"},
+    "optimizer_config": {"type", "grad_clip", "loss_scale", "distributed", "coalesce", "bucket_size_mb"},
     "fp16": {"loss_scale", "dtype", "max_consecutive_nonfinite"},
     "auto_scale_lr": {"enable", "base_batch_size"},
     "dist_params": {"backend", "port"},
@@ -43,6 +43,9 @@ SECTIONS = {
             "checkpoint_upload_mode", "address", "storage_path", "elastic_resize_monitor_interval_s",
             "max_preemption_failures", "preemption_check_interval"},
 }
+#: mmcv 1.x's optimizer hook types (``optimizer_config.type``) raydet honours
+#: (see :func:`raydet.apis.train.optimizer_hook_config`).
+OPTIMIZER_HOOKS = ("OptimizerHook", "Fp16OptimizerHook", "DistOptimizerHook")
 DATALOADER_KEYS = {"samples_per_gpu", "workers_per_gpu", "persistent_workers", "pin_memory",
                    "shuffle"}
 GRAD_CLIP_KEYS = {"max_norm", "norm_type"}
@@ -139,6 +142,9 @@ def validate_config(cfg, source: str | None = None) -> None:
             check_keys(cfg.optimizer.get("paramwise_cfg", {}).keys(),
                        {"bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "custom_keys"},
                        "optimizer.paramwise_cfg")
+        kind = (cfg.get("optimizer_config") or {}).get("type", "OptimizerHook")
+        if kind not in OPTIMIZER_HOOKS:
+            raise ConfigError(f"optimizer_config.type={kind!r} is not supported; supported: {', '.join(OPTIMIZER_HOOKS)}")
         clip = (cfg.get("optimizer_config") or {}).get("grad_clip")
         if clip:
             check_keys(clip.keys(), GRAD_CLIP_KEYS, "optimizer_config.grad_clip")

@@ -7,6 +7,7 @@ from .logger import LogBuffer, LoggerHook, TensorboardLoggerHook, TextLoggerHook
 from .lr import (LR_POLICIES, MOMENTUM_POLICIES, CosineAnnealingLrUpdaterHook,
                  CosineAnnealingMomentumUpdaterHook, CyclicMomentumUpdaterHook, LrUpdaterHook,
                  MomentumUpdaterHook, OneCycleLrUpdaterHook, StepLrUpdaterHook, build_lr_hook)
+from .num_class import NumClassCheckHook
 from .optimizer import OptimizerHook
 from .timer import DistSamplerSeedHook, IterTimerHook
 
@@ -15,4 +16,4 @@ __all__ = ["HOOKS", "PRIORITIES", "Hook", "get_priority", "CheckpointHook", "Eva
            "LrUpdaterHook", "MomentumUpdaterHook", "StepLrUpdaterHook", "CosineAnnealingLrUpdaterHook",
            "OneCycleLrUpdaterHook", "CosineAnnealingMomentumUpdaterHook", "CyclicMomentumUpdaterHook",
            "build_lr_hook", "OptimizerHook", "IterTimerHook", "DistSamplerSeedHook", "ChaosHook",
-           "ChaosError"]
+           "ChaosError", "NumClassCheckHook"]

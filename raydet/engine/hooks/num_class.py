@@ -1,0 +1,34 @@
+"""mmdet's ``NumClassCheckHook``: the detector's classes must be the dataset's."""
+from __future__ import annotations
+
+from ...errors import ConfigError
+from .base import HOOKS, Hook
+
+
+@HOOKS.register()
+class NumClassCheckHook(Hook):
+    """Before each training and validation epoch: the dataset's ``CLASSES`` must be a tuple of
+    names (a bare string is the classic mistake: ``classes='person'`` gives 6 "classes"), and the
+    detector's ``num_classes`` must equal their number; otherwise :class:`ConfigError`. A dataset
+    without ``CLASSES`` is let through with a warning, as mmdet does."""
+
+    def _check(self, runner):
+        dataset = runner.data_loader.dataset
+        classes = getattr(dataset, "CLASSES", None)
+        name = type(dataset).__name__
+        if classes is None:
+            runner.logger.warning(f"NumClassCheckHook: {name} has no CLASSES; the number of classes is not checked")
+            return
+        if isinstance(classes, str):
+            raise ConfigError(f"{name}.CLASSES is the string {classes!r}; give classes as a tuple, e.g. ({classes!r},)")
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        num = getattr(model, "num_classes", None)
+        if num is not None and num != len(classes):
+            raise ConfigError(f"model num_classes={num} does not match the {len(classes)} CLASSES of {name} "
+                              f"{tuple(classes)}: set the model's num_classes to {len(classes)} (or the dataset's classes)")
+
+    def before_train_epoch(self, runner):
+        self._check(runner)
+
+    def before_val_epoch(self, runner):
+        self._check(runner)

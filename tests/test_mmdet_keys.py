@@ -1,0 +1,77 @@
+"""mmdet 2.x keys honoured by name: NumClassCheckHook, custom_imports, optimizer_config.type."""
+import logging
+import textwrap
+
+import pytest
+
+from raydet.apis import train_from_config
+from raydet.apis.train import optimizer_hook_config
+from raydet.config import load_config
+from raydet.errors import ConfigError
+
+from .conftest import TINY_MODEL, tiny_config
+
+
+def test_num_class_check_hook_refuses_a_model_with_other_classes(make_cfg, tmp_path):
+    hook = [dict(type="NumClassCheckHook")]
+    with pytest.raises(ConfigError, match=r"model num_classes=4 does not match the 3 CLASSES of ShapesDataset "
+                                          r"\('rectangle', 'ellipse', 'triangle'\)"):
+        train_from_config(make_cfg(tmp_path / "bad", model=dict(TINY_MODEL, num_classes=4), custom_hooks=hook),
+                          validate=False)
+    runner = train_from_config(make_cfg(tmp_path / "ok", runner=dict(max_epochs=1), custom_hooks=hook), validate=False)
+    assert runner.epoch == 1
+
+
+def test_default_runtime_has_mmdets_num_class_check():
+    from benchmarks.common import CONFIG
+    assert dict(type="NumClassCheckHook") in load_config(CONFIG).custom_hooks
+
+
+def test_custom_imports_register_the_users_hook(shapes_root, tmp_path, monkeypatch):
+    (tmp_path / "my_hooks.py").write_text(textwrap.dedent('''
+        from raydet.engine.hooks import HOOKS, Hook
+
+        @HOOKS.register()
+        class CountEpochsHook(Hook):
+            def __init__(self, path):
+                self.path = path
+
+            def after_train_epoch(self, runner):
+                with open(self.path, "a") as f:
+                    f.write(f"{runner.epoch + 1}\\n")
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "epochs.txt"
+    cfg = tiny_config(shapes_root, tmp_path / "w", custom_imports=dict(imports=["my_hooks"]),
+                      custom_hooks=[dict(type="CountEpochsHook", path=str(out))])
+    train_from_config(load_config(cfg), validate=False)
+    assert out.read_text().split() == ["1", "2"]
+
+
+def test_custom_imports_that_fail_name_the_module(shapes_root, tmp_path, caplog):
+    cfg = tiny_config(shapes_root, tmp_path / "w", custom_imports=dict(imports=["no_such_module_xyz"]))
+    with pytest.raises(ConfigError, match="custom_imports: cannot import 'no_such_module_xyz'"):
+        load_config(cfg)
+    cfg["custom_imports"]["allow_failed_imports"] = True
+    with caplog.at_level(logging.WARNING, logger="raydet"):
+        load_config(cfg)
+    assert "no_such_module_xyz failed to import and is skipped" in caplog.text
+    with pytest.raises(ConfigError, match="custom_imports.import"):
+        load_config(dict(cfg, custom_imports={"imports": [], "import": 1}))
+
+
+def test_optimizer_config_type_is_honoured_or_refused(shapes_root, tmp_path):
+    base = tiny_config(shapes_root, tmp_path / "w")
+    fp16_hook = load_config(dict(base, optimizer_config=dict(type="Fp16OptimizerHook", grad_clip=None)))
+    opt, fp16 = optimizer_hook_config(fp16_hook)
+    assert fp16 == dict(loss_scale=512.0) and opt == dict(grad_clip=None)
+    both = load_config(dict(base, optimizer_config=dict(type="Fp16OptimizerHook", loss_scale=256.0),
+                            fp16=dict(loss_scale="dynamic")))
+    assert optimizer_hook_config(both)[1] == dict(loss_scale="dynamic")  # the fp16 section wins, as in mmdet
+    dist = load_config(dict(base, optimizer_config=dict(type="DistOptimizerHook", grad_clip=dict(max_norm=35),
+                                                        coalesce=True, bucket_size_mb=-1)))
+    assert optimizer_hook_config(dist) == (dict(grad_clip=dict(max_norm=35)), None)
+    with pytest.raises(ConfigError, match="optimizer_config.type='GradientCumulativeOptimizerHook' is not supported"):
+        load_config(dict(base, optimizer_config=dict(type="GradientCumulativeOptimizerHook")))
+    with pytest.raises(ConfigError, match="optimizer_config.loss_scale belongs to Fp16OptimizerHook"):
+        optimizer_hook_config(load_config(dict(base, optimizer_config=dict(loss_scale=512.0))))
