@@ -2,6 +2,7 @@
 from .dataset import DATASETS, CocoDataset, DataWarning, SampleKey, ShapesDataset, sample_rng
 from .loader import GroupSampler, ShardSampler, build_dataloader, collate
 from .pipelines import PIPELINES, Compose, PolygonMasks
+from .voc import VOCDataset, XMLDataset
 from .wrappers import WRAPPERS, ClassBalancedDataset, ConcatDataset, RepeatDataset, split_ann_files
 from ..errors import ConfigError
 
@@ -37,6 +38,6 @@ def build_dataset(cfg, seed: int = 0, where: str = "dataset", **overrides):
 
 
 __all__ = ["DATASETS", "PIPELINES", "CocoDataset", "ShapesDataset", "RepeatDataset", "ConcatDataset",
-           "ClassBalancedDataset", "DataWarning", "SampleKey",
+           "ClassBalancedDataset", "VOCDataset", "XMLDataset", "DataWarning", "SampleKey",
            "sample_rng", "GroupSampler", "ShardSampler", "build_dataloader", "build_dataset",
            "collate", "Compose", "PolygonMasks"]

@@ -99,8 +99,8 @@ class LoadImageFromFile:
 
 @PIPELINES.register()
 class LoadAnnotations:
-    """Copy ``ann_info`` into ``gt_bboxes`` (float32 ``[N, 4]``), ``gt_labels`` (int64 ``[N]``)
-    and ``gt_masks`` (:class:`PolygonMasks`)."""
+    """Copy ``ann_info`` into ``gt_bboxes`` (float32 ``[N, 4]``), ``gt_labels`` (int64 ``[N]``),
+    ``gt_bboxes_ignore`` (when the dataset has ignored boxes) and ``gt_masks`` (:class:`PolygonMasks`)."""
 
     def __init__(self, with_bbox: bool = True, with_label: bool = True, with_mask: bool = False,
                  poly2mask: bool = True):
@@ -113,6 +113,9 @@ class LoadAnnotations:
         if self.with_bbox:
             results["gt_bboxes"] = ann["bboxes"].copy()
             results["bbox_fields"].append("gt_bboxes")
+            if ann.get("bboxes_ignore") is not None:  # VOC's difficult boxes: transformed alike
+                results["gt_bboxes_ignore"] = ann["bboxes_ignore"].copy()
+                results["bbox_fields"].append("gt_bboxes_ignore")
         if self.with_label:
             results["gt_labels"] = ann["labels"].copy()
         if self.with_mask:

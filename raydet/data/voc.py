@@ -1,0 +1,178 @@
+"""Pascal VOC-style datasets (mmdet 2.x's ``XMLDataset`` and ``VOCDataset``).
+
+Layout: ``img_prefix`` (e.g. ``data/VOCdevkit/VOC2007/``) holds ``JPEGImages/<id>.jpg`` and
+``Annotations/<id>.xml``; ``ann_file`` is an ``ImageSets/Main/*.txt`` list of ids. A box marked
+``difficult``, or smaller than ``min_size`` on a side, is an *ignored* box (``bboxes_ignore``):
+not a training target, and neither a hit nor a miss in evaluation. Training mode drops images
+smaller than 32 pixels and, with ``filter_empty_gt``, images with no object of ``CLASSES``.
+"""
+from __future__ import annotations
+
+import os.path as osp
+import xml.etree.ElementTree as ET
+from collections import OrderedDict
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .dataset import DATASETS, SampleKey, sample_rng
+from .mean_ap import eval_map
+from .pipelines import Compose
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
+
+
+@DATASETS.register()
+class XMLDataset:
+    """A VOC-layout dataset of any classes (``classes`` is required unless a subclass has them).
+    Raises :class:`DataError` naming the file for a missing list or XML file, malformed XML, or
+    an object without a valid box."""
+
+    CLASSES = None
+
+    def __init__(self, ann_file, pipeline=(), classes=None, data_root=None, img_prefix="", seg_prefix=None,
+                 proposal_file=None, test_mode=False, filter_empty_gt=True, min_size=None,
+                 img_subdir="JPEGImages", ann_subdir="Annotations", file_client_args=None, seed=0):
+        if data_root is not None:
+            ann_file = ann_file if osp.isabs(ann_file) else osp.join(data_root, ann_file)
+            img_prefix = img_prefix if not img_prefix or osp.isabs(img_prefix) else osp.join(data_root, img_prefix)
+        if proposal_file is not None:
+            raise ConfigError(f"{type(self).__name__}.proposal_file: precomputed proposals are not supported "
+                              "(torchvision's detectors compute their own)")
+        if classes is not None:
+            self.CLASSES = (classes,) if isinstance(classes, str) else tuple(classes)
+        if self.CLASSES is None:
+            raise ConfigError(f"{type(self).__name__} needs classes=(...)")
+        self.ann_file, self.img_prefix, self.test_mode, self.seed = ann_file, img_prefix, test_mode, seed
+        self.img_subdir, self.ann_subdir, self.min_size = img_subdir, ann_subdir, min_size
+        self.cat2label = {c: i for i, c in enumerate(self.CLASSES)}
+        infos = self._load_list(ann_file)
+        anns = [self._parse(info) for info in infos]
+        if not test_mode:
+            keep = [i for i, (info, ann) in enumerate(zip(infos, anns))
+                    if min(info["width"], info["height"]) >= 32
+                    and (not filter_empty_gt or ann["has_class"])]
+            infos, anns = [infos[i] for i in keep], [anns[i] for i in keep]
+        for ann in anns:
+            ann.pop("has_class")
+        self.data_infos, self.ann_infos = infos, anns
+        self.flag = np.array([1 if i["width"] / i["height"] > 1 else 0 for i in infos], dtype=np.uint8)
+        self.pipeline = Compose(pipeline)
+
+    def _xml_path(self, img_id):
+        return osp.join(self.img_prefix, self.ann_subdir, f"{img_id}.xml")
+
+    def _load_list(self, ann_file):
+        if not osp.isfile(ann_file):
+            raise DataError(f"image list not found: {ann_file}")
+        with open(ann_file) as f:
+            ids = [line.strip() for line in f if line.strip()]
+        infos = []
+        for img_id in ids:
+            root = self._xml(img_id)
+            size = root.find("size")
+            if size is not None and size.find("width") is not None:
+                width, height = int(size.find("width").text), int(size.find("height").text)
+            else:  # mmdet reads the image for its size
+                import mmcv
+                path = osp.join(self.img_prefix, self.img_subdir, f"{img_id}.jpg")
+                img = mmcv.imread(path)
+                if img is None:
+                    raise DataError(f"{self._xml_path(img_id)} gives no size and {path} cannot be read")
+                height, width = img.shape[:2]
+            infos.append(dict(id=img_id, filename=f"{self.img_subdir}/{img_id}.jpg", width=width, height=height))
+        return infos
+
+    def _xml(self, img_id):
+        path = self._xml_path(img_id)
+        if not osp.isfile(path):
+            raise DataError(f"annotation file not found: {path}")
+        try:
+            return ET.parse(path).getroot()
+        except ET.ParseError as exc:
+            raise DataError(f"malformed annotation xml {path}: {exc}") from None
+
+    def _parse(self, info) -> dict:
+        path = self._xml_path(info["id"])
+        bboxes, labels, ignored, ignored_labels, has_class = [], [], [], [], False
+        for obj in self._xml(info["id"]).findall("object"):
+            name = (obj.findtext("name") or "").strip()
+            if name not in self.cat2label:
+                continue
+            has_class = True
+            difficult = int(obj.findtext("difficult") or 0)
+            box = obj.find("bndbox")
+            try:
+                bbox = [int(float(box.find(k).text)) for k in ("xmin", "ymin", "xmax", "ymax")]
+            except (AttributeError, TypeError, ValueError):
+                raise DataError(f"{path}: object '{name}' has no valid bndbox (xmin, ymin, xmax, ymax)") from None
+            small = self.min_size is not None and (bbox[2] - bbox[0] < self.min_size or bbox[3] - bbox[1] < self.min_size)
+            (ignored if difficult or small else bboxes).append(bbox)
+            (ignored_labels if difficult or small else labels).append(self.cat2label[name])
+        return dict(bboxes=np.array(bboxes, np.float32).reshape(-1, 4), labels=np.array(labels, np.int64),
+                    bboxes_ignore=np.array(ignored, np.float32).reshape(-1, 4),
+                    labels_ignore=np.array(ignored_labels, np.int64), has_class=has_class)
+
+    def __len__(self):
+        return len(self.data_infos)
+
+    def get_ann_info(self, idx):
+        return self.ann_infos[idx]
+
+    def get_cat_ids(self, idx):
+        return self.ann_infos[idx]["labels"].tolist()
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, SampleKey) else SampleKey(*key) if isinstance(key, tuple) else SampleKey(int(key), 0)
+        results = dict(img_info=self.data_infos[key.index], img_prefix=self.img_prefix,
+                       rng=sample_rng(self.seed, key.epoch, key.index, key.stream))
+        if not self.test_mode:
+            results["ann_info"] = self.ann_infos[key.index]
+        out = self.pipeline(results)
+        if out is None:
+            raise DataError(f"the pipeline dropped {self.data_infos[key.index]['filename']} (index {key.index})")
+        return out
+
+    ap_mode = "area"
+
+    def evaluate(self, results, metric="mAP", logger=None, iou_thr=0.5, **_):
+        """mmdet's ``eval_map`` (IoU ``iou_thr``, a float or a list, legacy +1 coordinates,
+        ignored boxes neither hit nor miss): ``{'mAP', 'AP50', ...}``; the per-class table is
+        logged."""
+        metrics = [metric] if isinstance(metric, str) else list(metric)
+        if metrics != ["mAP"]:
+            raise ValueError(f"metric must be 'mAP' for {type(self).__name__}, got {metric!r}")
+        if len(results) != len(self):
+            raise ValueError(f"{len(results)} results for a dataset of {len(self)} images")
+        thrs = [iou_thr] if isinstance(iou_thr, (int, float)) else list(iou_thr)
+        out, aps = OrderedDict(), []
+        for thr in thrs:
+            ap, _ = eval_map(results, self.ann_infos, iou_thr=thr, mode=self.ap_mode, classes=self.CLASSES,
+                             logger=logger, use_legacy_coordinate=True)
+            aps.append(ap)
+            out[f"AP{int(thr * 100):02d}"] = round(ap, 3)
+        out["mAP"] = sum(aps) / len(aps)
+        out.move_to_end("mAP", last=False)
+        return dict(out)
+
+
+@DATASETS.register()
+class VOCDataset(XMLDataset):
+    """Pascal VOC: its 20 classes; evaluated with VOC2007's 11-point AP when ``img_prefix``
+    names ``VOC2007``, the area under the curve for ``VOC2012`` (mmdet infers the year the same
+    way, and refuses a prefix naming neither)."""
+
+    CLASSES = VOC_CLASSES
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "VOC2007" in self.img_prefix:
+            self.year = 2007
+        elif "VOC2012" in self.img_prefix:
+            self.year = 2012
+        else:
+            raise ConfigError(f"VOCDataset: cannot infer the VOC year from img_prefix={self.img_prefix!r} "
+                              "(it must contain VOC2007 or VOC2012; use XMLDataset for other VOC-style data)")
+        self.ap_mode = "11points" if self.year == 2007 else "area"
