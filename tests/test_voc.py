@@ -125,3 +125,24 @@ def test_difficult_boxes_travel_through_the_pipeline_as_gt_bboxes_ignore(tmp_pat
     sample = ds[1]
     assert sample["gt_bboxes"].tolist() == [[20, 20, 100, 100]]  # scaled x2 with the image
     assert sample["gt_bboxes_ignore"].tolist() == [[120, 20, 180, 80]]
+
+
+def test_the_voc0712_base_builds_repeat_of_concat_on_a_vocdevkit(tmp_path):
+    from mmengine import Config
+
+    from raydet.data import ConcatDataset, RepeatDataset
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    devkit = str(tmp_path / "VOCdevkit")
+    for year in ("VOC2007", "VOC2012"):
+        write_voc(devkit, {f"{year}_1": [("cat", (5, 5, 50, 40), False)], f"{year}_2": [("dog", (5, 5, 60, 50), False)]},
+                  split="trainval", year=year)
+    write_voc(devkit, {"t1": [("cat", (5, 5, 50, 40), False)]}, split="test", year="VOC2007")
+    cfg = Config.fromfile(os.path.join(repo, "configs/_base_/datasets/voc0712.py"))  # a base: no schedule
+    cfg.data.train.dataset.ann_file = [f"{devkit}/{y}/ImageSets/Main/trainval.txt" for y in ("VOC2007", "VOC2012")]
+    cfg.data.train.dataset.img_prefix = [f"{devkit}/{y}/" for y in ("VOC2007", "VOC2012")]
+    train = build_dataset(cfg.data.train)
+    assert isinstance(train, RepeatDataset) and isinstance(train.dataset, ConcatDataset)
+    assert len(train) == 3 * 4 and train[5]["img"].shape[1:] == (608, 1024)  # 100x60 scaled to 1000x600, padded to 32
+    cfg.data.val.update(ann_file=f"{devkit}/VOC2007/ImageSets/Main/test.txt", img_prefix=f"{devkit}/VOC2007/")
+    val = build_dataset(cfg.data.val, test_mode=True)
+    assert val.year == 2007 and val.ap_mode == "11points"
