@@ -75,3 +75,37 @@ def test_optimizer_config_type_is_honoured_or_refused(shapes_root, tmp_path):
         load_config(dict(base, optimizer_config=dict(type="GradientCumulativeOptimizerHook")))
     with pytest.raises(ConfigError, match="optimizer_config.loss_scale belongs to Fp16OptimizerHook"):
         optimizer_hook_config(load_config(dict(base, optimizer_config=dict(loss_scale=512.0))))
+
+
+def test_classwise_logs_each_categorys_ap(shapes_root, caplog):
+    from raydet.data import ShapesDataset
+
+    from .conftest import TEST_PIPELINE
+    from .test_dataset import _noisy_results
+    ds = ShapesDataset("val", TEST_PIPELINE, root=shapes_root, test_mode=True)
+    with caplog.at_level(logging.INFO, logger="raydet"):
+        ds.evaluate(_noisy_results(ds), metric="bbox", classwise=True)
+    import re
+    rows = re.findall(r"\| (rectangle|ellipse|triangle) +\| (\d\.\d{3}) \|", caplog.text)
+    assert [r[0] for r in rows] == ["rectangle", "ellipse", "triangle"]
+
+
+def test_keys_without_effect_are_logged_once_and_process_keys_are_honoured(make_cfg, tmp_path, caplog):
+    import cv2
+    before = cv2.getNumThreads()
+    cfg = make_cfg(tmp_path / "w", runner=dict(max_epochs=1), gpu_ids=[0], dist_params=dict(backend="nccl"),
+                   opencv_num_threads=1, mp_start_method="spawn",
+                   evaluation=dict(interval=1, metric="bbox", gpu_collect=True),
+                   log_config=dict(interval=1, hooks=[dict(type="TextLoggerHook", reset_flag=True)]))
+    cfg.data.workers_per_gpu = 1
+    try:
+        with caplog.at_level(logging.INFO, logger="raydet"):
+            runner = train_from_config(cfg, validate=True)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
+    for key in ("gpu_ids", "dist_params", "evaluation.gpu_collect", "log_config.hooks.reset_flag"):
+        assert caplog.text.count(f"config key {key}: no effect") == 1, key
+    loader = runner.data_loader
+    assert loader.multiprocessing_context.get_start_method() == "spawn"
+    assert loader.worker_init_fn.keywords == dict(opencv_threads=1)

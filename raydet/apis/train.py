@@ -172,6 +172,33 @@ def _data_cfg(cfg) -> dict:
     return loader
 
 
+#: mmdet keys that have no effect under raydet, and why; each one present is logged once per run.
+INAPPLICABLE = {
+    "gpu_ids": "devices are Ray's: ray.num_workers and ray.use_gpu choose them (--launcher none: one device, "
+               "the config's `device`)",
+    "dist_params": "the process group is set up by Ray's TorchConfig (gloo on CPU workers, cpu:gloo,cuda:nccl on "
+                   "GPU workers), or by whoever initialised it",
+    "evaluation.gpu_collect": "results are always gathered through the process group's CPU (gloo) side",
+    "evaluation.tmpdir": "results are gathered through the process group, never through files",
+}
+
+
+def note_inapplicable_keys(cfg) -> list[str]:
+    """Log, once per run, each key of :data:`INAPPLICABLE` the config sets and why it has no
+    effect, and ``reset_flag`` of the logger hooks (raydet's runner clears the log buffer's output
+    after every iteration, which is what ``reset_flag=True`` asks for). Returns the keys."""
+    found = [key for key in INAPPLICABLE
+             if (cfg.get(key) if "." not in key else (cfg.get(key.split(".")[0]) or {}).get(key.split(".")[1]))
+             is not None]
+    for key in found:
+        logger.info(f"config key {key}: no effect under raydet: {INAPPLICABLE[key]}")
+    if any("reset_flag" in h for h in (cfg.get("log_config") or {}).get("hooks", [])):
+        found.append("log_config.hooks.reset_flag")
+        logger.info("config key log_config.hooks.reset_flag: no effect: raydet's runner clears the log buffer's "
+                    "output after every iteration (reset_flag=True's behaviour) whatever its value")
+    return found
+
+
 def optimizer_hook_config(cfg) -> tuple[dict, dict | None]:
     """``(optimizer_config, fp16)`` as the optimizer hook and precision take them.
 
@@ -214,10 +241,15 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     device = _device(cfg)
     if loader_cfg["pin_memory"] is None:  # page-locked batches make the copies to a GPU asynchronous
         loader_cfg["pin_memory"] = device.type == "cuda"
+    procs = dict(mp_start_method=cfg.get("mp_start_method"), opencv_num_threads=cfg.get("opencv_num_threads"))
+    if procs["opencv_num_threads"] is not None:
+        import cv2
+        cv2.setNumThreads(int(procs["opencv_num_threads"]))  # this process too (inline loading, evaluation)
+    note_inapplicable_keys(cfg)
     loaders = [build_dataloader(ds, loader_cfg["samples_per_gpu"], loader_cfg["workers_per_gpu"],
                                 num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                 persistent_workers=loader_cfg["persistent_workers"],
-                                pin_memory=loader_cfg["pin_memory"]) for ds in datasets]
+                                pin_memory=loader_cfg["pin_memory"], **procs) for ds in datasets]
     if cfg.get("cudnn_benchmark"):
         torch.backends.cudnn.benchmark = True
     model = sync_batchnorm(model, cfg.get("model"), device, world).to(device)
@@ -272,7 +304,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         val_loader = build_dataloader(val_ds, val_loader_cfg.get("samples_per_gpu", 1),
                                       val_loader_cfg.get("workers_per_gpu", loader_cfg["workers_per_gpu"]),
                                       num_replicas=world, rank=rank, shuffle=False,
-                                      persistent_workers=False)
+                                      persistent_workers=False, **procs)
         eval_cfg = dict(cfg.get("evaluation") or {})
         runner.register_hook(EvalHook(val_loader, autocast=precision.autocast, **eval_cfg))
     for hook in extra_hooks:

@@ -215,7 +215,7 @@ class CocoDataset:
         ``[N, 5]`` arrays ``(x1, y1, x2, y2, score)`` in original image pixels, or a tuple
         ``(bbox_result, segm_result)`` whose ``segm_result[c][j]`` is a binary ``HxW`` mask or an
         RLE. Returns ``{f'{m}_mAP', f'{m}_mAP_50', _75, _s, _m, _l, f'{m}_mAP_copypaste'}`` for
-        each metric ``m`` in ``bbox``/``segm``.
+        each metric ``m`` in ``bbox``/``segm``; ``classwise`` also logs each category's AP.
         """
         from faster_coco_eval import COCOeval_faster
         metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -241,6 +241,15 @@ class CocoDataset:
             ev.accumulate()
             ev.summarize()
             (logger or globals()["logger"]).info("\n" + "\n".join(str(line) for line in lines))
+            if classwise:  # mmdet's per-category AP table: AP@[.5:.95], all areas, 100 detections
+                precision = ev.eval["precision"]  # [IoU thresholds, recalls, categories, areas, max dets]
+                rows = []
+                for k, name in enumerate(self.CLASSES):
+                    p = precision[:, :, k, 0, -1]
+                    p = p[p > -1]
+                    rows.append(f"| {name:<20} | {float(p.mean()) if p.size else float('nan'):.3f} |")
+                (logger or globals()["logger"]).info(f"{m} AP per category:\n| {'category':<20} | AP    |\n"
+                                                     + "\n".join(rows))
             for i, n in enumerate(names):
                 out[f"{m}_{n}"] = float(f"{ev.stats[i]:.3f}")
             out[f"{m}_mAP_copypaste"] = " ".join(f"{ev.stats[i]:.3f}" for i in range(6))

@@ -171,21 +171,32 @@ class OrderedGroupBatchSampler:
         return sum(1 for _ in self)
 
 
-def _worker_init(_):
+def _worker_init(_, opencv_threads=None):
     # Each dataloader worker is a CPU-bound process; one thread each avoids oversubscription.
     torch.set_num_threads(1)
+    if opencv_threads is not None:
+        import cv2
+        cv2.setNumThreads(opencv_threads)
 
 
 def build_dataloader(dataset, samples_per_gpu: int, workers_per_gpu: int, num_replicas: int = 1,
                      rank: int = 0, shuffle: bool = True, seed: int = 0,
-                     persistent_workers: bool = True, pin_memory: bool = False) -> DataLoader:
+                     persistent_workers: bool = True, pin_memory: bool = False,
+                     mp_start_method: str | None = None, opencv_num_threads: int | None = None) -> DataLoader:
     """A training loader (``shuffle=True``: :class:`GroupSampler`) or an evaluation loader
     (``shuffle=False``: this rank's :class:`ShardSampler` shard in :class:`OrderedGroupBatchSampler`
     batches). The loader has its own ``torch.Generator`` so that
-    creating an iterator never consumes the global torch RNG (which would break exact resume)."""
+    creating an iterator never consumes the global torch RNG (which would break exact resume).
+    ``mp_start_method`` and ``opencv_num_threads`` are mmdet's keys of the same names: the loader
+    workers' start method and each worker's OpenCV thread count (``None``: torch's and OpenCV's
+    defaults)."""
+    import functools
+    workers = workers_per_gpu > 0
     common = dict(num_workers=workers_per_gpu, collate_fn=collate, pin_memory=pin_memory,
-                  persistent_workers=persistent_workers and workers_per_gpu > 0,
-                  worker_init_fn=_worker_init, generator=torch.Generator())
+                  persistent_workers=persistent_workers and workers,
+                  multiprocessing_context=mp_start_method if workers else None,
+                  worker_init_fn=functools.partial(_worker_init, opencv_threads=opencv_num_threads),
+                  generator=torch.Generator())
     if shuffle:
         sampler = GroupSampler(dataset, samples_per_gpu, num_replicas, rank, seed=seed)
         return DataLoader(dataset, batch_size=samples_per_gpu, sampler=sampler, drop_last=False, **common)
