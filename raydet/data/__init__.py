@@ -2,6 +2,7 @@
 from .dataset import DATASETS, CocoDataset, DataWarning, SampleKey, ShapesDataset, sample_rng
 from .loader import GroupSampler, ShardSampler, build_dataloader, collate
 from .pipelines import PIPELINES, Compose, PolygonMasks
+from . import augment  # noqa: F401  (registers PhotoMetricDistortion, Expand, MinIoURandomCrop, RandomCrop)
 from .voc import VOCDataset, XMLDataset
 from .wrappers import WRAPPERS, ClassBalancedDataset, ConcatDataset, RepeatDataset, split_ann_files
 from ..errors import ConfigError

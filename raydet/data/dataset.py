@@ -46,8 +46,55 @@ def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index)] + ([int(stream)] if stream else []))
 
 
+#: how often a sample's augmentation is drawn again when a transform drops it
+MAX_REDRAWS = 10
+
+
+def run_pipeline(pipeline, make_results, seed: int, key: SampleKey, name: str):
+    """``pipeline(make_results(rng))`` with the sample's generator. When a transform drops the
+    sample (returns ``None``: a random crop without any box), it is drawn again from a fresh
+    generator of ``(seed, epoch, index, stream, attempt)``, up to :data:`MAX_REDRAWS` times, so the
+    epoch still sees this image and the result stays a pure function of the key; then
+    :class:`DataError` names the image."""
+    for attempt in range(MAX_REDRAWS + 1):
+        rng = (sample_rng(seed, key.epoch, key.index, key.stream) if attempt == 0 else
+               np.random.default_rng([int(seed) & 0xFFFFFFFF, key.epoch, key.index, key.stream, attempt]))
+        out = pipeline(make_results(rng))
+        if out is not None:
+            return out
+    raise DataError(f"the pipeline dropped {name} (index {key.index}) {MAX_REDRAWS + 1} times in a row")
+
+
+def as_key(key) -> SampleKey:
+    """An index, an ``(index, epoch[, stream])`` tuple or a :class:`SampleKey` as a SampleKey."""
+    return key if isinstance(key, SampleKey) else SampleKey(*key) if isinstance(key, tuple) else SampleKey(int(key), 0)
+
+
+class ImageSet:
+    """What the COCO and VOC datasets share once loaded: ``data_infos`` (``filename``, ``width``,
+    ``height`` per image), ``ann_infos`` (``bboxes``, ``labels``, ...), ``img_prefix``,
+    ``test_mode``, ``seed`` and ``pipeline``; indexing by a :class:`SampleKey`."""
+
+    def __len__(self):
+        return len(self.data_infos)
+
+    def get_cat_ids(self, idx: int) -> list[int]:
+        """The labels (0-based, in ``CLASSES`` order) of image ``idx``'s boxes."""
+        return self.ann_infos[idx]["labels"].tolist()
+
+    def __getitem__(self, key):
+        key = as_key(key)
+
+        def results(rng):
+            out = dict(img_info=self.data_infos[key.index], img_prefix=self.img_prefix, rng=rng)
+            if not self.test_mode:
+                out["ann_info"] = self.ann_infos[key.index]
+            return out
+        return run_pipeline(self.pipeline, results, self.seed, key, self.data_infos[key.index]["filename"])
+
+
 @DATASETS.register()
-class CocoDataset:
+class CocoDataset(ImageSet):
     """COCO instances json + image folder.
 
     ``CLASSES`` come from ``classes`` or the json's categories (in id order). ``flag[i]`` is 1
@@ -158,25 +205,6 @@ class CocoDataset:
                           DataWarning, stacklevel=2)
         return dict(bboxes=np.array(bboxes, dtype=np.float32).reshape(-1, 4),
                     labels=np.array(labels, dtype=np.int64), masks=masks)
-
-    def __len__(self):
-        return len(self.data_infos)
-
-    def get_cat_ids(self, idx: int) -> list[int]:
-        """The labels (0-based, in ``CLASSES`` order) of image ``idx``'s boxes."""
-        return self.ann_infos[idx]["labels"].tolist()
-
-    def __getitem__(self, key):
-        key = key if isinstance(key, SampleKey) else SampleKey(*key) if isinstance(key, tuple) else SampleKey(int(key), 0)
-        index = key.index
-        results = dict(img_info=self.data_infos[index], img_prefix=self.img_prefix,
-                       rng=sample_rng(self.seed, key.epoch, index, key.stream))
-        if not self.test_mode:
-            results["ann_info"] = self.ann_infos[index]
-        out = self.pipeline(results)
-        if out is None:
-            raise DataError(f"the pipeline dropped {self.data_infos[index]['filename']} (index {index})")
-        return out
 
     # ------------------------------------------------------------------ evaluation
     def _to_coco_json(self, results, metric):

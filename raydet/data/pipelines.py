@@ -56,6 +56,24 @@ class PolygonMasks:
             return p
         return PolygonMasks(self._map(f), self.height, self.width)
 
+    def expand(self, height: int, width: int, top: int, left: int) -> "PolygonMasks":
+        """On a larger canvas of ``(height, width)`` with the image at ``(top, left)``."""
+        def f(p):
+            p[0::2] += left
+            p[1::2] += top
+            return p
+        return PolygonMasks(self._map(f), height, width)
+
+    def crop(self, box) -> "PolygonMasks":
+        """The part inside ``box = (x1, y1, x2, y2)``, in the crop's coordinates (clipped)."""
+        x1, y1, x2, y2 = (float(v) for v in box)
+
+        def f(p):
+            p[0::2] = np.clip(p[0::2] - x1, 0, x2 - x1)
+            p[1::2] = np.clip(p[1::2] - y1, 0, y2 - y1)
+            return p
+        return PolygonMasks(self._map(f), int(y2 - y1), int(x2 - x1))
+
     def select(self, keep: np.ndarray) -> "PolygonMasks":
         return PolygonMasks([self.polygons[i] for i in np.flatnonzero(keep)], self.height, self.width)
 
@@ -260,19 +278,40 @@ class Normalize:
 
 @PIPELINES.register()
 class Pad:
-    """Pad to ``size`` (h, w) or to a multiple of ``size_divisor``; keeps ``img_shape``."""
+    """Pad to ``size`` (h, w), to a multiple of ``size_divisor``, or (``pad_to_square``) to a
+    square of the longer side; keeps ``img_shape``. ``pad_val``: a number, or mmdet's
+    ``dict(img=0, masks=0, seg=255)`` (masks stay polygons, so only ``img`` applies)."""
 
-    def __init__(self, size=None, size_divisor=None, pad_val: float = 0):
-        if (size is None) == (size_divisor is None):
-            raise ValueError("Pad needs exactly one of size and size_divisor")
+    def __init__(self, size=None, size_divisor=None, pad_to_square: bool = False, pad_val=0):
+        if pad_to_square:
+            if size is not None or size_divisor is not None:
+                raise ValueError("Pad(pad_to_square=True) takes neither size nor size_divisor")
+        elif (size is None) == (size_divisor is None):
+            raise ValueError("Pad needs exactly one of size and size_divisor (or pad_to_square=True)")
+        if isinstance(pad_val, dict):
+            unknown = set(pad_val) - {"img", "masks", "seg"}
+            if unknown:
+                raise ValueError(f"Pad.pad_val keys must be img, masks, seg; got {sorted(unknown)}")
+            pad_val = pad_val.get("img", 0)
         self.size, self.size_divisor, self.pad_val = size, size_divisor, pad_val
+        self.pad_to_square = pad_to_square
+
+    def _value(self, img):
+        # a plain number reaches cv2 as Scalar(v, 0, 0, 0), padding only the first channel with it
+        if isinstance(self.pad_val, (int, float)) and img.ndim == 3:
+            return (self.pad_val,) * img.shape[2]
+        return self.pad_val
 
     def __call__(self, results):
         for key in results.get("img_fields", ["img"]):
-            if self.size is not None:
-                padded = mmcv.impad(results[key], shape=self.size, pad_val=self.pad_val)
+            value = self._value(results[key])
+            if self.pad_to_square:
+                side = max(results[key].shape[:2])
+                padded = mmcv.impad(results[key], shape=(side, side), pad_val=value)
+            elif self.size is not None:
+                padded = mmcv.impad(results[key], shape=self.size, pad_val=value)
             else:
-                padded = mmcv.impad_to_multiple(results[key], self.size_divisor, pad_val=self.pad_val)
+                padded = mmcv.impad_to_multiple(results[key], self.size_divisor, pad_val=value)
             results[key] = padded
         results.update(pad_shape=results["img"].shape, pad_fixed_size=self.size,
                        pad_size_divisor=self.size_divisor)

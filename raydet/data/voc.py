@@ -15,7 +15,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .dataset import DATASETS, SampleKey, sample_rng
+from .dataset import DATASETS, ImageSet
 from .mean_ap import eval_map
 from .pipelines import Compose
 
@@ -25,7 +25,7 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 
 
 @DATASETS.register()
-class XMLDataset:
+class XMLDataset(ImageSet):
     """A VOC-layout dataset of any classes (``classes`` is required unless a subclass has them).
     Raises :class:`DataError` naming the file for a missing list or XML file, malformed XML, or
     an object without a valid box."""
@@ -115,25 +115,8 @@ class XMLDataset:
                     bboxes_ignore=np.array(ignored, np.float32).reshape(-1, 4),
                     labels_ignore=np.array(ignored_labels, np.int64), has_class=has_class)
 
-    def __len__(self):
-        return len(self.data_infos)
-
     def get_ann_info(self, idx):
         return self.ann_infos[idx]
-
-    def get_cat_ids(self, idx):
-        return self.ann_infos[idx]["labels"].tolist()
-
-    def __getitem__(self, key):
-        key = key if isinstance(key, SampleKey) else SampleKey(*key) if isinstance(key, tuple) else SampleKey(int(key), 0)
-        results = dict(img_info=self.data_infos[key.index], img_prefix=self.img_prefix,
-                       rng=sample_rng(self.seed, key.epoch, key.index, key.stream))
-        if not self.test_mode:
-            results["ann_info"] = self.ann_infos[key.index]
-        out = self.pipeline(results)
-        if out is None:
-            raise DataError(f"the pipeline dropped {self.data_infos[key.index]['filename']} (index {key.index})")
-        return out
 
     ap_mode = "area"
 
