@@ -33,7 +33,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import CONFIG, REPO, read_stamps, run_json, shapes_subset, stamp_hook  # noqa: E402
+from common import CONFIG, REPO, images_per_s, read_stamps, run_json, shapes_subset  # noqa: E402
 
 RCNN = os.path.join(REPO, "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py")
 
@@ -118,9 +118,7 @@ def loop_cost(args) -> dict:
     for side in ("plain", "none"):
         stamps_file = tempfile.mktemp(prefix=f"gpu-check-b-{side}-", suffix=".txt")
         info = run_json([os.path.join(HERE, "loop_overhead.py"), "--side", side, "--out", stamps_file, *passed])
-        stamps = read_stamps(stamps_file)
-        (i0, t0), (i1, t1) = stamps[skip - 1], stamps[-1]
-        out[side] = dict(images_per_s=(i1 - i0) * 2 / (t1 - t0), peak_mib=info.get("peak_mib"))
+        out[side] = dict(images_per_s=images_per_s(read_stamps(stamps_file), 2, skip), peak_mib=info.get("peak_mib"))
     out["ratio"] = out["none"]["images_per_s"] / out["plain"]["images_per_s"]
     memory = "".join(f", {s} peak {out[s]['peak_mib']:.0f} MiB" for s in ("plain", "none") if out[s]["peak_mib"])
     print(f"(b) Faster R-CNN R50-FPN, 2 x {scale[0]}x{scale[1]} per step, {'AMP' if args.device == 'cuda' else 'fp32'}, "
