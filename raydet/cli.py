@@ -101,6 +101,9 @@ def cmd_train(args) -> int:
     log = setup_console_logging()
     cfg = prepare_train_config(args)
     if args.launcher == "ray":
+        if not (cfg.ray.get("address") or os.environ.get("RAY_ADDRESS")) and "ray" not in sys.modules:
+            # A local instance stays on loopback; Ray reads this once, when it is imported.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         from .launch import train as ray_train
         result = ray_train(cfg, validate=not args.no_validate)
         metrics = {k: v for k, v in (result.metrics or {}).items() if "mAP" in k and isinstance(v, float)}

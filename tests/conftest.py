@@ -2,7 +2,11 @@
 import copy
 import os
 
-import pytest
+# Every Ray instance a test starts listens on 127.0.0.1 only. Ray reads this when it is imported,
+# so it is set before any test module imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import pytest  # noqa: E402
 
 NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 TRAIN_PIPELINE = [

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from raydet.data import (ClassBalancedDataset, CocoDataset, ConcatDataset, RepeatDataset, SampleKey, ShapesDataset,
+from raydet.data import (ClassBalancedDataset, CocoDataset, ConcatDataset, SampleKey,
                          build_dataset)
 from raydet.errors import ConfigError
 
