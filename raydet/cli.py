@@ -113,11 +113,26 @@ def cmd_train(args) -> int:
         return 0
     from .apis import train_from_config
     from .config import dump_config
+    from .engine.checkpoint import finished_meta, set_aside
     if "://" in cfg.work_dir:
         raise RaydetError(f"work_dir={cfg.work_dir}: a bucket work_dir needs the Ray launcher (--launcher ray)")
+    # as the Ray launcher: the same command again resumes; --no-auto-resume keeps the old run aside
+    if cfg.get("auto_resume") is None:
+        cfg.auto_resume = True
+    if cfg.auto_resume:
+        done = finished_meta(cfg.work_dir, cfg.runner.max_epochs)
+        if done is not None:
+            print(f"raydet: {cfg.work_dir} is already complete ({done['iter']}/{done['max_iters']} iterations)")
+            print(f"checkpoint: {os.path.join(cfg.work_dir, 'latest.pth')}")
+            return 0
+    elif cfg.get("resume_from") is None:
+        set_aside(cfg.work_dir)
     os.makedirs(cfg.work_dir, exist_ok=True)
-    dump_config(cfg, os.path.join(cfg.work_dir, os.path.basename(args.config).rsplit(".", 1)[0] + ".py"))
-    cfg.setdefault("auto_resume", False)
+    dump = os.path.join(cfg.work_dir, os.path.basename(args.config).rsplit(".", 1)[0] + ".py")
+    if os.path.exists(dump) and os.path.samefile(dump, args.config):
+        log.info(f"the config {args.config} lives in the work_dir: its resolved form is not written over it")
+    else:
+        dump_config(cfg, dump)
     start = time.time()
     runner = train_from_config(cfg, validate=not args.no_validate)
     evals = [h for h in runner.hooks if hasattr(h, "last_metrics") and h.last_metrics]

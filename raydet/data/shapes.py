@@ -33,6 +33,8 @@ import tempfile
 import cv2
 import numpy as np
 
+from ..errors import DataError
+
 VERSION = 1
 CLASSES = ("rectangle", "ellipse", "triangle")
 IMAGE_SIZES = ((128, 96), (96, 128))  # (width, height)
@@ -154,8 +156,12 @@ def generate(root: str, seed: int = 0, num_images: dict | None = None) -> str:
                 coco = _split_annotations(split, seed, tmp, count)
                 with open(os.path.join(tmp, "annotations", f"instances_{split}.json"), "w") as f:
                     json.dump(coco, f, separators=(",", ":"))
-            if os.path.isdir(root):  # a partial directory from an older crash
-                shutil.rmtree(root)
+            if os.path.isdir(root):
+                if os.listdir(root):  # generation renames a complete tmp dir: this is not raydet's
+                    raise DataError(f"{root} exists and is not a complete shapes dataset (no "
+                                    f"annotations/instances_val.json); raydet does not delete a directory "
+                                    f"it did not create: remove it or give another root")
+                os.rmdir(root)
             os.rename(tmp, root)
         finally:
             if os.path.isdir(tmp):

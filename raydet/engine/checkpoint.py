@@ -26,6 +26,7 @@ import os
 import random
 import re
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -174,3 +175,28 @@ def find_latest_checkpoint(work_dir: str) -> str | None:
         except CheckpointError as exc:
             logger.warning(f"skipping unusable checkpoint: {exc}")
     return None
+
+
+def set_aside(work_dir: str) -> str | None:
+    """A fresh start on a used work_dir: rename it to ``<work_dir>.old-<time>`` (never deleted,
+    never overwritten) and return the new name; ``None`` when there is nothing to keep."""
+    if not (os.path.isdir(work_dir) and os.listdir(work_dir)):
+        return None
+    old = f"{work_dir}.old-{time.strftime('%Y%m%d_%H%M%S')}"
+    n = 1
+    while os.path.exists(old):
+        old, n = f"{work_dir}.old-{time.strftime('%Y%m%d_%H%M%S')}-{n}", n + 1
+    os.rename(work_dir, old)
+    logger.warning(f"fresh start: the previous run in {work_dir} was moved to {old}")
+    return old
+
+
+def finished_meta(work_dir: str, max_epochs: int) -> dict | None:
+    """Meta of the work_dir's newest checkpoint when that run already reached ``max_epochs``."""
+    latest = find_latest_checkpoint(work_dir) if os.path.isdir(work_dir) else None
+    if latest is None:
+        return None
+    meta = load_file(latest)["meta"]
+    done = meta["iter"] >= meta.get("max_iters", float("inf")) and meta.get("max_epochs") == max_epochs
+    return meta if done else None
+

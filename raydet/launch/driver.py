@@ -15,7 +15,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from .. import errors
 from ..config import load_config
-from ..engine.checkpoint import find_latest_checkpoint, load_file
+from ..engine.checkpoint import finished_meta, set_aside
 from .worker import train_loop
 
 logger = logging.getLogger("raydet")
@@ -135,16 +135,6 @@ def _num_workers(value) -> int | tuple[int, int]:
                              f"got {value!r}")
 
 
-def _finished(cfg) -> dict | None:
-    """Meta of the work_dir's final checkpoint when the run already reached max_epochs."""
-    latest = find_latest_checkpoint(cfg.work_dir) if os.path.isdir(cfg.work_dir) else None
-    if latest is None:
-        return None
-    meta = load_file(latest)["meta"]
-    done = meta["iter"] >= meta.get("max_iters", float("inf")) and meta.get("max_epochs") == cfg.runner.max_epochs
-    return meta if done else None
-
-
 def _fresh_start(cfg) -> None:
     """--no-auto-resume on an existing run: keep the old run, renamed, and start a new one. A run
     on storage apart from the work_dir (a bucket) is not moved or deleted: Ray would resume it, so
@@ -156,10 +146,7 @@ def _fresh_start(cfg) -> None:
         if storage.get_file_info(path + "/checkpoint_manager_snapshot.json").type != fs.FileType.NotFound:
             raise errors.ConfigError(f"--no-auto-resume: {run_dir(cfg)} already holds a run, which raydet does not "
                                      f"delete from storage; give the new run another work_dir name")
-    if os.path.isdir(work_dir) and os.listdir(work_dir):
-        old = f"{work_dir}.old-{time.strftime('%Y%m%d_%H%M%S')}"
-        os.rename(work_dir, old)
-        logger.warning(f"--no-auto-resume: the previous run in {work_dir} was moved to {old}")
+    set_aside(work_dir)
 
 
 def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | None = None, meta=None) -> TorchTrainer:
@@ -222,7 +209,7 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
     resolve_work_dir(cfg)
     cfg.setdefault("auto_resume", True)
     if cfg.auto_resume:
-        done = _finished(cfg)
+        done = finished_meta(cfg.work_dir, cfg.runner.max_epochs)
         if done is not None:
             logger.info(f"the run in {cfg.work_dir} is complete ({done['iter']}/{done['max_iters']} iterations)")
             result = ray.train.Result.from_path(run_dir(cfg))

@@ -89,7 +89,10 @@ class EvalHook(Hook):
         path = os.path.join(runner.work_dir, f"best_{key}_epoch_{runner.epoch + 1}.pth")
         old = msgs.get("best_ckpt")
         msgs["best_ckpt"] = path
-        if is_main() and old and old != path and os.path.isfile(old):
+        # only a best checkpoint of this work_dir goes: one named by a checkpoint this run resumed
+        # from may belong to another run
+        if (is_main() and old and old != path and os.path.isfile(old)
+                and os.path.dirname(os.path.abspath(old)) == os.path.abspath(runner.work_dir)):
             os.remove(old)
         runner.save_checkpoint(path, create_symlink=False)  # every rank: it gathers their RNG states
         if is_main():
