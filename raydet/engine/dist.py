@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-_HOST_GROUP = {}  # id(default group) -> the group raydet's host collectives use
+_HOST_GROUP = [None, None]  # [default group, the group raydet's host collectives use with it]
 
 
 def is_dist() -> bool:
@@ -55,11 +55,9 @@ def host_group():
     over the same ranks, created on first use. A collective: the first call must happen on every
     rank (all of raydet's callers are collectives themselves, so it does)."""
     world = dist.group.WORLD
-    key = id(world)
-    if key not in _HOST_GROUP:
-        _HOST_GROUP.clear()  # a new default group (a restarted worker group in the same process)
-        _HOST_GROUP[key] = None if has_cpu_backend() else dist.new_group(backend="gloo")
-    return _HOST_GROUP[key]
+    if _HOST_GROUP[0] is not world:  # first use, or a new default group in this process
+        _HOST_GROUP[:] = [world, None if has_cpu_backend() else dist.new_group(backend="gloo")]
+    return _HOST_GROUP[1]
 
 
 def barrier() -> None:
