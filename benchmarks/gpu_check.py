@@ -54,7 +54,7 @@ def worker_path(args, root: str) -> dict:
 
     cuda = args.device == "cuda"
     iters, every, kill = (6, 2, 3) if args.quick else (20, 5, 13)
-    batch = 16
+    batch = 8 if args.quick else 16
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0",
                       WORLD_SIZE="1", GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
     backend = "nccl" if cuda else "cuda:gloo"
@@ -68,7 +68,8 @@ def worker_path(args, root: str) -> dict:
                                  "data.samples_per_gpu": batch, "fp16": dict(loss_scale="dynamic"),
                                  "checkpoint_config": dict(interval=every, by_epoch=False),
                                  "log_config.interval": 1, "log_config.hooks": [dict(type="TextLoggerHook")],
-                                 "deterministic": not cuda, **extra})
+                                 "deterministic": not cuda,
+                                 **({"data.workers_per_gpu": 0} if args.quick else {}), **extra})
         return c
 
     base = tempfile.mkdtemp(prefix="gpu-check-a-")
@@ -91,6 +92,7 @@ def worker_path(args, root: str) -> dict:
     records = [json.loads(line) for line in open(log)][1:]
     train = [r for r in records if r.get("mode") == "train"]
     executed = [int(line.split()[2]) for line in open(os.path.join(base, "count"))]
+    iters = straight.iter  # the epoch's steps (aspect groups may add one)
     result = dict(backend=backend, iterations=iters, resumed_from=os.path.basename(resumed.resumed_from or ""),
                   final_iter=resumed.iter, iterations_executed=len(executed),
                   iterations_logged=len(train), max_abs_weight_diff=diff,
@@ -107,9 +109,9 @@ def worker_path(args, root: str) -> dict:
 
 
 def loop_cost(args) -> dict:
-    scale = ["333", "200"] if args.quick else ["1333", "800"]
-    iters = 4 if args.quick else 40
-    skip = 2 if args.quick else 10
+    scale = ["160", "96"] if args.quick else ["1333", "800"]
+    iters = 3 if args.quick else 40
+    skip = 1 if args.quick else 10
     passed = ["--config", RCNN, "--batch", "2", "--iters-per-epoch", str(iters), "--epochs", "1",
               "--img-scale", *scale, "--device", args.device]
     # AMP on the GPU; on a CPU without bf16 matrix units bf16 autocast makes an R50 step ~30x slower

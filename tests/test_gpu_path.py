@@ -268,8 +268,9 @@ def test_gpu_check_runs_its_logic_on_cpu():
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     a = info["worker_path"]
-    assert a["ok"] and a["backend"] == "cuda:gloo" and a["resumed_from"] == "iter_2.pth" and a["final_iter"] == 6
-    assert a["max_abs_weight_diff"] == 0.0 and a["iterations_executed"] == 7  # one iteration redone
+    assert a["ok"] and a["backend"] == "cuda:gloo" and a["resumed_from"] == "iter_2.pth"
+    assert a["final_iter"] == a["iterations"] == a["iterations_logged"] >= 6
+    assert a["max_abs_weight_diff"] == 0.0 and a["iterations_executed"] == a["iterations"] + 1  # one redone
     b = info["loop_cost"]
     assert b["plain"]["images_per_s"] > 0 and b["none"]["images_per_s"] > 0 and b["ratio"] > 0
     assert 0.0 <= info["demo"]["bbox_mAP"] <= 1.0 and info["demo"]["epochs"] == 1

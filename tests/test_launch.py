@@ -298,7 +298,9 @@ def test_driver_loss_then_rerun_resumes(ray_local, shapes_root, tmp_path):
     from raydet.config import dump_config, load_config
     cfg_path = str(tmp_path / "cfg.py")
     dump_config(load_config(ray_config(shapes_root, tmp_path / "run", runner=dict(max_epochs=3))), cfg_path)
-    env = dict(os.environ, PYTHONPATH=REPO, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    # without the loopback setting: the CLI's local instance must keep to 127.0.0.1 by itself
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = REPO
     cmd = [sys.executable, "-m", "raydet", "train", cfg_path, "--work-dir", str(tmp_path / "run")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -311,6 +313,8 @@ def test_driver_loss_then_rerun_resumes(ray_local, shapes_root, tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final metrics" in out.stdout
+    ips = set(re.findall(r"\bip=([0-9.]+)", out.stdout + out.stderr))
+    assert ips == {"127.0.0.1"}, ips  # every Ray process that logged, the training workers included
     records = [(r["epoch"], r["iter"]) for r in _records(tmp_path / "run") if r.get("mode") == "train"]
     ipe = max(i for _, i in records)
     assert len(records) == len(set(records)) == 3 * ipe  # no iteration lost or logged twice
