@@ -60,7 +60,8 @@ def run_seed(cfg, resume: str | None = None, drawn: int | None = None) -> int:
     """
     choice = None
     if get_rank() == 0:
-        saved = load_file(resume)["meta"].get("seed") if resume and cfg.get("seed") is None else None
+        # meta only: the weights are read once, by the resume itself
+        saved = load_file(resume, mmap=True)["meta"].get("seed") if resume and cfg.get("seed") is None else None
         if cfg.get("seed") is not None:
             choice = (int(cfg.seed), "from the config")
         elif saved is not None:

@@ -63,13 +63,14 @@ def link_latest(target: str, link: str) -> None:
     os.replace(tmp, link)
 
 
-def load_file(path: str, map_location="cpu") -> dict:
+def load_file(path: str, map_location="cpu", mmap: bool = False) -> dict:
     """Load a checkpoint with ``weights_only=True``; :class:`CheckpointError` names the file when
-    it is missing, truncated or not a checkpoint."""
+    it is missing, truncated or not a checkpoint. ``mmap``: map the tensors instead of reading
+    them (for a look at ``meta`` without reading the weights)."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to the user
         text = str(exc)
         if "WeightsUnpickler error:" in text:  # a readable file holding non-tensor objects
