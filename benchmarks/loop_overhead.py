@@ -55,6 +55,9 @@ def overrides(args, stamps):
     train = dict(_delete_=True, type="ShapesDataset", split="train", pipeline=pipeline,
                  root=subset["data.train.root"], num_images=subset["data.train.num_images"])
     extra = {"device": args.device} if args.device else {}
+    cfg = load_config(args.config)
+    if (cfg.model.get("backbone") or {}).get("init_cfg"):
+        extra["model.backbone.init_cfg"] = None  # speed does not depend on the ImageNet weights
     if args.fp16:
         extra["fp16"] = dict(loss_scale="dynamic")
     return {"seed": 0, "data.train": train, "data.samples_per_gpu": args.batch, "runner.max_epochs": args.epochs,

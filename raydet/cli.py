@@ -157,7 +157,7 @@ def cmd_test(args) -> int:
     cfg = load_config(args.config, args.cfg_options)
     dataset = build_dataset(cfg.data.test, test_mode=True)
     loader = build_dataloader(dataset, 1, cfg.data.get("workers_per_gpu", 2), shuffle=False, persistent_workers=False)
-    model = build_detector(cfg.model)
+    model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
     load_weights(model, args.checkpoint, log)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     results = inference(model, loader, progress=True)

@@ -2,6 +2,8 @@
 import copy
 import os
 
+# Tests download nothing: a pretrained checkpoint absent from torch hub's cache is an error
+os.environ["RAYDET_OFFLINE"] = "1"
 # Every Ray instance a test starts listens on 127.0.0.1 only. Ray reads this when it is imported,
 # so it is set before any test module imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -26,10 +28,50 @@ TEST_PIPELINE = [
         dict(type="Pad", size_divisor=16), dict(type="ImageToTensor", keys=["img"]),
         dict(type="Collect", keys=["img"])]),
 ]
-TINY_MODEL = dict(type="FCOS", num_classes=3,
-                  backbone=dict(type="GNConvNet", channels=(8, 16, 16, 16), out_indices=(1, 2, 3), groups=4),
-                  neck=dict(type="FPN", out_channels=32),
-                  anchor_generator=dict(sizes=((4,), (8,), (16,)), aspect_ratios=((1.0,),) * 3))
+TINY_MODEL = dict(  # mmdet 2.x's FCOS structure on a 4-stage, 16-channel GN backbone
+    type="FCOS",
+    backbone=dict(type="GNConvNet", channels=(8, 16, 16, 16), out_indices=(1, 2, 3), groups=4),
+    neck=dict(type="FPN", in_channels=[16, 16, 16], out_channels=32, num_outs=3),
+    bbox_head=dict(type="FCOSHead", num_classes=3, in_channels=32, feat_channels=32, stacked_convs=4,
+                   strides=[4, 8, 16], regress_ranges=((-1, 32), (32, 64), (64, 1e8)), center_sampling=True,
+                   norm_on_bbox=True, centerness_on_reg=True, norm_cfg=dict(type="GN", num_groups=32),
+                   loss_bbox=dict(type="GIoULoss"),
+                   init_cfg=dict(type="Normal", layer="Conv2d", std=0.01, override=[
+                       dict(type="Normal", name="conv_cls", std=0.01, bias_prob=0.01),
+                       dict(type="Normal", name="conv_reg", std=0.01, bias=1.0)])),
+    test_cfg=dict(nms_pre=1000, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.6), max_per_img=100))
+TINY_BACKBONE = dict(type="GNConvNet", channels=(8, 16, 16, 16), out_indices=(1, 2, 3), groups=4)
+
+
+def with_classes(model: dict, num_classes: int) -> dict:
+    """``model`` (an mmdet model dict) with every head's ``num_classes`` set."""
+    model = copy.deepcopy(model)
+    for head in (model.get("bbox_head"), (model.get("roi_head") or {}).get("bbox_head"),
+                 (model.get("roi_head") or {}).get("mask_head")):
+        if head is not None:
+            head["num_classes"] = num_classes
+    return model
+
+
+def tiny_rcnn(mask: bool = False, channels: int = 16) -> dict:
+    """mmdet's Faster/Mask R-CNN R50-FPN config (configs/_base_/models) on the tiny backbone."""
+    from mmengine.config import Config
+    base = "mask_rcnn_r50_fpn.py" if mask else "faster_rcnn_r50_fpn.py"
+    cfg = Config.fromfile(os.path.join(os.path.dirname(__file__), "..", "configs", "_base_", "models", base))
+    roi = dict(bbox_roi_extractor=dict(out_channels=channels, featmap_strides=[4, 8, 16]),
+               bbox_head=dict(in_channels=channels, fc_out_channels=64, num_classes=3))
+    if mask:
+        roi.update(mask_roi_extractor=dict(out_channels=channels, featmap_strides=[4, 8, 16]),
+                   mask_head=dict(in_channels=channels, conv_out_channels=16, num_convs=2, num_classes=3))
+    cfg.merge_from_dict(dict(model=dict(
+        backbone=dict(_delete_=True, **TINY_BACKBONE),
+        neck=dict(in_channels=[16, 16, 16], out_channels=channels, num_outs=3),
+        rpn_head=dict(in_channels=channels, feat_channels=channels,
+                      anchor_generator=dict(scales=[4], strides=[4, 8, 16])),
+        roi_head=roi)))
+    return cfg.model.to_dict()
+
+
 SMALL = dict(train=48, val=16)
 
 

@@ -4,6 +4,7 @@ seed per run, per-rank RNG across a resume, float16 loss scaling's skip rule, Sy
 The multi-rank tests run real gloo groups in spawned processes (a file store, loopback sockets),
 without Ray.
 """
+import copy
 import glob
 import json
 import logging
@@ -19,7 +20,8 @@ from raydet.engine import ChaosError, Hook, OptimizerHook, Precision, Runner, lo
 from raydet.errors import ConfigError, NonFiniteLossError
 
 from . import dist_workers
-from .conftest import tiny_config
+from .conftest import tiny_config, tiny_rcnn
+from .test_models import MODELS
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +51,7 @@ def test_every_collective_works_on_a_group_without_a_cpu_backend(tmp_path):
 
 
 # -------------------------------------------------------------- per-rank RNG across a resume
-RCNN = dict(type="FasterRCNN", num_classes=3,
-            backbone=dict(type="GNConvNet", channels=(8, 16, 16, 16), out_indices=(1, 2, 3), groups=4),
-            neck=dict(out_channels=16))
+RCNN = tiny_rcnn()
 
 
 def _rcnn_cfg(shapes_root, work, **overrides):
@@ -225,13 +225,13 @@ def test_syncbn_is_converted_only_on_cuda_with_several_ranks(device, world, sync
 
 
 def test_plain_bn_config_is_never_converted():
-    model = sync_batchnorm(_bn_model(), dict(backbone=dict(norm="BN")), torch.device("cuda"), 4)
+    model = sync_batchnorm(_bn_model(), dict(backbone=dict(norm_cfg=dict(type="BN"))), torch.device("cuda"), 4)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
 
 
 def test_syncbn_model_trains_on_cpu_as_plain_bn(make_cfg, tmp_path):
-    model = dict(type="RetinaNet", num_classes=3, backbone=dict(type="ResNet", depth=18, norm="SyncBN"),
-                 neck=dict(out_channels=16, extra="p6p7"))
+    model = copy.deepcopy(MODELS["RetinaNet"])
+    model["backbone"]["norm_cfg"] = dict(type="SyncBN")
     runner = train_from_config(make_cfg(tmp_path / "w", model=model, runner=dict(max_epochs=1)), validate=False)
     assert glob.glob(str(tmp_path / "w" / "epoch_1.pth")) and runner.epoch == 1
 

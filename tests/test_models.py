@@ -6,23 +6,41 @@ from torch import nn
 from raydet.data import ShapesDataset, build_dataloader
 from raydet.models import Detector, build_detector, register_model
 
-from .conftest import NORM, TEST_PIPELINE
+from .conftest import NORM, TEST_PIPELINE, TINY_MODEL, tiny_rcnn
 
-TINY = dict(type="GNConvNet", channels=(8, 16, 16, 16), out_indices=(1, 2, 3), groups=4)
 MASK_PIPELINE = [
     dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
     dict(type="Resize", img_scale=(160, 120), keep_ratio=True), dict(type="RandomFlip", flip_ratio=0.5),
     dict(type="Normalize", **NORM), dict(type="Pad", size_divisor=32), dict(type="DefaultFormatBundle"),
     dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels", "gt_masks"])]
 MODELS = {
-    "FCOS": dict(type="FCOS", num_classes=3, backbone=TINY, neck=dict(out_channels=32)),
-    "RetinaNet": dict(type="RetinaNet", num_classes=3, backbone=dict(type="ResNet", depth=18, norm="GN"),
-                      neck=dict(out_channels=32, extra="p6p7")),
-    "FasterRCNN": dict(type="FasterRCNN", num_classes=3, backbone=TINY, neck=dict(out_channels=16, extra="pool")),
-    "MaskRCNN": dict(type="MaskRCNN", num_classes=3, backbone=TINY, neck=dict(out_channels=16)),
-    "FCOS-MobileNetV3": dict(type="FCOS", num_classes=3, backbone=dict(type="MobileNetV3", arch="small"),
-                             neck=dict(out_channels=256)),
-    "SSDLite": dict(type="SSDLite", num_classes=3),
+    "FCOS": TINY_MODEL,
+    "RetinaNet": dict(
+        type="RetinaNet",
+        backbone=dict(type="ResNet", depth=18, out_indices=(1, 2, 3), norm_cfg=dict(type="GN", num_groups=8)),
+        neck=dict(type="FPN", in_channels=[128, 256, 512], out_channels=32, add_extra_convs="on_input", num_outs=5),
+        bbox_head=dict(type="RetinaHead", num_classes=3, in_channels=32, feat_channels=32, stacked_convs=2,
+                       anchor_generator=dict(type="AnchorGenerator", octave_base_scale=4, scales_per_octave=3,
+                                             ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64, 128]),
+                       loss_cls=dict(type="FocalLoss", use_sigmoid=True, gamma=2.0, alpha=0.25)),
+        train_cfg=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0)),
+        test_cfg=dict(nms_pre=1000, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100)),
+    "FasterRCNN": tiny_rcnn(),
+    "MaskRCNN": tiny_rcnn(mask=True),
+    "SSD-MobileNetV2": dict(
+        type="SingleStageDetector",
+        backbone=dict(type="MobileNetV2", widen_factor=0.25, out_indices=(4, 7)),
+        neck=dict(type="SSDNeck", in_channels=(24, 1280), out_channels=(24, 1280, 64, 32), level_strides=(2, 2),
+                  level_paddings=(1, 1), l2_norm_scale=None, use_depthwise=True, norm_cfg=dict(type="BN"),
+                  act_cfg=dict(type="ReLU6")),
+        bbox_head=dict(type="SSDHead", in_channels=(24, 1280, 64, 32), num_classes=3, use_depthwise=True,
+                       norm_cfg=dict(type="BN"), act_cfg=dict(type="ReLU6"),
+                       anchor_generator=dict(type="SSDAnchorGenerator", scale_major=False, strides=[16, 32, 64, 128],
+                                             ratios=[[2], [2, 3], [2, 3], [2]], min_sizes=[16, 32, 64, 96],
+                                             max_sizes=[32, 64, 96, 128])),
+        train_cfg=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.,
+                                     gt_max_assign_all=False), neg_pos_ratio=3),
+        test_cfg=dict(nms_pre=400, score_thr=0.02, nms=dict(type="nms", iou_threshold=0.45), max_per_img=100)),
 }
 
 
@@ -41,8 +59,8 @@ def test_train_step_and_prediction(name, batches):
     model.train()
     losses = model(**train)
     assert losses and all(torch.isfinite(v) for v in losses.values())
-    assert all("loss" in k for k in losses)
-    sum(losses.values()).backward()
+    assert all("loss" in k or k == "acc" for k in losses)
+    sum(v for k, v in losses.items() if "loss" in k).backward()
     model.eval()
     out = model(return_loss=False, **val)
     assert len(out) == 2
@@ -74,9 +92,7 @@ class _FixedOutput(nn.Module):
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_box_on_resized_image_maps_back_to_original_pixels(flip):
-    det = Detector(_FixedOutput([40.0, 30.0, 100.0, 90.0]), num_classes=3,
-                   test_cfg=dict(nms=dict(iou_threshold=0.5), max_per_img=100, mask_thr_binary=0.5),
-                   with_mask=True)
+    det = Detector(_FixedOutput([40.0, 30.0, 100.0, 90.0]), num_classes=3, with_mask=True)
     # original 96x128 (h x w) resized by 2.5 -> 240x320
     meta = dict(ori_shape=(96, 128, 3), img_shape=(240, 320, 3), pad_shape=(240, 320, 3),
                 scale_factor=np.array([2.5, 2.5, 2.5, 2.5], np.float32), flip=flip,
@@ -114,5 +130,6 @@ def test_pretrained_init_cfg_is_non_strict_and_reports(tmp_path, caplog):
     with caplog.at_level("INFO", logger="raydet"):
         model = build_detector(dict(MODELS["FCOS"], init_cfg=dict(type="Pretrained", checkpoint=str(path))))
     key = next(k for k in state if k.endswith("body.stages.0.0.weight"))
+    assert "detector.head.conv_cls.weight" in caplog.text
     assert torch.equal(model.state_dict()[key], state[key])
     assert "missing keys" in caplog.text and "unexpected keys in source state_dict: extra.weight" in caplog.text

@@ -372,7 +372,7 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
     timestamp = timestamp or time.strftime("%Y%m%d_%H%M%S")
     meta = dict(env_info="\n".join(f"{k}: {v}" for k, v in env_info().items()), seed=cfg.seed,
                 exp_name=exp_name or os.path.basename(cfg.filename or "config.py"))
-    model = build_detector(cfg.model, logger=logger)
+    model = build_detector(cfg.model, logger=logger, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
     datasets = [build_dataset(cfg.data.train, seed=cfg.seed)]
     if len(cfg.workflow) == 2:
         val = copy.deepcopy(dict(cfg.data.val))

@@ -118,7 +118,7 @@ def validate_config(cfg, source: str | None = None) -> None:
     from ..data import DATASETS, PIPELINES
     from ..engine.hooks import HOOKS, LR_POLICIES, MOMENTUM_POLICIES
     from ..engine.optim import OPTIMIZERS
-    from ..models import MODELS
+    from ..models import validate_model
 
     try:
         keys = [k for k in cfg.keys() if not k.startswith("_") and k not in HELPERS]
@@ -136,7 +136,7 @@ def validate_config(cfg, source: str | None = None) -> None:
             elif name in ("train", "val", "test"):
                 _check_dataset(value, f"data.{name}", DATASETS, PIPELINES)
         if cfg.get("model") is not None:
-            MODELS.check(cfg.model, "model")
+            validate_model(cfg.model, cfg.get("train_cfg"), cfg.get("test_cfg"))
         if cfg.get("optimizer") is not None:
             OPTIMIZERS.check(cfg.optimizer, "optimizer", skip=("paramwise_cfg",))
             check_keys(cfg.optimizer.get("paramwise_cfg", {}).keys(),

@@ -94,6 +94,9 @@ def load_weights(model: torch.nn.Module, path: str, logger: logging.Logger | Non
     ckpt = load_file(path)
     state = strip_prefix(ckpt.get("state_dict", ckpt))
     module = model.module if hasattr(model, "module") else model
+    adapt = getattr(module, "adapt_state_dict", None)  # e.g. mmdet zoo names -> the model's
+    if adapt is not None:
+        state = adapt(state, path)
     own = module.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     for k in mismatched:
