@@ -1,5 +1,6 @@
 """Offline validation of cluster/: Ray's own launcher-config checks and strict KubeRay schemas."""
 import copy
+import functools
 import os
 
 import pytest
@@ -30,11 +31,21 @@ def test_launcher_yaml_validates_and_rejects_a_typo(name):
         _validate_launcher(bad)
 
 
+@functools.lru_cache(maxsize=None)
+def _validator(kind):
+    """A strict validator for the CRD's v1 schema (parsed once; the CRDs are megabytes of YAML)."""
+    import jsonschema
+    schema = _strict(_schema(kind))
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
 def _schema(kind):
     path = os.path.join(CRDS, f"ray.io_{kind}.yaml")
     if not os.path.exists(path):
         pytest.skip(f"KubeRay CRD schemas not found at {CRDS} (set RAYDET_KUBERAY_CRDS)")
-    crd = yaml.safe_load(open(path))
+    with open(path) as f:
+        crd = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return version["schema"]["openAPIV3Schema"]
 
@@ -53,8 +64,10 @@ def _strict(schema):
 
 def _check(manifest, kind):
     import jsonschema
-    schema = _strict(_schema(kind))
-    jsonschema.validate({k: v for k, v in manifest.items() if k != "metadata"}, schema)
+    error = jsonschema.exceptions.best_match(
+        _validator(kind).iter_errors({k: v for k, v in manifest.items() if k != "metadata"}))
+    if error is not None:
+        raise error
 
 
 @pytest.mark.parametrize("name,kind", [("raycluster.yaml", "rayclusters"), ("rayjob.yaml", "rayjobs")])

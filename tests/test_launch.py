@@ -22,7 +22,7 @@ from .conftest import tiny_config
 
 ray = pytest.importorskip("ray")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LEARN = dict(train=2400, val=100)
+LEARN = dict(train=1600, val=100)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def ray_config(shapes_root, work_dir, **overrides):
 
 
 def learn_config(root, work_dir):
-    """The default model and recipe, shortened: 2 workers x 8 images, two epochs of 2,400 images."""
+    """The default model and recipe, shortened: 2 workers x 8 images, two epochs of 1,600 images."""
     from raydet.config import load_config
     cfg = load_config(os.path.join(REPO, "configs/fcos/fcos_gn_tiny_shapes.py"), {
         "runner.max_epochs": 2, "data.train.root": root, "data.train.num_images": LEARN,

@@ -204,3 +204,17 @@ def test_unsupported_single_stage_values():
 def test_tiny_rcnn_fixture_is_mmdets_base():
     assert tiny_rcnn()["roi_head"]["bbox_head"]["type"] == "Shared2FCBBoxHead"
     assert re.search("torchvision://resnet50", str(FASTER["backbone"]["init_cfg"]))
+
+
+def test_rpn_detector_trains_and_returns_scored_proposals():
+    cfg = {k: v for k, v in tiny_rcnn().items() if k != "roi_head"}
+    cfg = dict(cfg, type="RPN", train_cfg=dict(rpn=cfg["train_cfg"]["rpn"]), test_cfg=dict(rpn=cfg["test_cfg"]["rpn"]))
+    model = build_detector(cfg)
+    img = torch.randn(1, 3, 64, 96)
+    meta = [dict(img_shape=(64, 96, 3), ori_shape=(64, 96, 3), scale_factor=[1.0] * 4, flip=False)]
+    losses = model(img, meta, gt_bboxes=[torch.tensor([[10.0, 10, 50, 40]])], gt_labels=[torch.tensor([0])])
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_bbox"}
+    model.eval()
+    (proposals,), = model(img, meta, return_loss=False)
+    assert proposals.ndim == 2 and proposals.shape[1] == 5 and 0 < len(proposals) <= 1000
+    assert (proposals[:-1, 4] >= proposals[1:, 4]).all() or len(proposals) == 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -298,7 +297,3 @@ def nms_iou(cfg, where: str) -> float:
     k("split_thr", 10000)
     k.done()
     return float(iou)
-
-
-def np_float(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)

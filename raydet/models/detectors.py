@@ -55,11 +55,10 @@ class Detector(nn.Module):
         """``state`` under this model's names: an mmdet 2.x zoo checkpoint is converted (see
         :mod:`raydet.models.weights`), a torchvision detection checkpoint gets the ``detector.``
         prefix, raydet's own is returned as is."""
-        from .weights import from_mmdet, is_mmdet_state
+        from .weights import TORCHVISION_PREFIXES, from_mmdet, is_mmdet_state
         if is_mmdet_state(state):
             return from_mmdet(self, state, source)
-        if any(k.startswith(("backbone.body.", "rpn.", "roi_heads.", "head.")) for k in state) \
-                and not any(k.startswith("detector.") for k in state):
+        if any(k.startswith(TORCHVISION_PREFIXES) for k in state) and not any(k.startswith("detector.") for k in state):
             return {f"detector.{k}": v for k, v in state.items()}
         return state
 

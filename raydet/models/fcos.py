@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from .anchors import Anchors, BoxLoss, FocalLoss, cross_entropy_weight
 from .cfg import Keys, norm_layer
 from .init import apply_init_cfg
-from .retinanet import dense_test_cfg, dense_train_cfg
+from .retinanet import dense_head, dense_test_cfg, dense_train_cfg
 
 INF = 1e8
 
@@ -168,12 +168,7 @@ class FCOS(TVFCOS):
 
 
 def build_fcos(k: Keys, body):
-    h = Keys(k("bbox_head"), "model.bbox_head")
-    h.type(("FCOSHead",))
-    num_classes = h("num_classes", kind=int)
-    in_channels = h("in_channels", kind=int)
-    if in_channels != body.out_channels:
-        raise ConfigError(f"model.bbox_head.in_channels={in_channels} differs from the neck's {body.out_channels}")
+    h, num_classes, in_channels = dense_head(k, body, "FCOSHead")
     feat = h("feat_channels", 256, kind=int)
     stacked = h("stacked_convs", 4, kind=int)
     strides = list(h("strides", (4, 8, 16, 32, 64), kind=(list, tuple)))

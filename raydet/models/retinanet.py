@@ -78,13 +78,20 @@ def dense_train_cfg(cfg: dict | None, where: str = "model.train_cfg"):
     return assigner
 
 
-def build_retinanet(k: Keys, body):
-    head_cfg = Keys(k("bbox_head"), "model.bbox_head")
-    head_cfg.type(("RetinaHead",))
-    num_classes = head_cfg("num_classes", kind=int)
-    in_channels = head_cfg("in_channels", kind=int)
-    if in_channels != body.out_channels:
+def dense_head(k: Keys, body, kind: str):
+    """``(Keys of model.bbox_head, num_classes, in_channels)``; ``in_channels`` must be the neck's."""
+    h = Keys(k("bbox_head"), "model.bbox_head")
+    h.type((kind,))
+    num_classes = h("num_classes", kind=int)
+    in_channels = h("in_channels", kind=(int, list, tuple))
+    as_list = lambda c: list(c) if isinstance(c, (list, tuple)) else c
+    if as_list(in_channels) != as_list(body.out_channels):
         raise ConfigError(f"model.bbox_head.in_channels={in_channels} differs from the neck's {body.out_channels}")
+    return h, num_classes, as_list(in_channels)
+
+
+def build_retinanet(k: Keys, body):
+    head_cfg, num_classes, in_channels = dense_head(k, body, "RetinaHead")
     head_cfg.only("feat_channels", in_channels, "torchvision's towers keep in_channels channels")
     stacked = head_cfg("stacked_convs", 4, kind=int)
     head_cfg.only("conv_cfg", None, "only plain Conv2d")

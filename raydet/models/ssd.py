@@ -14,16 +14,11 @@ from ..errors import ConfigError
 from .anchors import build_anchor_generator, build_assigner, build_box_coder
 from .cfg import Keys, act_layer, norm_layer
 from .init import apply_init_cfg
-from .retinanet import dense_test_cfg
+from .retinanet import dense_head, dense_test_cfg
 
 
 def build_ssd(k: Keys, body):
-    h = Keys(k("bbox_head"), "model.bbox_head")
-    h.type(("SSDHead",))
-    num_classes = h("num_classes", kind=int)
-    in_channels = list(h("in_channels", kind=(list, tuple)))
-    if in_channels != list(body.out_channels):
-        raise ConfigError(f"model.bbox_head.in_channels={in_channels} differ from the neck's {body.out_channels}")
+    h, num_classes, in_channels = dense_head(k, body, "SSDHead")
     h.only("stacked_convs", 0, "torchvision's SSD heads predict from the level's map directly")
     h("feat_channels", 256)
     depthwise = h("use_depthwise", False, kind=bool)

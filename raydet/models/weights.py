@@ -277,5 +277,11 @@ def from_mmdet(model: torch.nn.Module, state: dict, source: str) -> dict:
     return out
 
 
+TORCHVISION_PREFIXES = ("backbone.body.", "backbone.fpn.", "rpn.", "roi_heads.", "head.")
+
+
 def is_mmdet_state(state: dict) -> bool:
-    return any(k.startswith(ZOO_PREFIXES) for k in state) and not any(k.startswith("detector.") for k in state)
+    """mmdet's names (``backbone.conv1``, ``neck.``...), not raydet's (``detector.``) or
+    torchvision's (``backbone.body.``, ``rpn.``...)."""
+    return (any(k.startswith(ZOO_PREFIXES) for k in state)
+            and not any(k.startswith(("detector.",) + TORCHVISION_PREFIXES) for k in state))

@@ -6,7 +6,7 @@
 # Head towers of three convs: the same bbox mAP on shapes as four (0.647 vs 0.645) at 25% less
 # head cost; two reached 0.28 instead of 0.50 after 2 of 3 epochs.
 # conv_bias=True: the tower convs keep a bias before GroupNorm; on this 2-core CPU a step is 11%
-# faster with it (0.339 vs 0.379 s per batch of 16, /tmp steptime measurement in RESULTS.md).
+# faster with it (0.339 vs 0.379 s per batch of 16; benchmarks/RESULTS.md, 2026-12-02).
 # conv_reg starts at bias 1.0: its output is relu(distance / stride), and at bias 0 one early
 # AdamW step can push a channel below zero for every input, dead for good (seen: the 't' channel
 # died in the first epoch and bbox mAP stayed at 0.007).
