@@ -1,9 +1,13 @@
+import glob
+import os
+
 import pytest
 
 from raydet.config import dump_config, load_config
 from raydet.errors import ConfigError
 
 DEFAULT = "configs/fcos/fcos_gn_tiny_shapes.py"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_typo_names_key_and_suggestion():
@@ -81,3 +85,10 @@ def test_cfg_option_dict_over_none_replaces_it():
     cfg = load_config(DEFAULT, {"ray.resources_per_worker": {"CPU": 2}, "optimizer": {"lr": 0.2}})
     assert cfg.ray.resources_per_worker == {"CPU": 2}
     assert cfg.optimizer.lr == 0.2 and cfg.optimizer.type == "AdamW"  # a dict over a dict still merges
+
+
+@pytest.mark.parametrize("path", sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*", "*.py")) if "_base_" not in p))
+def test_every_shipped_config_loads_and_validates(path):
+    cfg = load_config(os.path.join(REPO, path))  # validation translates the model on the meta device
+    assert cfg.model.type in ("FasterRCNN", "MaskRCNN", "RetinaNet", "FCOS", "SingleStageDetector")
