@@ -92,3 +92,30 @@ def test_cfg_option_dict_over_none_replaces_it():
 def test_every_shipped_config_loads_and_validates(path):
     cfg = load_config(os.path.join(REPO, path))  # validation translates the model on the meta device
     assert cfg.model.type in ("FasterRCNN", "MaskRCNN", "RetinaNet", "FCOS", "SingleStageDetector")
+
+
+def test_yaml_config_cannot_run_code_and_inherits_only_yaml(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"seed: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match=r"evil\.yaml \(line 1\).*safe loader"):
+        load_config(str(evil))
+    assert not marker.exists()
+    py_base = tmp_path / "child.yaml"
+    py_base.write_text(f"_base_: ['{os.path.join(REPO, DEFAULT)}']\n")
+    with pytest.raises(ConfigError, match=r"_base_ .*fcos_gn_tiny_shapes\.py' is not YAML/JSON"):
+        load_config(str(py_base))
+
+
+def test_yaml_config_with_a_yaml_base_merges_like_python(tmp_path):
+    full = load_config(DEFAULT)
+    base = tmp_path / "base.json"
+    import json
+    base.write_text(json.dumps(full.to_dict(), default=list))
+    child = tmp_path / "child.yml"
+    child.write_text("_base_: base.json\noptimizer:\n  lr: 0.004\nlr_config:\n  _delete_: true\n  policy: step\n"
+                     "  step: [2]\n")
+    cfg = load_config(str(child))
+    assert cfg.optimizer.lr == 0.004 and cfg.optimizer.type == full.optimizer.type
+    assert cfg.lr_config.to_dict() == dict(policy="step", step=[2])
+    assert cfg.model.bbox_head.num_classes == 3

@@ -210,6 +210,7 @@ def test_rpn_detector_trains_and_returns_scored_proposals():
     cfg = {k: v for k, v in tiny_rcnn().items() if k != "roi_head"}
     cfg = dict(cfg, type="RPN", train_cfg=dict(rpn=cfg["train_cfg"]["rpn"]), test_cfg=dict(rpn=cfg["test_cfg"]["rpn"]))
     model = build_detector(cfg)
+    assert model.checks_classes is False  # NumClassCheckHook skips proposals, as mmdet skips RPNHead
     img = torch.randn(1, 3, 64, 96)
     meta = [dict(img_shape=(64, 96, 3), ori_shape=(64, 96, 3), scale_factor=[1.0] * 4, flip=False)]
     losses = model(img, meta, gt_bboxes=[torch.tensor([[10.0, 10, 50, 40]])], gt_labels=[torch.tensor([0])])

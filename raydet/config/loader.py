@@ -27,7 +27,10 @@ def load_config(path_or_cfg, cfg_options: Mapping | None = None) -> Config:
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
         try:
-            cfg = Config.fromfile(path)
+            cfg = Config(_load_data_config(path), filename=path) if path.endswith(DATA_SUFFIXES) \
+                else Config.fromfile(path)
+        except ConfigError:
+            raise
         except Exception as exc:  # mmengine raises many types for a bad file; name the file once
             raise ConfigError(f"cannot load config {path}: {type(exc).__name__}: {exc}") from exc
     if cfg_options:
@@ -36,6 +39,65 @@ def load_config(path_or_cfg, cfg_options: Mapping | None = None) -> Config:
     normalize_config(cfg)
     validate_config(cfg, source=cfg.filename)
     return cfg
+
+
+DATA_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _safe_loader():
+    """PyYAML's SafeLoader plus the one harmless Python tag mmengine's dump writes: tuples."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node)))
+    return Loader
+
+
+_SafeLoader = None
+
+
+def _load_data_config(path: str, seen: tuple = ()) -> dict:
+    """A YAML/JSON config as a dict, read with safe loaders (mmengine's YAML loader can construct
+    arbitrary Python objects, i.e. run code). Its ``_base_`` files are merged under it with
+    mmengine's rules (``_delete_`` included) and must be YAML/JSON too: only a ``.py`` config runs
+    code, by design."""
+    import json
+
+    import yaml
+    global _SafeLoader
+    _SafeLoader = _SafeLoader or _safe_loader()
+    with open(path) as f:
+        try:
+            data = json.load(f) if path.endswith(".json") else yaml.load(f, Loader=_SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"cannot load config {path}{where}: {getattr(exc, 'problem', None) or exc}; "
+                              "YAML configs are read with a safe loader (no Python tags)") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"cannot load config {path}: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must hold a mapping, got {type(data).__name__}")
+    bases = data.pop("_base_", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+        if not base_path.endswith(DATA_SUFFIXES):
+            raise ConfigError(f"config {path}: _base_ {base!r} is not YAML/JSON; a YAML/JSON config may only "
+                              "inherit from YAML/JSON files (Python configs run code)")
+        if not os.path.isfile(base_path):
+            raise ConfigError(f"config {path}: _base_ file not found: {base_path}")
+        if base_path in seen:
+            raise ConfigError(f"config {path}: _base_ {base_path} includes itself")
+        for key, value in _load_data_config(base_path, seen + (base_path,)).items():
+            if key in merged:
+                raise ConfigError(f"config {path}: key '{key}' is set by two _base_ files")
+            merged[key] = value
+    return Config._merge_a_into_b(data, merged) if merged else data
 
 
 def import_custom_modules(cfg) -> list:

@@ -57,6 +57,7 @@ def _translate(k: Keys, family: str) -> Detector:
             raise ConfigError("model.roi_head: MaskRCNN needs mask_roi_extractor and mask_head")
         model = Detector(det, num_classes, 1, with_mask, roi.nms_thresh if family != "RPN" else 0.7,
                          roi.detections_per_img if family != "RPN" else 1000, mask_thr)
+        model.checks_classes = family != "RPN"  # one class-agnostic "proposal" class
     else:
         kind = (k.cfg.get("bbox_head") or {}).get("type")
         build = {"RetinaHead": build_retinanet, "FCOSHead": build_fcos, "SSDHead": build_ssd}.get(kind)

@@ -41,7 +41,10 @@ class PassThroughTransform(nn.Module):
 class Detector(nn.Module):
     """Wraps a torchvision detector. ``label_offset``: 1 where the torchvision model reserves
     class 0 for the background (R-CNN, SSD), 0 for sigmoid heads (RetinaNet, FCOS).
-    ``tta_iou``/``max_per_img`` merge test-time augmentations; ``mask_thr`` binarises masks."""
+    ``tta_iou``/``max_per_img`` merge test-time augmentations; ``mask_thr`` binarises masks.
+    ``checks_classes``: whether ``NumClassCheckHook`` compares ``num_classes`` with the dataset's."""
+
+    checks_classes = True
 
     def __init__(self, detector: nn.Module, num_classes: int, label_offset: int = 1, with_mask: bool = False,
                  tta_iou: float = 0.5, max_per_img: int = 100, mask_thr: float = 0.5):

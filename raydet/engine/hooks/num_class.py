@@ -10,7 +10,8 @@ class NumClassCheckHook(Hook):
     """Before each training and validation epoch: the dataset's ``CLASSES`` must be a tuple of
     names (a bare string is the classic mistake: ``classes='person'`` gives 6 "classes"), and the
     detector's ``num_classes`` must equal their number; otherwise :class:`ConfigError`. A dataset
-    without ``CLASSES`` is let through with a warning, as mmdet does."""
+    without ``CLASSES``, or a model with ``checks_classes=False`` (the ``RPN``), is let through, as
+    mmdet does."""
 
     def _check(self, runner):
         dataset = runner.data_loader.dataset
@@ -22,7 +23,8 @@ class NumClassCheckHook(Hook):
         if isinstance(classes, str):
             raise ConfigError(f"{name}.CLASSES is the string {classes!r}; give classes as a tuple, e.g. ({classes!r},)")
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        num = getattr(model, "num_classes", None)
+        # class-agnostic proposals (mmdet's RPN) are not checked, as mmdet skips RPNHead
+        num = getattr(model, "num_classes", None) if getattr(model, "checks_classes", True) else None
         if num is not None and num != len(classes):
             raise ConfigError(f"model num_classes={num} does not match the {len(classes)} CLASSES of {name} "
                               f"{tuple(classes)}: set the model's num_classes to {len(classes)} (or the dataset's classes)")
