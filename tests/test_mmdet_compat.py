@@ -180,6 +180,8 @@ UNSUPPORTED = [
     ("test_cfg.rcnn.nms.type", "soft_nms", r"rcnn\.nms\.type='soft_nms' is not supported"),
     ("roi_head.shared_head", dict(type="ResLayer"), r"roi_head\.shared_head=.*not supported"),
     ("roi_head.bbox_head.num_cls_fcs", 1, r"bbox_head\.num_cls_fcs=1 is not supported"),
+    ("roi_head.train_cfg", dict(rcnn=None), r"roi_head\.train_cfg=.*set model\.train_cfg\.rcnn"),
+    ("roi_head.bbox_roi_extractor.out_channels", 128, r"bbox_roi_extractor\.out_channels=128 differs from the neck"),
     ("backbone.frozen_stage", 1, r"unknown config key 'model\.backbone\.frozen_stage' \(did you mean 'frozen_stages'"),
 ]
 

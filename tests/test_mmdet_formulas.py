@@ -159,3 +159,9 @@ def test_zoo_checkpoint_that_does_not_cover_the_model_lists_keys():
     with pytest.raises(CheckpointError, match=r"(?s)does not match the model.*roi_head\.bbox_head\.fc_extra\.weight"
                                               r".*detector\.backbone\.fpn\.layer_blocks\.0\.0\.weight"):
         from_mmdet(model, state, "zoo.pth")
+
+
+def test_max_iou_assigner_ties_and_later_gts_win_as_mmdets_loop():
+    iou = torch.tensor([[0.4, 0.4, 0.1], [0.1, 0.4, 0.2]])
+    assert MaxIoUMatcher(0.7, 0.3, 0.0, True, True)(iou).tolist() == [0, 1, -1]  # anchor 1: gt 1 is later
+    assert MaxIoUMatcher(0.7, 0.3, 0.0, True, False)(iou).tolist() == [0, 1, -1]  # one best anchor per gt

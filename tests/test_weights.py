@@ -52,7 +52,7 @@ def test_imagenet_resnet_loads_into_the_backbone_by_name(tmp_path, monkeypatch, 
     body = model.detector.backbone.body
     assert torch.equal(body.layer3[1].conv2.weight, imagenet.layer3[1].conv2.weight)
     assert torch.equal(body.bn1.running_mean, imagenet.bn1.running_mean)
-    assert "unexpected keys: fc.weight, fc.bias" in caplog.text
+    assert "unexpected keys in source state_dict: fc.weight, fc.bias" in caplog.text
 
 
 def test_prefix_takes_a_backbone_out_of_a_detector_checkpoint(tmp_path):
@@ -73,3 +73,14 @@ def test_torchvision_detection_checkpoint_loads_with_load_from(tmp_path):
     load_weights(dst, str(path))
     for k, v in src.state_dict().items():
         assert torch.equal(dst.state_dict()[k], v), k
+
+
+def test_backbone_level_pretrained_is_honoured(tmp_path, caplog):
+    path = tmp_path / "r18.pth"
+    torch.manual_seed(5)
+    imagenet = torchvision.models.resnet18()
+    torch.save(imagenet.state_dict(), path)
+    cfg = dict(MODELS["RetinaNet"])
+    cfg["backbone"] = dict(type="ResNet", depth=18, out_indices=(1, 2, 3), pretrained=str(path))  # mmdet < 2.12
+    model = build_detector(cfg)
+    assert torch.equal(model.detector.backbone.body.layer4[0].conv1.weight, imagenet.layer4[0].conv1.weight)

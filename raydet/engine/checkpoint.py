@@ -97,11 +97,16 @@ def load_weights(model: torch.nn.Module, path: str, logger: logging.Logger | Non
     adapt = getattr(module, "adapt_state_dict", None)  # e.g. mmdet zoo names -> the model's
     if adapt is not None:
         state = adapt(state, path)
+    load_state_non_strict(module, state, f"load weights from {path}", log)
+    return ckpt
+
+
+def load_state_non_strict(module: torch.nn.Module, state: dict, title: str, log: logging.Logger) -> None:
+    """Load ``state`` into ``module`` by name, skipping shapes that disagree; log ``title`` with the
+    missing, unexpected and mismatched keys."""
     own = module.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    for k in mismatched:
-        state.pop(k)
-    result = module.load_state_dict(state, strict=False)
+    result = module.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
     parts = []
     if result.missing_keys:
         parts.append(f"missing keys in source state_dict: {', '.join(result.missing_keys)}")
@@ -109,8 +114,7 @@ def load_weights(model: torch.nn.Module, path: str, logger: logging.Logger | Non
         parts.append(f"unexpected keys in source state_dict: {', '.join(result.unexpected_keys)}")
     if mismatched:
         parts.append(f"size mismatch (skipped): {', '.join(mismatched)}")
-    log.info(f"load weights from {path}" + ("" if not parts else "\n" + "\n".join(parts)))
-    return ckpt
+    log.info(title + ("" if not parts else "\n" + "\n".join(parts)))
 
 
 def rng_state() -> dict:

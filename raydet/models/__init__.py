@@ -31,11 +31,13 @@ def register_model(name: str):
 
 def _backbone_and_neck(k: Keys):
     backbone_cfg = dict(k("backbone"))
-    pretrained = k("pretrained", None)
-    if pretrained is not None:  # mmdet < 2.12: model.pretrained is the backbone's checkpoint
-        if backbone_cfg.get("init_cfg") is not None:
-            raise ConfigError("model.pretrained and model.backbone.init_cfg are both set; keep init_cfg")
-        backbone_cfg["init_cfg"] = dict(type="Pretrained", checkpoint=pretrained)
+    # mmdet < 2.12: model.pretrained (or backbone.pretrained) is the backbone's checkpoint
+    for where, pretrained in (("model.pretrained", k("pretrained", None)),
+                              ("model.backbone.pretrained", backbone_cfg.pop("pretrained", None))):
+        if pretrained is not None:
+            if backbone_cfg.get("init_cfg") is not None:
+                raise ConfigError(f"{where} and model.backbone.init_cfg are both set; keep init_cfg")
+            backbone_cfg["init_cfg"] = dict(type="Pretrained", checkpoint=pretrained)
     body = build_backbone(backbone_cfg)
     return build_neck(k("neck"), body), backbone_cfg.get("init_cfg")
 
@@ -46,9 +48,14 @@ def _translate(k: Keys, family: str) -> Detector:
     from .ssd import build_ssd
     from .two_stage import build_two_stage
     model_init = k("init_cfg", None)
-    if model_init is not None and (not isinstance(model_init, dict) or model_init.get("type") != "Pretrained"):
-        raise ConfigError(f"model.init_cfg={model_init!r}: a detector's init_cfg must be "
-                          "dict(type='Pretrained', checkpoint=...); initialise parts through their own init_cfg")
+    if model_init is not None:
+        if not isinstance(model_init, dict) or model_init.get("type") != "Pretrained":
+            raise ConfigError(f"model.init_cfg={model_init!r}: a detector's init_cfg must be "
+                              "dict(type='Pretrained', checkpoint=...); initialise parts through their own init_cfg")
+        init_keys = Keys(model_init, "model.init_cfg", "init_cfg")
+        init_keys("checkpoint", kind=str), init_keys("map_location", None)
+        init_keys.only("prefix", None, "the whole detector is loaded; a prefix belongs to a backbone's init_cfg")
+        init_keys.done()
     body, init = _backbone_and_neck(k)
     if family in ("FasterRCNN", "MaskRCNN", "RPN"):
         det, num_classes, mask_thr, roi = build_two_stage(k, body, with_roi=family != "RPN")

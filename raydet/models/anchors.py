@@ -164,11 +164,17 @@ class MaxIoUMatcher(det_utils.Matcher):
 
     def set_low_quality_matches_(self, matches, all_matches, match_quality_matrix):
         best, best_idx = match_quality_matrix.max(dim=1)
-        for i in torch.where(best >= self.min_pos_iou)[0].tolist():
-            if self.gt_max_assign_all:
-                matches[match_quality_matrix[i] == best[i]] = i
-            else:
-                matches[best_idx[i]] = i
+        ok = best >= self.min_pos_iou
+        if self.gt_max_assign_all:
+            pairs = (match_quality_matrix == best[:, None]) & ok[:, None]
+        else:
+            pairs = torch.zeros_like(match_quality_matrix, dtype=torch.bool)
+            pairs[torch.arange(len(best), device=pairs.device), best_idx] = ok
+        # the last gt of a prediction's pairs wins, as in mmdet's loop over gts in order
+        gts = torch.arange(len(best), device=pairs.device)[:, None].expand_as(pairs)
+        winner = torch.where(pairs, gts, torch.full_like(gts, -1)).max(dim=0).values
+        take = winner >= 0
+        matches[take] = winner[take]
 
 
 def build_assigner(cfg: dict, where: str) -> MaxIoUMatcher:

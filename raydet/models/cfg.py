@@ -137,12 +137,3 @@ def freeze_norms(module: nn.Module) -> None:
             for p in m.parameters():
                 p.requires_grad_(False)
 
-
-def xavier_uniform(module: nn.Module, types=(nn.Conv2d, nn.Linear)) -> None:
-    """mmcv's ``dict(type='Xavier', distribution='uniform')`` init: weights xavier-uniform,
-    biases zero."""
-    for m in module.modules():
-        if isinstance(m, types):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)

@@ -196,7 +196,8 @@ def build_fcos(k: Keys, body):
                     norm is None if conv_bias == "auto" else conv_bias, norm_on_bbox, ctr_on_reg)
     apply_init_cfg(head, h("init_cfg", dict(type="Normal", layer="Conv2d", std=0.01, override=dict(
         type="Normal", name="conv_cls", std=0.01, bias_prob=0.01))), "model.bbox_head.init_cfg")
-    h("train_cfg", None), h("test_cfg", None)
+    h.only("train_cfg", None, "mmdet sets a head's train_cfg/test_cfg from the model's; set model.train_cfg / model.test_cfg")
+    h.only("test_cfg", None, "mmdet sets a head's train_cfg/test_cfg from the model's; set model.train_cfg / model.test_cfg")
     h.done()
     # one "anchor" per point: a stride-sized box centred at (x + 0.5) * stride; torchvision's
     # decoder scales the head's stride-unit distances by its width

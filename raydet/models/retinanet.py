@@ -109,7 +109,8 @@ def build_retinanet(k: Keys, body):
         type="Normal", layer="Conv2d", std=0.01, override=dict(type="Normal", name="cls_logits", std=0.01,
                                                               bias_prob=0.01))), "model.bbox_head.init_cfg")
     apply_init_cfg(head.regression_head, dict(type="Normal", layer="Conv2d", std=0.01), "model.bbox_head.init_cfg")
-    head_cfg("train_cfg", None), head_cfg("test_cfg", None)
+    head_cfg.only("train_cfg", None, "mmdet sets a head's train_cfg/test_cfg from the model's; set model.train_cfg / model.test_cfg")
+    head_cfg.only("test_cfg", None, "mmdet sets a head's train_cfg/test_cfg from the model's; set model.train_cfg / model.test_cfg")
     head_cfg.done()
     test = dense_test_cfg(k("test_cfg"))
     det = TVRetinaNet(body, num_classes, anchor_generator=anchors, head=head, score_thresh=test["score_thr"],

@@ -36,7 +36,8 @@ def build_ssd(k: Keys, body):
             else SSDHead(in_channels, num_anchors, num_classes + 1))
     apply_init_cfg(head, h("init_cfg", dict(type="Xavier", layer="Conv2d", distribution="uniform")),
                    "model.bbox_head.init_cfg")
-    h("train_cfg", None), h("test_cfg", None)
+    h.only("train_cfg", None, "mmdet sets a head's train_cfg/test_cfg from the model's; set model.train_cfg / model.test_cfg")
+    h.only("test_cfg", None, "mmdet sets a head's train_cfg/test_cfg from the model's; set model.train_cfg / model.test_cfg")
     h.done()
     test = dense_test_cfg(k("test_cfg"))
     iou, frac = 0.5, 0.25

@@ -86,7 +86,7 @@ class SingleRoIExtractor(nn.Module):
         return out
 
 
-def build_roi_extractor(cfg: dict, where: str, neck_strides: list[int]) -> SingleRoIExtractor:
+def build_roi_extractor(cfg: dict, where: str, neck_strides: list[int], neck_channels: int) -> SingleRoIExtractor:
     k = Keys(cfg, where)
     k.type(("SingleRoIExtractor",))
     layer = k.sub("roi_layer", component="RoIAlign")
@@ -101,10 +101,12 @@ def build_roi_extractor(cfg: dict, where: str, neck_strides: list[int]) -> Singl
     layer("pool_mode", "avg", choices=("avg",))
     layer("use_torchvision", False)
     layer.done()
-    k("out_channels", kind=int)
+    out_channels = k("out_channels", kind=int)
+    if out_channels != neck_channels:
+        raise ConfigError(f"{where}.out_channels={out_channels} differs from the neck's out_channels {neck_channels}")
     strides = list(k("featmap_strides", kind=(list, tuple)))
     finest = k("finest_scale", 56, kind=(int, float))
-    k("init_cfg", None)
+    k("init_cfg", None)  # the extractor has no parameters
     k.done()
     if strides != list(neck_strides[:len(strides)]):
         raise ConfigError(f"{where}.featmap_strides={strides} are not the neck's first levels {list(neck_strides)}")
@@ -272,10 +274,12 @@ def _box_head(k: Keys, where: str, in_channels: int):
     return head, predictor, coder, cls_weight, box_loss, num_classes, size
 
 
-def _mask_head(k: Keys, where: str, num_classes: int):
+def _mask_head(k: Keys, where: str, num_classes: int, roi_size: int):
     k.type(("FCNMaskHead",))
     n = k("num_convs", 4, kind=int)
-    k("roi_feat_size", 14, kind=int)
+    if k("roi_feat_size", 14, kind=int) != roi_size:
+        raise ConfigError(f"{where}.roi_feat_size={k.cfg['roi_feat_size']} differs from the mask extractor's "
+                          f"output_size {roi_size}")
     in_channels = k("in_channels", 256, kind=int)
     k.only("conv_kernel_size", 3, "torchvision's mask head uses 3x3 convs")
     out = k("conv_out_channels", 256, kind=int)
@@ -292,20 +296,23 @@ def _mask_head(k: Keys, where: str, num_classes: int):
     loss = Keys(k("loss_mask", dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0)), f"{where}.loss_mask")
     loss.type(("CrossEntropyLoss",))
     loss.only("use_mask", True, "torchvision's mask loss is per-pixel BCE on the label's mask")
-    loss("use_sigmoid", False)
+    loss.only("use_sigmoid", False, "the mask loss is per-pixel BCE on the label's mask (use_mask)")
     loss("reduction", "mean", choices=("mean",))
     weight = loss("loss_weight", 1.0, kind=(int, float))
     loss.done()
-    k("init_cfg", None)
+    init = k("init_cfg", None)
     k.done()
     head = MaskRCNNHeads(in_channels, [out] * n, 1, norm_layer=norm)
-    return head, MaskRCNNPredictor(out, out, num_classes + 1), float(weight)
+    predictor = MaskRCNNPredictor(out, out, num_classes + 1)
+    apply_init_cfg(head, init, f"{where}.init_cfg")
+    return head, predictor, float(weight)
 
 
 def build_roi_heads(cfg: dict, train_cfg: Keys | None, test_cfg: Keys, neck, where: str = "model.roi_head"):
     k = Keys(cfg, where)
     k.type(("StandardRoIHead",))
-    box_pool = build_roi_extractor(k("bbox_roi_extractor"), f"{where}.bbox_roi_extractor", neck.strides)
+    box_pool = build_roi_extractor(k("bbox_roi_extractor"), f"{where}.bbox_roi_extractor", neck.strides,
+                                   neck.out_channels)
     head, predictor, coder, cls_w, box_loss, num_classes, size = _box_head(
         Keys(k("bbox_head"), f"{where}.bbox_head"), f"{where}.bbox_head", neck.out_channels)
     if box_pool.output_size[0] != size:
@@ -313,12 +320,17 @@ def build_roi_heads(cfg: dict, train_cfg: Keys | None, test_cfg: Keys, neck, whe
                           f"{box_pool.output_size[0]}")
     mask = None
     if k("mask_head", None) is not None:
-        mask_pool = build_roi_extractor(k("mask_roi_extractor"), f"{where}.mask_roi_extractor", neck.strides)
-        mask = (mask_pool,) + _mask_head(Keys(k("mask_head"), f"{where}.mask_head"), f"{where}.mask_head", num_classes)
+        mask_pool = build_roi_extractor(k("mask_roi_extractor"), f"{where}.mask_roi_extractor", neck.strides,
+                                        neck.out_channels)
+        mask = (mask_pool,) + _mask_head(Keys(k("mask_head"), f"{where}.mask_head"), f"{where}.mask_head", num_classes,
+                                         mask_pool.output_size[0])
     else:
         k("mask_roi_extractor", None)
     k.only("shared_head", None, "no shared RoI head (ResNet C4 models are not built)")
-    k("train_cfg", None), k("test_cfg", None), k("init_cfg", None), k("pretrained", None)
+    for key, why in (("train_cfg", "set model.train_cfg.rcnn"), ("test_cfg", "set model.test_cfg.rcnn"),
+                     ("init_cfg", "initialise bbox_head / mask_head through their own init_cfg"),
+                     ("pretrained", "set model.backbone.init_cfg")):
+        k.only(key, None, why)
     k.done()
     rcnn_test = Keys(test_cfg("rcnn"), "model.test_cfg.rcnn", "test_cfg.rcnn")
     score = rcnn_test("score_thr", 0.05, kind=(int, float))

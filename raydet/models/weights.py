@@ -96,15 +96,8 @@ def load_pretrained(module: torch.nn.Module, spec: str, where: str, prefix: str 
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise CheckpointError(f"{where}: checkpoint {path} has no keys starting with {prefix!r}")
-    own = module.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    result = module.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
-    report = [f"load {where} from {spec} ({path})"]
-    for label, keys in (("missing keys", result.missing_keys), ("unexpected keys", result.unexpected_keys),
-                        ("size mismatch (skipped)", mismatched)):
-        if keys:
-            report.append(f"  {label}: {', '.join(keys)}")
-    logger.info("\n".join(report))
+    from ..engine.checkpoint import load_state_non_strict
+    load_state_non_strict(module, state, f"load {where} from {spec} ({path})", logger)
 
 
 # (mmdet pattern, raydet replacement) and the inverse; {n} groups are numbers
