@@ -15,6 +15,51 @@ from mmengine.config import DictAction
 from .errors import RaydetError
 
 
+class CfgOptions(DictAction):
+    """mmengine's ``--cfg-options KEY=VALUE ...`` (``1,2`` and ``[1,2]`` lists, tuples, ints,
+    floats, booleans, ``None``, bare strings), plus dict values, which mmengine's parser mangles:
+    ``lr_config=dict(policy='step', step=[8, 11])`` or ``lr_config="{'policy': 'step'}"``
+    (literals only: nothing is evaluated). ``KEY`` without ``=`` or a malformed dict is a usage
+    error naming the argument."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = dict(getattr(namespace, self.dest, None) or {})
+        for item in values:
+            key, sep, text = item.partition("=")
+            if not sep or not key:
+                parser.error(f"{option_string} {item!r}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
+            text = text.strip()
+            if text.startswith(("dict(", "{")):
+                try:
+                    options[key] = _literal_dict(text)
+                except (ValueError, SyntaxError) as exc:
+                    parser.error(f"{option_string} {key}: cannot parse {text!r} as a dict ({exc})")
+            else:
+                options[key] = self._parse_iterable(text)
+        setattr(namespace, self.dest, options)
+
+
+def _literal_dict(text: str) -> dict:
+    """``dict(a=1, b=[2])`` or ``{'a': 1}`` (nested too) as a dict, from literals only."""
+    import ast
+
+    def value(node):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+            if any(k.arg is None for k in node.keywords):
+                raise ValueError("** is not allowed")
+            return {k.arg: value(k.value) for k in node.keywords}
+        if isinstance(node, ast.Dict):
+            return {ast.literal_eval(k): value(v) for k, v in zip(node.keys, node.values)}
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        return ast.literal_eval(node)
+    parsed = value(ast.parse(text, mode="eval").body)
+    if not isinstance(parsed, dict):
+        raise ValueError("not a dict")
+    return parsed
+
+
 def _train_parser(sub):
     p = sub.add_parser("train", help="train a detector from a config")
     p.add_argument("config", help="config file (.py/.yaml/.json)")
@@ -26,7 +71,7 @@ def _train_parser(sub):
     p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bitwise repeatable on CPU)")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={},
                    help="override config keys, e.g. optimizer.lr=0.01 lr_config.step=[8,11]")
     p.add_argument("--launcher", choices=["ray", "none"], default="ray",
                    help="ray: Ray Train workers (default); none: this process")
@@ -41,9 +86,10 @@ def _test_parser(sub):
     p = sub.add_parser("test", help="evaluate a checkpoint")
     p.add_argument("config")
     p.add_argument("checkpoint")
-    p.add_argument("--eval", nargs="+", default=["bbox"], choices=["bbox", "segm"], help="metrics")
+    p.add_argument("--eval", nargs="+", default=None, choices=["bbox", "segm", "mAP"],
+                   help="metrics (default: the config's evaluation.metric)")
     p.add_argument("--out", help="write the raw results to this pickle file")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
+    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
     return p
 
 
@@ -62,15 +108,20 @@ def _workers(text: str):
     """``--num-workers``: ``N`` or ``MIN-MAX``."""
     low, sep, high = text.partition("-")
     try:
-        return (int(low), int(high)) if sep else int(low)
+        value = (int(low), int(high)) if sep else int(low)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+    if min(value if sep else (value,)) < 1 or (sep and value[0] > value[1]):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N >= 1 or MIN-MAX with 1 <= MIN <= MAX")
+    return value
 
 
 def prepare_train_config(args):
     """The resolved config of ``raydet train``: CLI flags folded in, work_dir chosen (flag, then
     config, then ``./work_dirs/<config name>``). Raises ConfigError before anything starts."""
     from .config import load_config
+    from .config.schema import check_values
+    from .engine.checkpoint import check_work_dir
     cfg = load_config(args.config, args.cfg_options)
     if args.work_dir:
         cfg.work_dir = args.work_dir
@@ -94,6 +145,9 @@ def prepare_train_config(args):
     if args.address:
         ray_cfg["address"] = args.address
     cfg.ray = ray_cfg
+    check_values(cfg)  # the flags folded in, e.g. --num-workers
+    if "://" not in cfg.work_dir:
+        check_work_dir(cfg.work_dir)
     return cfg
 
 
@@ -112,14 +166,13 @@ def cmd_train(args) -> int:
             print(f"checkpoint: {result.checkpoint.path}")
         return 0
     from .apis import train_from_config
-    from .config import dump_config
     from .engine.checkpoint import finished_meta, set_aside
     if "://" in cfg.work_dir:
         raise RaydetError(f"work_dir={cfg.work_dir}: a bucket work_dir needs the Ray launcher (--launcher ray)")
     # as the Ray launcher: the same command again resumes; --no-auto-resume keeps the old run aside
     if cfg.get("auto_resume") is None:
         cfg.auto_resume = True
-    if cfg.auto_resume:
+    if cfg.auto_resume and cfg.get("resume_from") is None:  # an explicit resume_from comes first (mmdet)
         done = finished_meta(cfg.work_dir, cfg.runner.max_epochs)
         if done is not None:
             print(f"raydet: {cfg.work_dir} is already complete ({done['iter']}/{done['max_iters']} iterations)")
@@ -128,11 +181,6 @@ def cmd_train(args) -> int:
     elif cfg.get("resume_from") is None:
         set_aside(cfg.work_dir)
     os.makedirs(cfg.work_dir, exist_ok=True)
-    dump = os.path.join(cfg.work_dir, os.path.basename(args.config).rsplit(".", 1)[0] + ".py")
-    if os.path.exists(dump) and os.path.samefile(dump, args.config):
-        log.info(f"the config {args.config} lives in the work_dir: its resolved form is not written over it")
-    else:
-        dump_config(cfg, dump)
     start = time.time()
     runner = train_from_config(cfg, validate=not args.no_validate)
     evals = [h for h in runner.hooks if hasattr(h, "last_metrics") and h.last_metrics]
@@ -151,20 +199,26 @@ def cmd_test(args) -> int:
     from .config import load_config
     from .data import build_dataloader, build_dataset
     from .engine import inference, load_weights
+    from .engine.hooks.evaluation import check_metrics
     from .models import build_detector
 
     log = setup_console_logging()
     cfg = load_config(args.config, args.cfg_options)
     dataset = build_dataset(cfg.data.test, test_mode=True)
-    loader = build_dataloader(dataset, 1, cfg.data.get("workers_per_gpu", 2), shuffle=False, persistent_workers=False)
     model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
-    load_weights(model, args.checkpoint, log)
+    metric = args.eval or (cfg.get("evaluation") or {}).get("metric", "bbox")
+    check_metrics(dataset, metric, model, key="--eval" if args.eval else "evaluation.metric")
+    if args.out and os.path.exists(args.out):
+        raise RaydetError(f"--out {args.out} exists; raydet does not overwrite a file it did not write: "
+                          "give another path")
+    load_weights(model, args.checkpoint, log, require="all")
+    loader = build_dataloader(dataset, 1, cfg.data.get("workers_per_gpu", 2), shuffle=False, persistent_workers=False)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     results = inference(model, loader, progress=True)
     if args.out:
         with open(args.out, "wb") as f:
             pickle.dump(results, f)
-    metrics = dataset.evaluate(results, metric=args.eval, logger=log)
+    metrics = dataset.evaluate(results, metric=metric, logger=log)
     print(f"metrics: {metrics}")
     return 0
 

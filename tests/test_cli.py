@@ -54,7 +54,7 @@ def test_elastic_workers_and_a_bucket_work_dir_from_the_command_line(monkeypatch
     assert cfg.ray.num_workers == (1, 4) and cfg.work_dir == "s3://my-bucket/runs/fcos?region=us-east-1"
     resolve_work_dir(cfg)
     assert cfg.ray.storage_path == "s3://my-bucket/runs?region=us-east-1"
-    assert cfg.work_dir.endswith(os.path.join("raydet", "fcos")) and os.path.isabs(cfg.work_dir)
+    assert cfg.work_dir.endswith(os.path.join("raydet-staging", "fcos")) and os.path.isabs(cfg.work_dir)
     assert build_trainer(cfg).scaling_config.num_workers == (1, 4)
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "x.py", "--num-workers", "two"])

@@ -80,3 +80,20 @@ def test_kuberay_manifest_validates_strictly_and_rejects_a_typo(name, kind):
     spec["enableInTreeAutoscalling"] = spec.pop("enableInTreeAutoscaling")
     with pytest.raises(jsonschema.ValidationError, match="enableInTreeAutoscalling"):
         _check(bad, kind)
+
+
+def test_the_jobs_api_is_never_public():
+    """The dashboard serves the Jobs API (running code on the cluster): the VM launchers bind it to
+    the head's loopback (reached with `ray dashboard`'s SSH forward), KubeRay keeps it behind a
+    ClusterIP service (reached with `kubectl port-forward`), and nothing turns token auth off."""
+    for name in ("aws.yaml", "gcp.yaml"):
+        starts = " ".join(_launcher(name)["head_start_ray_commands"])
+        assert "--dashboard-host=127.0.0.1" in starts and "0.0.0.0" not in starts, name
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        text = open(os.path.join(REPO, "cluster", "kuberay", name)).read()
+        doc = yaml.safe_load(text)
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", name
+        assert "LoadBalancer" not in text and "NodePort" not in text and "Ingress" not in text, name
+    for path in ("aws.yaml", "gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml"):
+        assert "RAY_AUTH_MODE=disabled" not in open(os.path.join(REPO, "cluster", path)).read()

@@ -3,6 +3,7 @@ import json
 import math
 import os
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -66,7 +67,9 @@ def _coco(tmp_path, images):
                 annotations=anns, categories=cats)
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(data))
-    return CocoDataset(str(path), [], filter_empty_gt=False)
+    for info in data["images"]:  # the dataset checks each image's header when it is built
+        cv2.imwrite(str(tmp_path / info["file_name"]), np.zeros((30, 40, 3), np.uint8))
+    return CocoDataset(str(path), [], img_prefix=str(tmp_path), filter_empty_gt=False)
 
 
 def test_class_balanced_repeat_factors_follow_mmdets_rule(tmp_path):

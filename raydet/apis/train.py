@@ -18,8 +18,10 @@ from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterTimerHo
 from ..engine.dist import all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist
 from ..engine.hooks import HOOKS, MOMENTUM_POLICIES
 from ..config import import_custom_modules
+from ..config.loader import save_run_config
 from ..config.schema import OPTIMIZER_HOOKS
-from ..errors import ConfigError
+from ..engine.hooks.evaluation import check_metrics
+from ..errors import ConfigError, DataError
 
 logger = logging.getLogger("raydet")
 
@@ -226,6 +228,34 @@ def optimizer_hook_config(cfg) -> tuple[dict, dict | None]:
     return {k: v for k, v in opt.items() if k not in ignored}, fp16
 
 
+def _describe(dataset) -> str:
+    """What a dataset was built from, for an error message."""
+    inner = dataset
+    while hasattr(inner, "dataset") and not hasattr(inner, "ann_file"):
+        inner = inner.dataset
+    source = getattr(inner, "ann_file", None)
+    dropped = {k: v for k, v in (getattr(inner, "filtered", None) or {}).items() if k != "images" and v}
+    held = (getattr(inner, "filtered", None) or {}).get("images")
+    out = f"{type(dataset).__name__}" + (f" from {source}" if source else "")
+    if held is not None:
+        out += f": {held} images" + ("".join(f", {v} dropped as {k}" for k, v in dropped.items()))
+    return out
+
+
+def check_training_inputs(model, datasets, cfg) -> None:
+    """What can be known wrong before the first iteration, each a named error: the work_dir is
+    not writable; a training set is empty (after filtering); the detector's ``num_classes`` is not
+    the training set's number of classes. Runs on every rank, holds no collective."""
+    from ..engine.checkpoint import check_work_dir
+    from ..engine.hooks.num_class import check_num_classes
+    check_work_dir(cfg.work_dir)
+    for i, ds in enumerate(datasets):
+        if len(ds) == 0:
+            which = "data.train" if i == 0 else f"workflow phase {i} (data.val with the train pipeline)"
+            raise DataError(f"{which} is empty, nothing to train on: {_describe(ds)}")
+    check_num_classes(model, datasets[0], logger)
+
+
 def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=None, on_checkpoint=None,
                    extra_hooks=()):
     """Everything ``train_detector`` runs, in this process (rank ``get_rank()`` of the initialised
@@ -235,6 +265,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     mmdet's training hooks and before ``custom_hooks``."""
     import_custom_modules(cfg)  # custom hooks may live in the user's modules
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
+    check_training_inputs(model, datasets, cfg)
     rank, world = get_rank(), get_world_size()
     # mmcv's get_root_logger: the configured level on rank 0, errors only elsewhere
     logger.setLevel(cfg.get("log_level", "INFO") if rank == 0 else "ERROR")
@@ -301,12 +332,15 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         if cfg.data.get("val") is None:
             raise ConfigError("validation is on but data.val is not set (use --no-validate)")
         val_ds = build_dataset(cfg.data.val, seed=cfg.seed, test_mode=True)
+        if len(val_ds) == 0:
+            raise DataError(f"data.val is empty, nothing to evaluate on: {_describe(val_ds)} (or use --no-validate)")
+        eval_cfg = dict(cfg.get("evaluation") or {})
+        check_metrics(val_ds, eval_cfg.get("metric", "bbox"), model, save_best=eval_cfg.get("save_best"))
         val_loader_cfg = dict(cfg.data.get("val_dataloader", {}))
         val_loader = build_dataloader(val_ds, val_loader_cfg.get("samples_per_gpu", 1),
                                       val_loader_cfg.get("workers_per_gpu", loader_cfg["workers_per_gpu"]),
                                       num_replicas=world, rank=rank, shuffle=False,
                                       persistent_workers=False, **procs)
-        eval_cfg = dict(cfg.get("evaluation") or {})
         runner.register_hook(EvalHook(val_loader, autocast=precision.autocast, **eval_cfg))
     for hook in extra_hooks:
         runner.register_hook(hook)
@@ -381,7 +415,10 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
         val.pop("test_mode", None)
         datasets.append(build_dataset(val, seed=cfg.seed))
     model.CLASSES = datasets[0].CLASSES
+    saved = copy.deepcopy(cfg)  # as given: build_training adds nothing a re-run would not
     runner, loaders = build_training(model, datasets, cfg, validate=validate, timestamp=timestamp, meta=meta,
                                      on_checkpoint=on_checkpoint, extra_hooks=extra_hooks)
+    if get_rank() == 0:  # once every input has proven usable
+        save_run_config(saved, cfg.work_dir, meta["exp_name"], logger)
     runner.run(loaders, cfg.workflow)
     return runner

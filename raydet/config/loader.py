@@ -7,7 +7,7 @@ from typing import Mapping
 from mmengine import Config
 
 from ..errors import ConfigError
-from .schema import normalize_config, validate_config
+from .schema import check_values, normalize_config, validate_config
 
 
 def load_config(path_or_cfg, cfg_options: Mapping | None = None) -> Config:
@@ -36,7 +36,11 @@ def load_config(path_or_cfg, cfg_options: Mapping | None = None) -> Config:
     if cfg_options:
         merge_overrides(cfg, cfg_options)
     import_custom_modules(cfg)  # before validation: they register the types the config names
-    normalize_config(cfg)
+    try:
+        check_values(cfg)
+        normalize_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.filename}: {exc}" if cfg.filename else str(exc)) from None
     validate_config(cfg, source=cfg.filename)
     return cfg
 
@@ -155,6 +159,44 @@ def _lookup(cfg, dotted: str):
         except (KeyError, IndexError, TypeError):
             return _MISSING
     return node
+
+
+#: what a run sets in its config as it goes (where it resumes from), left out of the saved copy so
+#: that a restart does not make it differ
+RUN_STATE = ("resume_from", "auto_resume")
+
+
+def save_run_config(cfg: Config, work_dir: str, name: str, logger=None) -> str | None:
+    """Write the resolved config of a run to ``work_dir/<name>.py`` (mmdet's copy of the config
+    in the work_dir), without :data:`RUN_STATE`. Nothing is written over: the user's own config
+    at that path (a config kept in its work_dir) is left alone (``None`` is returned); an earlier
+    run's copy that differs is renamed to ``<name>.<its time>.py`` first; an identical one is kept.
+    Returns the path written or kept."""
+    import time
+    path = os.path.join(work_dir, os.path.splitext(os.path.basename(name))[0] + ".py")
+    source = cfg.filename
+    if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+        if logger is not None:
+            logger.info(f"the config {source} lives in the work_dir: its resolved form is not written over it")
+        return None
+    data = {k: v for k, v in cfg.to_dict().items() if k not in RUN_STATE}
+    text = Config(data).pretty_text
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return path
+        stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(os.path.getmtime(path)))
+        old, n = f"{path[:-3]}.{stamp}.py", 1
+        while os.path.exists(old):
+            old, n = f"{path[:-3]}.{stamp}-{n}.py", n + 1
+        os.rename(path, old)
+        if logger is not None:
+            logger.info(f"the config differs from this work_dir's earlier run's: that one is kept as {old}")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
 
 
 def dump_config(cfg: Config, path: str) -> None:

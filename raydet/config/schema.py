@@ -10,7 +10,7 @@ from __future__ import annotations
 from mmengine import Config
 
 from ..errors import ConfigError
-from ..registry import check_keys
+from ..registry import check_keys, suggest
 
 #: mmdet 2.x top-level keys, plus raydet's ``ray`` section.
 TOP_LEVEL = {
@@ -52,6 +52,119 @@ GRAD_CLIP_KEYS = {"max_norm", "norm_type"}
 LOGGER_TYPES = {"TextLoggerHook": {"interval", "by_epoch", "ignore_last", "reset_flag"},
                 "TensorboardLoggerHook": {"interval", "log_dir", "by_epoch", "ignore_last",
                                           "reset_flag"}}
+
+
+class Expect:
+    """What a config value must be: ``check(value)`` says whether it is, ``text`` says it in words.
+
+    ``Expect.int(1)``: an int >= 1; ``Expect.num(0, strict=True)``: a number > 0; ``also`` lists
+    other accepted values (``-1``, ``None``, ``'dynamic'``). Booleans are never numbers here: a
+    ``True`` where an int belongs is a mistake."""
+
+    def __init__(self, check, text: str):
+        self.check, self.text = check, text
+
+    @classmethod
+    def _number(cls, integer, lo, hi, strict, also):
+        def ok(v):
+            if any(v is a or (type(v) is type(a) and v == a) for a in also):
+                return True
+            if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+                return False
+            return (lo is None or (v > lo if strict else v >= lo)) and (hi is None or v <= hi)
+        bounds = [f"{'>' if strict else '>='} {lo}" if lo is not None else "", f"<= {hi}" if hi is not None else ""]
+        text = ("an int" if integer else "a number") + " " + " and ".join(b for b in bounds if b)
+        return cls(ok, text.strip() + "".join(f" or {a!r}" for a in also))
+
+    @classmethod
+    def int(cls, lo=None, hi=None, also=()):
+        return cls._number(True, lo, hi, False, also)
+
+    @classmethod
+    def num(cls, lo=None, hi=None, strict=False, also=()):
+        return cls._number(False, lo, hi, strict, also)
+
+    @classmethod
+    def of(cls, *choices):
+        return cls(lambda v: any(v == c and type(v) is type(c) for c in choices),
+                   "one of " + ", ".join(repr(c) for c in choices))
+
+
+BOOL = Expect(lambda v: isinstance(v, bool), "True or False")
+NUM_WORKERS = Expect(lambda v: Expect.int(1).check(v) or (
+    isinstance(v, (list, tuple)) and len(v) == 2 and all(Expect.int(1).check(x) for x in v) and v[0] <= v[1]),
+    "an int >= 1, or (min, max) with 1 <= min <= max")
+LOSS_SCALE = Expect(lambda v: Expect.num(0, strict=True).check(v) or v == "dynamic" or isinstance(v, dict),
+                    "a number > 0, 'dynamic' or a dict of GradScaler arguments")
+_LOADER = {"samples_per_gpu": Expect.int(1), "workers_per_gpu": Expect.int(0), "persistent_workers": BOOL,
+           "pin_memory": Expect(lambda v: v is None or isinstance(v, bool), "True, False or None"), "shuffle": BOOL}
+#: The type and range of every known key that has one (dotted; ``None`` means "not set" and is
+#: accepted for every key but ``runner.max_epochs``). Checked before anything is built.
+VALUES = {
+    "total_epochs": Expect.int(1),
+    "runner.max_epochs": Expect.int(1),
+    "seed": Expect.int(0),
+    "deterministic": BOOL, "find_unused_parameters": BOOL, "cudnn_benchmark": BOOL, "auto_resume": BOOL,
+    "log_level": Expect.of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "optimizer.lr": Expect.num(0),
+    "optimizer.weight_decay": Expect.num(0),
+    "optimizer.momentum": Expect.num(0, 1),
+    "optimizer_config.grad_clip.max_norm": Expect.num(0, strict=True),
+    "optimizer_config.grad_clip.norm_type": Expect.num(0, strict=True, also=("inf",)),
+    "optimizer_config.loss_scale": LOSS_SCALE,
+    "fp16.loss_scale": LOSS_SCALE,
+    "fp16.max_consecutive_nonfinite": Expect.int(1),
+    "lr_config.warmup_iters": Expect.int(0),
+    "lr_config.warmup_ratio": Expect.num(0, 1, strict=True),
+    "lr_config.warmup": Expect.of("constant", "linear", "exp"),
+    "lr_config.by_epoch": BOOL, "lr_config.warmup_by_epoch": BOOL,
+    "lr_config.gamma": Expect.num(0, strict=True),
+    "checkpoint_config.interval": Expect.int(1, also=(-1,)),
+    "checkpoint_config.max_keep_ckpts": Expect.int(1, also=(-1,)),
+    "checkpoint_config.by_epoch": BOOL, "checkpoint_config.save_optimizer": BOOL,
+    "checkpoint_config.save_last": BOOL, "checkpoint_config.create_symlink": BOOL,
+    "log_config.interval": Expect.int(1),
+    "evaluation.interval": Expect.int(1),
+    "evaluation.start": Expect.int(0),
+    "evaluation.rule": Expect.of("greater", "less"),
+    "evaluation.by_epoch": BOOL, "evaluation.classwise": BOOL,
+    "evaluation.metric": Expect(lambda v: isinstance(v, str) or (
+        isinstance(v, (list, tuple)) and v and all(isinstance(m, str) for m in v)), "a metric name or a list of them"),
+    "auto_scale_lr.enable": BOOL,
+    "auto_scale_lr.base_batch_size": Expect.int(1),
+    "data.samples_per_gpu": Expect.int(1), "data.imgs_per_gpu": Expect.int(1),
+    "data.workers_per_gpu": Expect.int(0), "data.persistent_workers": BOOL, "data.pin_memory": _LOADER["pin_memory"],
+    **{f"data.{phase}_dataloader.{k}": v for phase in ("train", "val", "test") for k, v in _LOADER.items()},
+    "ray.num_workers": NUM_WORKERS,
+    "ray.use_gpu": BOOL,
+    "ray.max_failures": Expect.int(-1),
+    "ray.max_preemption_failures": Expect.int(-1),
+    "ray.num_to_keep": Expect.int(1),
+    "ray.checkpoint_upload_mode": Expect.of("sync", "async"),
+    "ray.preemption_check_interval": Expect.int(1),
+    "ray.elastic_resize_monitor_interval_s": Expect.num(0, strict=True),
+}
+
+
+def check_values(cfg) -> None:
+    """Raise :class:`ConfigError` for the first key of :data:`VALUES` whose value has the wrong
+    type or range, naming the key, the value and what it must be; and for a ``workflow`` that is
+    not ``[(phase, epochs), ...]``."""
+    for key, expect in VALUES.items():
+        node, parts = cfg, key.split(".")
+        for part in parts:
+            node = node.get(part) if isinstance(node, (dict, Config)) else None
+            if node is None:
+                break
+        if node is None or expect.check(node):
+            continue
+        got = "" if isinstance(node, (int, float)) and not isinstance(node, bool) else f" (a {type(node).__name__})"
+        raise ConfigError(f"{key}={node!r}{got}: expected {expect.text}")
+    workflow = cfg.get("workflow")
+    if workflow is not None and not (isinstance(workflow, (list, tuple)) and workflow and all(
+            isinstance(w, (list, tuple)) and len(w) == 2 and isinstance(w[0], str) and Expect.int(1).check(w[1])
+            for w in workflow)):
+        raise ConfigError(f"workflow={workflow!r}: expected a list of (phase, epochs) pairs, e.g. [('train', 1)]")
 
 
 def normalize_config(cfg: Config) -> Config:
@@ -113,6 +226,24 @@ def _check_dataset(ds, where: str, datasets, pipelines) -> None:
             pipelines.check(sub, f"{where}.pipeline.{j}.transforms.{k}")
 
 
+def _check_metric_names(cfg, datasets) -> None:
+    """``evaluation.metric`` must name metrics the val dataset's class computes (its ``METRICS``;
+    through wrappers, the wrapped dataset's), so that a typo is not found after an epoch."""
+    from ..data.wrappers import WRAPPERS
+    metric = (cfg.get("evaluation") or {}).get("metric")
+    ds = (cfg.get("data") or {}).get("val")
+    while isinstance(ds, dict) and ds.get("type") in WRAPPERS:
+        ds = ds.get(WRAPPERS[ds["type"]])
+        ds = ds[0] if isinstance(ds, (list, tuple)) and ds else ds
+    if metric is None or not isinstance(ds, dict) or ds.get("type") not in datasets:
+        return
+    known = getattr(datasets.get(ds["type"]), "METRICS", None)
+    for m in [metric] if isinstance(metric, str) else metric:
+        if known is not None and m not in known:
+            raise ConfigError(f"evaluation.metric={m!r}: {ds['type']} computes {', '.join(map(repr, known))}"
+                              f"{suggest(m, known)}")
+
+
 def validate_config(cfg, source: str | None = None) -> None:
     """Raise :class:`ConfigError` for the first unknown or ill-typed key of ``cfg``."""
     from ..data import DATASETS, PIPELINES
@@ -164,6 +295,7 @@ def validate_config(cfg, source: str | None = None) -> None:
         if cfg.get("fp16") is not None:
             from ..engine.precision import Precision
             Precision(cfg.fp16)  # raises ConfigError for a bad dtype, loss_scale or patience
+        _check_metric_names(cfg, DATASETS)
         for phase, _ in cfg.get("workflow", []):
             if phase not in ("train", "val"):
                 raise ConfigError(f"workflow phase '{phase}' must be 'train' or 'val'")

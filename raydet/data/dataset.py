@@ -46,6 +46,51 @@ def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index)] + ([int(stream)] if stream else []))
 
 
+#: how many repaired or dropped annotations are warned about one by one before the rest are counted
+WARN_FIRST = 5
+
+
+def warn_problems(problems: list[str], source: str) -> None:
+    """One :class:`DataWarning` for each of the first :data:`WARN_FIRST` images with repaired or
+    dropped annotations, then one counting the rest (the full list goes to the debug log)."""
+    for text in problems[:WARN_FIRST]:
+        warnings.warn(text, DataWarning, stacklevel=3)
+    if len(problems) > WARN_FIRST:
+        warnings.warn(f"{source}: {len(problems) - WARN_FIRST} more images with repaired or dropped annotations "
+                      f"({len(problems)} in all; each is listed at log level DEBUG)", DataWarning, stacklevel=3)
+    for text in problems:
+        logger.debug(text)
+
+
+#: EXIF orientations that turn an image by 90 degrees (its decoded width and height swap)
+_TRANSPOSED = {5, 6, 7, 8}
+
+
+def check_images(infos, img_prefix: str, source: str) -> None:
+    """Every image of ``infos`` exists, is an image and has the ``width``/``height`` its
+    annotations give, read from the file's header (no full decode: ~0.1 ms an image), so a bad
+    image is found when the dataset is built, not epochs later. The size may also be the
+    transposed one when the file's EXIF orientation turns it (the decoder applies it). Raises
+    :class:`DataError` naming the image (and ``source``, the annotation file)."""
+    from PIL import Image, UnidentifiedImageError
+    for info in infos:
+        path = osp.join(img_prefix, info["filename"]) if img_prefix else info["filename"]
+        try:
+            with Image.open(path) as im:
+                size = im.size
+                turned = im.getexif().get(0x0112) in _TRANSPOSED
+        except FileNotFoundError:
+            raise DataError(f"image file not found: {path} (listed in {source})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            what = "is empty (0 bytes)" if osp.isfile(path) and osp.getsize(path) == 0 else \
+                f"is not a readable image ({type(exc).__name__}: {exc})"
+            raise DataError(f"image {path} {what}") from None
+        expected = (info["width"], info["height"])
+        if size != expected and not (turned and size[::-1] == expected):
+            raise DataError(f"image {path} is {size[0]}x{size[1]} but {source} gives width={expected[0]}, "
+                            f"height={expected[1]}")
+
+
 #: how often a sample's augmentation is drawn again when a transform drops it
 MAX_REDRAWS = 10
 
@@ -106,6 +151,12 @@ class CocoDataset(ImageSet):
     """
 
     CLASSES = None
+    METRICS = ("bbox", "segm")
+
+    @staticmethod
+    def metric_keys(metrics) -> list[str]:
+        """The keys :meth:`evaluate` returns for ``metrics``."""
+        return [f"{m}_{n}" for m in metrics for n in ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")]
 
     def __init__(self, ann_file, pipeline=(), classes=None, data_root=None, img_prefix="",
                  test_mode=False, filter_empty_gt=True, min_size=0, seed=0):
@@ -132,12 +183,18 @@ class CocoDataset(ImageSet):
             info = dict(self.coco.loadImgs([img_id])[0])
             info["filename"] = info["file_name"]
             infos.append(info)
-        anns = [self._parse_ann(info) for info in infos]
+        problems = []
+        anns = [self._parse_ann(info, problems) for info in infos]
+        warn_problems(problems, ann_file)
+        self.filtered = {}
         if not test_mode:
-            keep = [i for i, (info, ann) in enumerate(zip(infos, anns))
-                    if min(info["width"], info["height"]) >= min_size
-                    and (not filter_empty_gt or len(ann["labels"]) > 0)]
+            small = [min(info["width"], info["height"]) < min_size for info in infos]
+            empty = [filter_empty_gt and len(ann["labels"]) == 0 for ann in anns]
+            keep = [i for i in range(len(infos)) if not (small[i] or empty[i])]
+            self.filtered = {"images": len(infos), f"smaller than min_size={min_size}": sum(small),
+                             "without boxes (filter_empty_gt)": sum(e and not s for e, s in zip(empty, small))}
             infos, anns = [infos[i] for i in keep], [anns[i] for i in keep]
+        check_images(infos, img_prefix, ann_file)
         self.data_infos, self.ann_infos = infos, anns
         self.img_ids = [info["id"] for info in infos]
         self.flag = np.array([1 if i["width"] / i["height"] > 1 else 0 for i in infos], dtype=np.uint8)
@@ -158,26 +215,50 @@ class CocoDataset(ImageSet):
         for key in ("images", "annotations", "categories"):
             if not isinstance(data.get(key), list):
                 raise DataError(f"malformed annotation json {ann_file}: '{key}' list is missing")
+        for img in data["images"]:
+            if not isinstance(img, dict):
+                raise DataError(f"{ann_file}: an image entry is a {type(img).__name__}, not an object")
+            for key in ("id", "file_name", "width", "height"):
+                if key not in img:
+                    raise DataError(f"{ann_file}: image entry {img.get('id', img.get('file_name', '?'))!r} has no "
+                                    f"'{key}'")
+            if not all(isinstance(img[k], (int, float)) and not isinstance(img[k], bool) and img[k] > 0
+                       and float(img[k]).is_integer() for k in ("width", "height")):
+                raise DataError(f"{ann_file}: image {img['file_name']}: width={img['width']!r}, height={img['height']!r} "
+                                "must be positive whole numbers")
+        images = {img["id"]: img for img in data["images"]}
+        categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+        for ann in data["annotations"]:
+            if not isinstance(ann, dict):
+                raise DataError(f"{ann_file}: an annotation is a {type(ann).__name__}, not an object")
+            where = f"{ann_file}: annotation {ann.get('id', '?')}"
+            for key in ("image_id", "category_id", "bbox"):
+                if key not in ann:
+                    raise DataError(f"{where} has no '{key}'")
+            if ann["image_id"] not in images:
+                raise DataError(f"{where}: image_id {ann['image_id']!r} is not among the images")
+            name = images[ann["image_id"]]["file_name"]
+            if ann["category_id"] not in categories:
+                raise DataError(f"{where} (image {name}): category_id {ann['category_id']!r} is not among the "
+                                f"categories {sorted(categories)}")
+            box = ann["bbox"]
+            if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)):
+                raise DataError(f"{where} (image {name}): bbox {box!r} must be 4 finite numbers [x, y, w, h]")
         coco = COCO()
         coco.dataset = data
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 coco.createIndex()
-            for img in data["images"]:
-                img["id"], img["file_name"], img["width"], img["height"]  # noqa: B018 (validates)
-            for ann in data["annotations"]:
-                ann["image_id"], ann["category_id"]  # noqa: B018
-                if len(ann["bbox"]) != 4:
-                    raise ValueError(f"annotation {ann.get('id')} bbox must have 4 numbers")
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"malformed annotation json {ann_file}: {type(exc).__name__}: {exc}") from None
         return coco
 
-    def _parse_ann(self, info) -> dict:
+    def _parse_ann(self, info, problems: list) -> dict:
         """Boxes ``[x1, y1, x2, y2]`` clipped to the image; negative, zero-area and out-of-image
-        boxes are dropped with one warning naming the image."""
+        boxes are dropped; each image with such boxes adds a line naming it to ``problems``."""
         w_img, h_img = info["width"], info["height"]
-        bboxes, labels, masks, problems = [], [], [], []
+        bboxes, labels, masks, mine = [], [], [], []
         for ann in self.coco.imgToAnns.get(info["id"], []):
             if ann.get("ignore", False) or ann["category_id"] not in self.cat2label:
                 continue
@@ -185,24 +266,23 @@ class CocoDataset(ImageSet):
             if ann.get("iscrowd", 0):
                 continue
             if w < 0 or h < 0:
-                problems.append(f"annotation {ann.get('id')} has negative size w={w:g} h={h:g}")
+                mine.append(f"annotation {ann.get('id')} has negative size w={w:g} h={h:g}")
                 continue
             x1, y1 = max(x, 0.0), max(y, 0.0)
             x2, y2 = min(x + w, float(w_img)), min(y + h, float(h_img))
             if x2 <= x1 or y2 <= y1:
-                problems.append(f"annotation {ann.get('id')} box {ann['bbox']} has zero area inside "
+                mine.append(f"annotation {ann.get('id')} box {ann['bbox']} has zero area inside "
                                 f"the {w_img}x{h_img} image")
                 continue
             if (x1, y1, x2, y2) != (x, y, x + w, y + h):
-                problems.append(f"annotation {ann.get('id')} box {ann['bbox']} clipped to the image")
+                mine.append(f"annotation {ann.get('id')} box {ann['bbox']} clipped to the image")
             bboxes.append([x1, y1, x2, y2])
             labels.append(self.cat2label[ann["category_id"]])
             seg = ann.get("segmentation")
             masks.append([np.asarray(p, np.float64) for p in seg] if isinstance(seg, list) and seg
                          else [np.array([x1, y1, x2, y1, x2, y2, x1, y2], np.float64)])
-        if problems:
-            warnings.warn(f"{osp.join(self.img_prefix, info['filename'])}: " + "; ".join(problems),
-                          DataWarning, stacklevel=2)
+        if mine:
+            problems.append(f"{osp.join(self.img_prefix, info['filename'])}: " + "; ".join(mine))
         return dict(bboxes=np.array(bboxes, dtype=np.float32).reshape(-1, 4),
                     labels=np.array(labels, dtype=np.int64), masks=masks)
 

@@ -108,6 +108,10 @@ class LoadImageFromFile:
         img = mmcv.imfrombytes(buf, flag=self.color_type, channel_order=self.channel_order)
         if img is None:
             raise DataError(f"cannot decode image (corrupt or not an image): {filename}")
+        info = results["img_info"]
+        if "width" in info and "height" in info and (img.shape[1], img.shape[0]) != (info["width"], info["height"]):
+            raise DataError(f"image {filename} decodes to {img.shape[1]}x{img.shape[0]} but its annotations give "
+                            f"width={info['width']}, height={info['height']}")
         if self.to_float32:
             img = img.astype(np.float32)
         results.update(filename=filename, ori_filename=name, img=img, img_shape=img.shape,

@@ -49,10 +49,51 @@ ELLIPSE_POINTS = 32
 _SPLIT_ID = {"train": 0, "val": 1}
 
 
-def default_root(seed: int = 0) -> str:
-    """Cache directory of the dataset for ``seed`` (``$RAYDET_DATA`` or ``~/.cache/raydet``)."""
+def sizes(num_images: dict | None = None) -> dict:
+    """The split sizes: :data:`NUM_IMAGES` with ``num_images``'s overrides; each a count >= 1."""
+    out = {**NUM_IMAGES, **(num_images or {})}
+    for split, count in out.items():
+        if split not in NUM_IMAGES:
+            raise DataError(f"shapes num_images: unknown split {split!r}; the splits are {', '.join(NUM_IMAGES)}")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise DataError(f"shapes num_images[{split!r}]={count!r}: expected an int >= 1 (an empty split "
+                            "cannot train or evaluate)")
+    return out
+
+
+def default_root(seed: int = 0, num_images: dict | None = None) -> str:
+    """Cache directory of the dataset (``$RAYDET_DATA`` or ``~/.cache/raydet``), keyed by
+    everything that shapes it: the version, ``seed`` and the split sizes (when not the default)."""
     base = os.environ.get("RAYDET_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "raydet")
-    return os.path.join(base, f"shapes-v{VERSION}-seed{seed}")
+    counts = sizes(num_images)
+    tail = "" if counts == NUM_IMAGES else "-" + "-".join(f"{k}{v}" for k, v in counts.items())
+    return os.path.join(base, f"shapes-v{VERSION}-seed{seed}{tail}")
+
+
+MANIFEST = "shapes.json"
+
+
+def _held(root: str) -> dict | None:
+    """What the dataset in ``root`` is (``version``, ``seed``, ``num_images``), from its
+    manifest, or for a dataset of an older raydet without one, from its annotation files;
+    ``None`` when ``root`` holds no complete shapes dataset."""
+    try:
+        with open(os.path.join(root, MANIFEST)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    held = {"num_images": {}}
+    for split in NUM_IMAGES:
+        try:
+            with open(os.path.join(root, "annotations", f"instances_{split}.json")) as f:
+                data = json.load(f)
+            desc = data["info"]["description"]  # "raydet shapes v1, seed 0, split train"
+            version, seed = desc.split(", ")[0].split(" v")[1], desc.split(", ")[1].split(" ")[1]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return None
+        held.update(version=int(version), seed=int(seed))
+        held["num_images"][split] = len(data["images"])
+    return held
 
 
 def _polygon(kind: int, x: float, y: float, w: float, h: float, rng: np.random.Generator) -> np.ndarray:
@@ -130,37 +171,56 @@ def _split_annotations(split: str, seed: int, out_dir: str, count: int) -> dict:
 
 
 def generate(root: str, seed: int = 0, num_images: dict | None = None) -> str:
-    """Write the dataset into ``root`` (``train/``, ``val/``, ``annotations/``); returns ``root``.
+    """Write the dataset into ``root`` (``train/``, ``val/``, ``annotations/``, and the manifest
+    ``shapes.json`` saying what it is); returns ``root``.
 
     ``num_images`` overrides the split sizes (tests use small ones); image ``i`` of a split is the
-    same whatever the split size.
+    same whatever the split size. A ``root`` that already holds this dataset (same version and
+    seed, and the sizes ``num_images`` asks for; with ``num_images=None`` whatever sizes it has) is
+    used as it is; one holding another shapes dataset, or anything else, is a
+    :class:`DataError`: raydet neither reuses a dataset of other sizes nor deletes a directory it
+    did not create.
 
     Written into a temporary sibling directory and renamed into place, under a file lock, so
     concurrent callers (several workers on one node) generate it once and nobody ever sees a
     half-written dataset.
     """
-    if os.path.isfile(os.path.join(root, "annotations", "instances_val.json")):
+    wanted = dict(version=VERSION, seed=int(seed), num_images=sizes(num_images))
+
+    def ready() -> bool:
+        if not os.path.isdir(root) or not os.listdir(root):
+            return False
+        held = _held(root)
+        if held == wanted or (num_images is None and held is not None
+                              and (held.get("version"), held.get("seed")) == (VERSION, int(seed))):
+            return True
+        if held is None:
+            raise DataError(f"{root} exists and is not a complete shapes dataset (no {MANIFEST}, no readable "
+                            f"annotations); raydet does not delete a directory it did not create: remove it or "
+                            f"give another root")
+        raise DataError(f"{root} holds the shapes dataset {held}, not the one asked for {wanted}; give another "
+                        f"root (without one, the cache directory is keyed by seed and sizes)")
+
+    if ready():
         return root
     parent = os.path.dirname(os.path.abspath(root)) or "."
     os.makedirs(parent, exist_ok=True)
     with open(os.path.join(parent, f".{os.path.basename(root)}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isfile(os.path.join(root, "annotations", "instances_val.json")):
+        if ready():
             return root
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}-", dir=parent)
         try:
             for split in NUM_IMAGES:
                 os.makedirs(os.path.join(tmp, split))
             os.makedirs(os.path.join(tmp, "annotations"))
-            for split, count in {**NUM_IMAGES, **(num_images or {})}.items():
+            for split, count in wanted["num_images"].items():
                 coco = _split_annotations(split, seed, tmp, count)
                 with open(os.path.join(tmp, "annotations", f"instances_{split}.json"), "w") as f:
                     json.dump(coco, f, separators=(",", ":"))
-            if os.path.isdir(root):
-                if os.listdir(root):  # generation renames a complete tmp dir: this is not raydet's
-                    raise DataError(f"{root} exists and is not a complete shapes dataset (no "
-                                    f"annotations/instances_val.json); raydet does not delete a directory "
-                                    f"it did not create: remove it or give another root")
+            with open(os.path.join(tmp, MANIFEST), "w") as f:
+                json.dump(wanted, f)
+            if os.path.isdir(root):  # empty: ready() refused any other
                 os.rmdir(root)
             os.rename(tmp, root)
         finally:
@@ -171,4 +231,4 @@ def generate(root: str, seed: int = 0, num_images: dict | None = None) -> str:
 
 def ensure_shapes(root: str | None = None, seed: int = 0, num_images: dict | None = None) -> str:
     """Return the dataset root for ``seed``, generating it first if absent."""
-    return generate(root or default_root(seed), seed, num_images)
+    return generate(root or default_root(seed, num_images), seed, num_images)

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .dataset import DATASETS, ImageSet
+from .dataset import DATASETS, ImageSet, check_images
 from .mean_ap import eval_map
 from .pipelines import Compose
 
@@ -57,6 +57,7 @@ class XMLDataset(ImageSet):
             infos, anns = [infos[i] for i in keep], [anns[i] for i in keep]
         for ann in anns:
             ann.pop("has_class")
+        check_images(infos, self.img_prefix, ann_file)
         self.data_infos, self.ann_infos = infos, anns
         self.flag = np.array([1 if i["width"] / i["height"] > 1 else 0 for i in infos], dtype=np.uint8)
         self.pipeline = Compose(pipeline)
@@ -119,6 +120,12 @@ class XMLDataset(ImageSet):
         return self.ann_infos[idx]
 
     ap_mode = "area"
+    METRICS = ("mAP",)
+
+    @staticmethod
+    def metric_keys(metrics, iou_thr=0.5) -> list[str]:
+        thrs = [iou_thr] if isinstance(iou_thr, (int, float)) else list(iou_thr)
+        return ["mAP"] + [f"AP{int(t * 100):02d}" for t in thrs]
 
     def evaluate(self, results, metric="mAP", logger=None, iou_thr=0.5, **_):
         """mmdet's ``eval_map`` (IoU ``iou_thr``, a float or a list, legacy +1 coordinates,

@@ -32,6 +32,16 @@ class _Wrapper:
         self.dataset = dataset
         self.CLASSES = dataset.CLASSES
 
+    @property
+    def METRICS(self):  # noqa: N802 (the datasets' attribute name)
+        return getattr(self.dataset, "METRICS", None)
+
+    def metric_keys(self, metrics):
+        keys = self.dataset.metric_keys(metrics) if hasattr(self.dataset, "metric_keys") else None
+        if keys is not None and isinstance(self, ConcatDataset):
+            keys = [f"{i}_{k}" for i in range(len(self.datasets)) for k in keys]
+        return keys
+
     def _child(self, key, index, copy, copies):
         key = _key(key)
         return self.dataset[SampleKey(index, key.epoch, key.stream * copies + copy)]

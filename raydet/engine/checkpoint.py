@@ -72,10 +72,14 @@ def load_file(path: str, map_location="cpu", mmap: bool = False) -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to the user
-        text = str(exc)
-        if "WeightsUnpickler error:" in text:  # a readable file holding non-tensor objects
+        text = str(exc) or type(exc).__name__
+        if "WeightsUnpickler error:" in text and "global" in text:  # a readable pickle naming code to run
             detail = text.split("WeightsUnpickler error:")[1].strip().splitlines()[0]
-            raise CheckpointError(f"checkpoint {path} holds objects a weights-only load refuses: {detail}") from None
+            # torch's own text goes on to suggest weights_only=False: not a thing to tell a user
+            detail = detail.split(". ")[0].split(" was not an allowed global")[0]
+            raise CheckpointError(f"checkpoint {path} is refused for safety: it holds Python objects other than "
+                                  f"tensors and plain values ({detail}), and loading them could run code. raydet "
+                                  f"loads checkpoints weights-only; re-save it as a plain state dict") from None
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
                               f"({type(exc).__name__}: {text.splitlines()[0][:200]})") from None
     if not isinstance(obj, dict):
@@ -87,9 +91,17 @@ def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
-def load_weights(model: torch.nn.Module, path: str, logger: logging.Logger | None = None) -> dict:
-    """Non-strict weight loading (mmdet's ``load_from`` / ``init_cfg``): shapes that disagree are
-    skipped, and missing/unexpected/mismatched keys are logged. Returns the checkpoint."""
+def load_weights(model: torch.nn.Module, path: str, logger: logging.Logger | None = None,
+                 require: str = "nothing") -> dict:
+    """Weight loading by name (mmdet's ``load_from`` / ``init_cfg``): shapes that disagree are
+    skipped, and missing/unexpected/mismatched keys are logged. Returns the checkpoint.
+
+    ``require`` says what must load, else :class:`CheckpointError` lists what did not (nothing is
+    half-applied: the check runs before the weights are copied): ``'nothing'`` (``init_cfg``
+    Pretrained: load what matches), ``'backbone'`` (``load_from``: at least every backbone
+    tensor, so that a checkpoint of another architecture is not silently a run from scratch;
+    heads of another ``num_classes`` are re-initialised and reported), ``'all'`` (``raydet
+    test``: every tensor of the model, at its shape)."""
     log = logger or globals()["logger"]
     ckpt = load_file(path)
     state = strip_prefix(ckpt.get("state_dict", ckpt))
@@ -97,8 +109,29 @@ def load_weights(model: torch.nn.Module, path: str, logger: logging.Logger | Non
     adapt = getattr(module, "adapt_state_dict", None)  # e.g. mmdet zoo names -> the model's
     if adapt is not None:
         state = adapt(state, path)
+    if require != "nothing":
+        own = module.state_dict()
+        needed = list(own) if require == "all" else _backbone_keys(own)
+        lacking = [k for k in needed if k not in state or state[k].shape != own[k].shape]
+        if lacking or not needed:
+            what = "the model" if require == "all" else "the model's backbone"
+            shown = ", ".join(f"{k} ({'missing' if k not in state else 'shape ' + str(tuple(state[k].shape))})"
+                              for k in lacking[:5])
+            more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
+            hint = ("" if require == "all" else "; to start from whatever matches, load it as "
+                    "model.init_cfg=dict(type='Pretrained', checkpoint=...) instead of load_from")
+            raise CheckpointError(f"{path} does not fit {what}: {len(lacking)} of its {len(needed)} tensors do not "
+                                  f"load: {shown}{more}{hint}")
     load_state_non_strict(module, state, f"load weights from {path}", log)
     return ckpt
+
+
+def _backbone_keys(state: dict) -> list[str]:
+    """The keys of mmdet's ``backbone`` in a raydet detector's state: torchvision's
+    ``backbone.body`` (its ``backbone.fpn`` is mmdet's neck), or the whole ``backbone`` of a model
+    without a separate neck (SSD)."""
+    body = [k for k in state if ".backbone.body." in f".{k}"]
+    return body or [k for k in state if ".backbone." in f".{k}"]
 
 
 def load_state_non_strict(module: torch.nn.Module, state: dict, title: str, log: logging.Logger) -> None:
@@ -183,6 +216,23 @@ def find_latest_checkpoint(work_dir: str) -> str | None:
         except CheckpointError as exc:
             logger.warning(f"skipping unusable checkpoint: {exc}")
     return None
+
+
+def check_work_dir(work_dir: str) -> None:
+    """Make sure ``work_dir`` is, or can become, a directory this process writes in (created if
+    absent; a probe file is written and removed). :class:`ConfigError` names it otherwise: a
+    file in its place, a read-only or full filesystem, no permission. Called before anything is
+    built or moved."""
+    from ..errors import ConfigError
+    if os.path.exists(work_dir) and not os.path.isdir(work_dir):
+        raise ConfigError(f"work_dir {work_dir} is a file, not a directory")
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=work_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"work_dir {work_dir} is not writable: {exc.strerror or exc}") from None
 
 
 def set_aside(work_dir: str) -> str | None:

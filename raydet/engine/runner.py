@@ -220,8 +220,19 @@ class Runner:
             raise CheckpointError(f"cannot resume: checkpoint has state of hooks {sorted(state['hooks'])}, "
                                   f"this run has stateful hooks {sorted(own)}")
         configured = [group["lr"] for group in self.optimizer.param_groups]
+        own_weights = self._module().state_dict()
+        saved = state["state_dict"]
+        missing = [k for k in own_weights if k not in saved]
+        extra = [k for k in saved if k not in own_weights]
+        shaped = [f"{k} {tuple(saved[k].shape)} vs the model's {tuple(v.shape)}" for k, v in own_weights.items()
+                  if k in saved and hasattr(saved[k], "shape") and saved[k].shape != v.shape]
+        if missing or extra or shaped:
+            parts = [f"{label} {', '.join(items[:3])}" + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+                     for label, items in (("missing weights", missing), ("leftover weights", extra),
+                                          ("other shapes:", shaped)) if items]
+            raise CheckpointError("cannot resume: the checkpoint's model is not this model: " + "; ".join(parts))
         try:
-            self._module().load_state_dict(state["state_dict"], strict=True)
+            self._module().load_state_dict(saved, strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
             # The LR schedules start again from this run's configured LR, not the checkpoint's: with
             # auto_scale_lr it depends on the world size, which may differ after a restart.
@@ -265,5 +276,6 @@ class Runner:
         self.resumed_from = path
 
     def load_checkpoint(self, path: str) -> dict:
-        """Load weights only, non-strict, logging mismatched keys (mmdet's ``load_from``)."""
-        return load_weights(self.model, path, self.logger)
+        """Load weights only (mmdet's ``load_from``), logging mismatched keys; at least the
+        backbone must load (see :func:`load_weights`)."""
+        return load_weights(self.model, path, self.logger, require="backbone")

@@ -15,7 +15,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from .. import errors
 from ..config import load_config
-from ..engine.checkpoint import finished_meta, set_aside
+from ..engine.checkpoint import check_work_dir, finished_meta, set_aside
 from .worker import train_loop
 
 logger = logging.getLogger("raydet")
@@ -105,7 +105,9 @@ def run_dir(cfg) -> str:
 def resolve_work_dir(cfg) -> None:
     """A work_dir on a bucket (``s3://bucket/runs/name?endpoint_override=...``, ``gs://...``) is
     Ray's storage: ``ray.storage_path`` becomes its parent, and each node works in a local
-    directory of the same name under the temp dir (``/tmp/raydet/name``), whose checkpoints and
+    directory of the same name under the temp dir (``/tmp/raydet-staging/name``: not ``raydet``,
+    which, as a directory without ``__init__.py`` under a current directory of /tmp, would be an
+    importable namespace package shadowing the real one), whose checkpoints and
     logs are uploaded there. A local work_dir is made absolute. Environment variables in it
     (``s3://${RAYDET_BUCKET}/...``) are expanded here, on the machine that runs the driver (the
     head, for ``ray job submit`` and a KubeRay RayJob)."""
@@ -121,7 +123,11 @@ def resolve_work_dir(cfg) -> None:
     if cfg.ray.get("storage_path"):
         raise errors.ConfigError("work_dir is a bucket URI and ray.storage_path is set: give one of them")
     cfg.ray.storage_path = parent + sep + query
-    cfg.work_dir = os.path.join(tempfile.gettempdir(), "raydet", name)
+    cfg.work_dir = os.path.join(tempfile.gettempdir(), STAGING, name)
+
+
+#: the directory under the temp dir where a bucket run's files are staged on each node
+STAGING = "raydet-staging"
 
 
 def _num_workers(value) -> int | tuple[int, int]:
@@ -207,8 +213,9 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
         name = os.path.splitext(os.path.basename(cfg.filename or "raydet.py"))[0]
         cfg.work_dir = os.path.join("work_dirs", name)
     resolve_work_dir(cfg)
+    check_work_dir(cfg.work_dir)
     cfg.setdefault("auto_resume", True)
-    if cfg.auto_resume:
+    if cfg.auto_resume and cfg.get("resume_from") is None:  # an explicit resume_from comes first (mmdet)
         done = finished_meta(cfg.work_dir, cfg.runner.max_epochs)
         if done is not None:
             logger.info(f"the run in {cfg.work_dir} is complete ({done['iter']}/{done['max_iters']} iterations)")
@@ -227,6 +234,7 @@ def train_detector_on_ray(model, dataset, cfg, validate=False, timestamp=None, m
     through Ray's object store (never in a closure); each worker trains its copy."""
     cfg = load_config(cfg)
     resolve_work_dir(cfg)
+    check_work_dir(cfg.work_dir)
     cfg.setdefault("auto_resume", True)
     _init_ray((cfg.get("ray") or {}).get("address"))
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]

@@ -266,7 +266,9 @@ def train_loop(config: dict) -> dict:
     log = _setup_logging(rank)
     log.info(f"worker group of {ctx.get_world_size()} started (rank {rank} here, pid {os.getpid()}, "
              f"node {ray.get_runtime_context().get_node_id()})")
-    cfg = Config(config["cfg"])  # a plain dict: the config file need not exist on this node
+    # a plain dict: the config file need not exist on this node (its name only tells whether the
+    # file is the work_dir's own copy, see save_run_config)
+    cfg = Config(config["cfg"], filename=config.get("filename"))
     if cfg.get("device") == "cuda" or (cfg.get("device") is None and torch.cuda.is_available()):
         from ray.train.torch import get_device
         torch.cuda.set_device(get_device())

@@ -3,12 +3,34 @@ from __future__ import annotations
 
 import os
 
+from ...errors import ConfigError
 from ..dist import is_main
 from ..inference import evaluate_distributed
 from .base import PRIORITIES, Hook
 
 GREATER_KEYS = ("mAP", "AR", "acc", "top")
 LESS_KEYS = ("loss",)
+
+
+def check_metrics(dataset, metric, model=None, save_best=None, key: str = "evaluation.metric") -> list[str]:
+    """The metrics ``metric`` asks of ``dataset`` (a name or a list), checked before any
+    prediction is made: each must be one the dataset computes (``dataset.METRICS``), ``segm``
+    needs a model with a mask head, and ``save_best`` (other than ``'auto'``) must be one of the
+    keys they produce (``dataset.metric_keys``). Raises :class:`ConfigError` naming the key."""
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    known = getattr(dataset, "METRICS", None)
+    name = type(dataset).__name__
+    if known is not None:
+        for m in metrics:
+            if m not in known:
+                raise ConfigError(f"{key}={m!r}: {name} computes {', '.join(map(repr, known))}")
+    module = getattr(model, "module", model)
+    if "segm" in metrics and module is not None and not getattr(module, "with_mask", False):
+        raise ConfigError(f"{key}='segm': the model predicts no masks (it has no mask head); use 'bbox'")
+    keys = dataset.metric_keys(metrics) if hasattr(dataset, "metric_keys") else None
+    if save_best not in (None, "auto") and keys is not None and save_best not in keys:
+        raise ConfigError(f"evaluation.save_best={save_best!r} is not among the metrics {', '.join(keys)}")
+    return metrics
 
 
 class EvalHook(Hook):
@@ -30,11 +52,12 @@ class EvalHook(Hook):
                  metric="bbox", classwise=False, gpu_collect=False, tmpdir=None, greater_keys=None,
                  less_keys=None, autocast=None):
         if not by_epoch:
-            raise ValueError("evaluation.by_epoch=False is not supported by the epoch-based runner")
+            raise ConfigError("evaluation.by_epoch=False is not supported by the epoch-based runner")
         if rule not in (None, "greater", "less"):
-            raise ValueError(f"evaluation.rule must be 'greater' or 'less', got {rule!r}")
+            raise ConfigError(f"evaluation.rule must be 'greater' or 'less', got {rule!r}")
         if start is not None and start < 0:
-            raise ValueError(f"evaluation.start must be >= 0, got {start}")
+            raise ConfigError(f"evaluation.start must be >= 0, got {start}")
+        check_metrics(dataloader.dataset, metric, save_best=save_best)
         self.dataloader, self.start, self.interval = dataloader, start, interval
         self.save_best, self.rule = save_best, rule
         self.greater_keys = tuple(greater_keys or GREATER_KEYS)
@@ -67,7 +90,7 @@ class EvalHook(Hook):
         if key == "auto":
             key = next(k for k, v in metrics.items() if isinstance(v, float))
         if key not in metrics:
-            raise KeyError(f"evaluation.save_best='{key}' is not among the metrics {sorted(metrics)}")
+            raise ConfigError(f"evaluation.save_best='{key}' is not among the metrics {sorted(metrics)}")
         rule = self.rule
         if rule is None:
             if any(k in key for k in self.greater_keys):
@@ -75,7 +98,7 @@ class EvalHook(Hook):
             elif any(k in key for k in self.less_keys):
                 rule = "less"
             else:
-                raise ValueError(f"cannot infer evaluation.rule for '{key}'; set rule='greater' or 'less'")
+                raise ConfigError(f"cannot infer evaluation.rule for '{key}'; set rule='greater' or 'less'")
         return key, rule
 
     def _save_best(self, runner, metrics):
