@@ -60,6 +60,13 @@ def overrides(args, stamps):
         extra["model.backbone.init_cfg"] = None  # speed does not depend on the ImageNet weights
     if args.fp16:
         extra["fp16"] = dict(loss_scale="dynamic")
+    # the heads predict the shapes data's 3 classes (raydet refuses a num_classes other than the data's)
+    for head in ("model.bbox_head", "model.roi_head.bbox_head", "model.roi_head.mask_head"):
+        node = cfg
+        for part in head.split(".")[:-1] + [head.split(".")[-1]]:
+            node = (node or {}).get(part)
+        if node is not None and "num_classes" in node:
+            extra[f"{head}.num_classes"] = 3
     return {"seed": 0, "data.train": train, "data.samples_per_gpu": args.batch, "runner.max_epochs": args.epochs,
             "custom_hooks": [stamp_hook(stamps)], **extra}
 

@@ -391,10 +391,11 @@ def env_info() -> dict:
 
 
 def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, deterministic=None, extra_hooks=(),
-                      exp_name=None, drawn_seed=None):
+                      exp_name=None, drawn_seed=None, source=None):
     """Build the detector and datasets from ``cfg`` in this process and train (the body of
     ``raydet train --launcher none`` and of every Ray worker; every rank of the process group
-    calls it). ``drawn_seed``: the launcher's seed for a config without one (see
+    calls it). ``source``: the config file's path where this process sees it (to never write the
+    work_dir's config copy over it). ``drawn_seed``: the launcher's seed for a config without one (see
     :func:`run_seed`). Returns the finished runner."""
     from ..models import build_detector
     import_custom_modules(cfg)  # a Ray worker gets the config as a dict: import what it registers
@@ -419,6 +420,6 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
     runner, loaders = build_training(model, datasets, cfg, validate=validate, timestamp=timestamp, meta=meta,
                                      on_checkpoint=on_checkpoint, extra_hooks=extra_hooks)
     if get_rank() == 0:  # once every input has proven usable
-        save_run_config(saved, cfg.work_dir, meta["exp_name"], logger)
+        save_run_config(saved, cfg.work_dir, meta["exp_name"], logger, source=source or cfg.filename)
     runner.run(loaders, cfg.workflow)
     return runner

@@ -166,7 +166,7 @@ def _lookup(cfg, dotted: str):
 RUN_STATE = ("resume_from", "auto_resume")
 
 
-def save_run_config(cfg: Config, work_dir: str, name: str, logger=None) -> str | None:
+def save_run_config(cfg: Config, work_dir: str, name: str, logger=None, source: str | None = None) -> str | None:
     """Write the resolved config of a run to ``work_dir/<name>.py`` (mmdet's copy of the config
     in the work_dir), without :data:`RUN_STATE`. Nothing is written over: the user's own config
     at that path (a config kept in its work_dir) is left alone (``None`` is returned); an earlier
@@ -174,7 +174,7 @@ def save_run_config(cfg: Config, work_dir: str, name: str, logger=None) -> str |
     Returns the path written or kept."""
     import time
     path = os.path.join(work_dir, os.path.splitext(os.path.basename(name))[0] + ".py")
-    source = cfg.filename
+    source = source or cfg.filename  # the config file, where this process can see it
     if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
         if logger is not None:
             logger.info(f"the config {source} lives in the work_dir: its resolved form is not written over it")

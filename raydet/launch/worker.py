@@ -266,9 +266,7 @@ def train_loop(config: dict) -> dict:
     log = _setup_logging(rank)
     log.info(f"worker group of {ctx.get_world_size()} started (rank {rank} here, pid {os.getpid()}, "
              f"node {ray.get_runtime_context().get_node_id()})")
-    # a plain dict: the config file need not exist on this node (its name only tells whether the
-    # file is the work_dir's own copy, see save_run_config)
-    cfg = Config(config["cfg"], filename=config.get("filename"))
+    cfg = Config(config["cfg"])  # a plain dict: the config file need not exist on this node
     if cfg.get("device") == "cuda" or (cfg.get("device") is None and torch.cuda.is_available()):
         from ray.train.torch import get_device
         torch.cuda.set_device(get_device())
@@ -296,7 +294,7 @@ def train_loop(config: dict) -> dict:
             runner = train_from_config(cfg, validate=config["validate"], timestamp=config["timestamp"],
                                        on_checkpoint=reporter.on_saved, extra_hooks=hooks,
                                        exp_name=os.path.basename(config.get("filename") or "config.py"),
-                                       drawn_seed=config.get("seed"))
+                                       drawn_seed=config.get("seed"), source=config.get("filename"))
     except LeaveLoop as stop:
         if logs is not None:
             logs.sync(wait=True)
