@@ -196,7 +196,7 @@ def test_work_dir_on_a_bucket_holds_checkpoints_and_logs_and_a_new_machine_resum
     from pyarrow import fs
     uri_of, s3 = s3_bucket
     name = f"run-{os.getpid()}-{time.time_ns()}"
-    staging = os.path.join(tempfile.gettempdir(), "raydet", name)
+    staging = os.path.join(tempfile.gettempdir(), "raydet-staging", name)
 
     def files():
         infos = s3.get_file_info(fs.FileSelector(f"raydet-test/runs/{name}", recursive=True))
