@@ -94,11 +94,10 @@ def _test_parser(sub):
 
 
 def setup_console_logging(level=logging.INFO):
+    from .engine.hooks.logger import console_handler
     log = logging.getLogger("raydet")
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-        log.addHandler(handler)
+        log.addHandler(console_handler(sys.stdout))
     log.setLevel(level)
     log.propagate = False
     return log
@@ -155,17 +154,16 @@ def cmd_train(args) -> int:
     log = setup_console_logging()
     cfg = prepare_train_config(args)
     if args.launcher == "ray":
-        if not (cfg.ray.get("address") or os.environ.get("RAY_ADDRESS")) and "ray" not in sys.modules:
-            # A local instance stays on loopback; Ray reads this once, when it is imported.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        from .launch import train as ray_train
+        from .launch import train as ray_train  # a local instance it starts stays on loopback
+        start = time.time()
         result = ray_train(cfg, validate=not args.no_validate)
-        metrics = {k: v for k, v in (result.metrics or {}).items() if "mAP" in k and isinstance(v, float)}
-        print(f"final metrics: {metrics}")
-        if result.checkpoint is not None:
-            print(f"checkpoint: {result.checkpoint.path}")
+        ret = getattr(result, "return_value", None) or {}
+        print(summary(result.metrics or {}, cfg.work_dir, time.time() - start, best=ret.get("best_checkpoint"),
+                      best_score=ret.get("best_score"), last=ret.get("last_checkpoint"),
+                      ray_checkpoint=result.checkpoint.path if result.checkpoint is not None else None))
         return 0
     from .apis import train_from_config
+    from .apis.train import checkpoint_dirs_of
     from .engine.checkpoint import finished_meta, set_aside
     if "://" in cfg.work_dir:
         raise RaydetError(f"work_dir={cfg.work_dir}: a bucket work_dir needs the Ray launcher (--launcher ray)")
@@ -173,7 +171,7 @@ def cmd_train(args) -> int:
     if cfg.get("auto_resume") is None:
         cfg.auto_resume = True
     if cfg.auto_resume and cfg.get("resume_from") is None:  # an explicit resume_from comes first (mmdet)
-        done = finished_meta(cfg.work_dir, cfg.runner.max_epochs)
+        done = finished_meta(checkpoint_dirs_of(cfg), cfg.runner.max_epochs)
         if done is not None:
             print(f"raydet: {cfg.work_dir} is already complete ({done['iter']}/{done['max_iters']} iterations)")
             print(f"checkpoint: {os.path.join(cfg.work_dir, 'latest.pth')}")
@@ -184,11 +182,27 @@ def cmd_train(args) -> int:
     start = time.time()
     runner = train_from_config(cfg, validate=not args.no_validate)
     evals = [h for h in runner.hooks if hasattr(h, "last_metrics") and h.last_metrics]
-    metrics = {k: v for k, v in evals[0].last_metrics.items() if isinstance(v, float)} if evals else {}
-    log.info(f"training took {(time.time() - start) / 60:.2f} min")
-    print(f"final metrics: {metrics}")
-    print(f"checkpoint: {os.path.join(cfg.work_dir, 'latest.pth')}")
+    msgs = runner.meta.get("hook_msgs") or {}
+    print(summary(evals[0].last_metrics if evals else {}, cfg.work_dir, time.time() - start,
+                  best=msgs.get("best_ckpt"), best_score=msgs.get("best_score"),
+                  last=msgs.get("last_ckpt") or runner.resumed_from))
     return 0
+
+
+def summary(metrics: dict, work_dir: str, seconds: float, best=None, best_score=None, last=None,
+            ray_checkpoint=None) -> str:
+    """The block that ends ``raydet train``: final metrics (the mAPs), the best and the last
+    checkpoint, the work_dir and the time taken."""
+    maps = {k: round(v, 4) for k, v in metrics.items() if "mAP" in k and isinstance(v, float)}
+    lines = ["=" * 30 + " raydet: training finished " + "=" * 30, f"final metrics: {maps}"]
+    if best:
+        lines.append(f"best checkpoint: {best}" + (f" (score {best_score:.4f})" if best_score is not None else ""))
+    if last:
+        lines.append(f"last checkpoint: {last}")
+    if ray_checkpoint:
+        lines.append(f"Ray's checkpoint: {ray_checkpoint}")
+    lines += [f"work_dir: {work_dir}", f"time: {seconds / 60:.2f} min", "=" * 87]
+    return "\n".join(lines)
 
 
 def cmd_test(args) -> int:

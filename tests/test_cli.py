@@ -22,6 +22,11 @@ def test_train_in_process_then_test(shapes_root, tmp_path):
     out = _run("train", cfg_path, "--launcher", "none", "--work-dir", str(work), "--seed", "3")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final metrics: {'bbox_mAP':" in out.stdout and (work / "latest.pth").exists()
+    assert f"last checkpoint: {work / 'epoch_1.pth'}" in out.stdout and f"work_dir: {work}" in out.stdout
+    # the hook-order table goes to the log file; the console gets one line naming the hooks
+    assert "Hooks will be executed" not in out.stdout and "hooks: StepLrUpdaterHook, OptimizerHook" in out.stdout
+    (log,) = [p for p in os.listdir(work) if p.endswith(".log")]
+    assert "after_train_iter:\n(40 ) OptimizerHook" in open(work / log).read()
     assert (work / "tiny.py").exists()  # the resolved config is dumped into the work_dir
     tested = _run("test", cfg_path, str(work / "latest.pth"), "--eval", "bbox")
     assert tested.returncode == 0, tested.stderr[-3000:]

@@ -3,6 +3,7 @@
 One local Ray instance serves this module; the cluster test starts its own head (temp dir, free
 ports, token auth) in a subprocess and stops only that head.
 """
+import collections
 import glob
 import json
 import os
@@ -140,6 +141,32 @@ def test_worker_sigkill_with_epoch_checkpoints_recovers_exactly(baseline, shapes
     _check_recovery(work, tmp_path, baseline[0], ipe)
 
 
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(baseline, shapes_root, tmp_path):
+    """The newest checkpoint (Ray's and the work_dir's: one file, hard-linked) lost its last write
+    before the worker died: the restart skips it, resumes from the one before and still ends
+    bitwise equal to the uninterrupted run."""
+    work, result = _chaos_run(shapes_root, tmp_path, dict(interval=4, by_epoch=False),
+                              dict(at_iter=8, action="corrupt", rank=0))
+    assert result.metrics["done"]
+    log = open(glob.glob(str(work / "*.log"))[0]).read()
+    assert re.search(r"resumed from \S+iter_4\.pth at .*\(completed: \d+ epochs, 4 iterations\)", log)
+    _check_recovery(work, tmp_path, baseline[0], 8)
+
+
+def test_out_dir_without_latest_link_ends_a_ray_run_cleanly(ray_local, shapes_root, tmp_path):
+    """checkpoint_config.out_dir (mmcv's out_dir/<work_dir's name>) and create_symlink=False: the
+    final report names the last checkpoint itself; nothing looks for latest.pth."""
+    import raydet
+    ckpt = dict(interval=4, by_epoch=False, out_dir=str(tmp_path / "out"), create_symlink=False)
+    result = raydet.train(ray_config(shapes_root, tmp_path / "run", checkpoint_config=ckpt,
+                                     runner=dict(max_epochs=1)))
+    assert result.metrics["done"] and not (tmp_path / "out" / "run" / "latest.pth").exists()
+    last = max(glob.glob(str(tmp_path / "out" / "run" / "iter_*.pth")), key=os.path.getmtime)
+    final = os.path.join(result.checkpoint.path, "checkpoint.pth")
+    assert os.path.samefile(final, last) or open(final, "rb").read() == open(last, "rb").read()
+    assert result.return_value["last_checkpoint"] == last
+
+
 def test_storage_path_gets_the_checkpoints_and_a_fresh_work_dir_resumes(ray_local, shapes_root, tmp_path):
     """ray.storage_path apart from the work_dir (a bucket's stand-in): every checkpoint is uploaded
     there in the background; a second run on an empty work_dir (another machine) resumes from it."""
@@ -202,7 +229,9 @@ def test_work_dir_on_a_bucket_holds_checkpoints_and_logs_and_a_new_machine_resum
         infos = s3.get_file_info(fs.FileSelector(f"raydet-test/runs/{name}", recursive=True))
         return {i.path.split(f"runs/{name}/", 1)[1] for i in infos if i.type == fs.FileType.File}
 
-    result = raydet.train(ray_config(shapes_root, uri_of(f"runs/{name}"), runner=dict(max_epochs=2)))
+    evaluation = dict(interval=1, metric="bbox", save_best="auto")
+    result = raydet.train(ray_config(shapes_root, uri_of(f"runs/{name}"), runner=dict(max_epochs=2),
+                                     evaluation=evaluation))
     assert re.fullmatch(rf"raydet-test/runs/{name}/checkpoint_final_\d+", result.checkpoint.path)
     first = files()
     assert result.checkpoint.path.split(f"{name}/")[1] + "/checkpoint.pth" in first
@@ -215,8 +244,16 @@ def test_work_dir_on_a_bucket_holds_checkpoints_and_logs_and_a_new_machine_resum
     assert "Epoch [2][" in log and re.search(r"reported to Ray in [\d.]+ s \(upload: async\)", log)
     assert not glob.glob(os.path.join(staging, "checkpoint_*"))  # uploaded, then removed locally
 
+    (best,) = [f for f in first if re.fullmatch(r"logs/best_bbox_mAP_epoch_\d\.pth", f)]  # the best model too
+    assert os.path.basename(best) == os.path.basename(result.return_value["best_checkpoint"])
+    with s3.open_input_stream(f"raydet-test/runs/{name}/{log_name}.json") as f:
+        records = f.read().decode().splitlines(keepends=True)
+    with s3.open_output_stream(f"raydet-test/runs/{name}/{log_name}.json") as f:
+        f.write("".join(records[:3]).encode())  # the background copy of the logs lagged behind
+
     shutil.rmtree(staging)  # another machine: nothing local
-    raydet.train(ray_config(shapes_root, uri_of(f"runs/{name}"), runner=dict(max_epochs=3)))
+    second = raydet.train(ray_config(shapes_root, uri_of(f"runs/{name}"), runner=dict(max_epochs=3),
+                                     evaluation=evaluation))
     log = open(glob.glob(os.path.join(staging, "*.log"))[0]).read()
     resumed = re.findall(r"resumed from (\S+) at .*\(completed: \d+ epochs, (\d+) iterations", log)
     per_epoch = int(re.search(r"world size 2: (\d+) iterations per epoch", log).group(1))
@@ -227,6 +264,12 @@ def test_work_dir_on_a_bucket_holds_checkpoints_and_logs_and_a_new_machine_resum
     with s3.open_input_stream(f"raydet-test/runs/{name}/{log_name}") as f:
         log = f.read().decode()  # one log for the run, whichever machine trained which epoch
     assert "Epoch [2][" in log and "Epoch [3][" in log
+    vals = [r["epoch"] for r in _records(staging) if r.get("mode") == "val"]
+    assert vals == [1, 2, 3]
+    # save_best went on from the first machine's best: one best file, here and in the bucket
+    bests = [f for f in files() if f.startswith("logs/best_")]
+    assert len(bests) == 1 and len(glob.glob(os.path.join(staging, "best_*.pth"))) == 1
+    assert os.path.basename(second.return_value["best_checkpoint"]) == os.path.basename(bests[0])
     shutil.rmtree(staging)
 
 
@@ -312,7 +355,11 @@ def test_driver_loss_then_rerun_resumes(ray_local, shapes_root, tmp_path):
     assert (tmp_path / "run" / "iter_8.pth").exists()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "final metrics" in out.stdout
+    assert "final metrics" in out.stdout and "raydet: training finished" in out.stdout
+    console = re.sub(r"\d{4}-\d\d-\d\d [\d:,]+|pid=\d+|ip=[\d.]+", "", out.stdout + out.stderr).splitlines()
+    repeated = {line: n for line, n in collections.Counter(console).items() if n > 3 and line.strip()}
+    assert not repeated, repeated  # a console a person can read
+    assert "Hooks will be executed" not in out.stdout  # the table is in the log file
     ips = set(re.findall(r"\bip=([0-9.]+)", out.stdout + out.stderr))
     assert ips == {"127.0.0.1"}, ips  # every Ray process that logged, the training workers included
     records = [(r["epoch"], r["iter"]) for r in _records(tmp_path / "run") if r.get("mode") == "train"]
@@ -352,3 +399,26 @@ def test_a_seedless_run_restarted_before_its_first_checkpoint_keeps_the_drivers_
     assert len(seeds) == 2 and len(set(seeds)) == 1, seeds  # rank 0 of each attempt
     from raydet.engine import load_file  # the checkpoints carry that seed
     assert load_file(str(work / "latest.pth"))["meta"]["seed"] == int(seeds[0])
+
+
+def test_a_local_instance_is_kept_on_loopback_unless_ray_would_join_a_cluster(tmp_path):
+    """The Python API (a notebook) gets the CLI's rule: importing raydet's launcher before ray
+    keeps a local instance on 127.0.0.1 — except where ray.init() joins a cluster (RAY_ADDRESS,
+    or one that `ray start` recorded on this node), or ray was imported first."""
+    code = ("import os, sys; {pre} import raydet.launch; "
+            "print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))")
+    base = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    base.update(PYTHONPATH=REPO, RAY_TMPDIR=str(tmp_path))
+
+    def setting(pre="", **env):
+        out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], env=dict(base, **env),
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()[-1]
+
+    assert setting() == "0"
+    assert setting(RAY_ADDRESS="10.0.0.5:6379") == "None"
+    assert setting(pre="import ray;") == "None"
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("10.0.0.5:6379")  # `ray start` ran on this node
+    assert setting() == "None"

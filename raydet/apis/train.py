@@ -15,6 +15,7 @@ from ..data import build_dataloader, build_dataset
 from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterTimerHook, OptimizerHook,
                       Precision, Runner, TensorboardLoggerHook, TextLoggerHook, build_lr_hook,
                       build_optimizer, find_latest_checkpoint, load_file)
+from ..engine.checkpoint import checkpoint_dirs
 from ..engine.dist import all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist
 from ..engine.hooks import HOOKS, MOMENTUM_POLICIES
 from ..config import import_custom_modules
@@ -77,11 +78,17 @@ def run_seed(cfg, resume: str | None = None, drawn: int | None = None) -> int:
     return choice[0]
 
 
+def checkpoint_dirs_of(cfg) -> list[str]:
+    """The directories of ``cfg``'s run that hold its periodic checkpoints: the work_dir, and
+    ``checkpoint_config.out_dir``'s sub-directory for it (see :func:`checkpoint_dirs`)."""
+    return checkpoint_dirs(cfg.work_dir, (cfg.get("checkpoint_config") or {}).get("out_dir"))
+
+
 def resume_path(cfg) -> str | None:
-    """``resume_from``, else with ``auto_resume`` the work_dir's newest loadable checkpoint."""
+    """``resume_from``, else with ``auto_resume`` the run's newest loadable checkpoint."""
     resume = cfg.get("resume_from")
     if resume is None and cfg.get("auto_resume"):
-        resume = find_latest_checkpoint(cfg.work_dir) if os.path.isdir(cfg.work_dir) else None
+        resume = find_latest_checkpoint(*checkpoint_dirs_of(cfg))
     return resume
 
 
@@ -286,8 +293,10 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         torch.backends.cudnn.benchmark = True
     model = sync_batchnorm(model, cfg.get("model"), device, world).to(device)
     if is_dist() and world > 1:  # a group of one has nothing to synchronise
+        # mmdet's broadcast_buffers=False, by its new name: each rank's BatchNorm statistics stay its
+        # own between steps (they are equal at the start: same seed, same checkpoint)
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+            model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False,
             find_unused_parameters=cfg.get("find_unused_parameters", False))
     optimizer_cfg = copy.deepcopy(dict(cfg.optimizer))
     lr_cfg = copy.deepcopy(dict(cfg.get("lr_config") or {}))

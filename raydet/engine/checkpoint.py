@@ -36,9 +36,24 @@ from ..errors import CheckpointError
 logger = logging.getLogger("raydet")
 
 
+#: names of the temporary files :func:`save_file` and :func:`link_latest` rename into place; a
+#: process killed before the rename leaves one behind (:func:`remove_orphans` clears them)
+_TMP_FILE = re.compile(r"^(\.tmp-.*\.pth|.+\.pth\.tmp-\d+)$")
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable: without it a power loss can undo the rename
+    although the file's data was synced."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_file(obj: dict, path: str) -> None:
-    """``torch.save`` to a temp file in the same directory, fsync, then rename over ``path``:
-    a crash leaves either the old file or the new one, never half of one."""
+    """``torch.save`` to a temp file in the same directory, fsync, rename over ``path``, fsync the
+    directory: a crash leaves either the old file or the new one, never half of one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
@@ -52,6 +67,7 @@ def save_file(obj: dict, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(directory)
 
 
 def link_latest(target: str, link: str) -> None:
@@ -61,6 +77,24 @@ def link_latest(target: str, link: str) -> None:
         os.unlink(tmp)
     os.symlink(os.path.basename(target), tmp)
     os.replace(tmp, link)
+    _fsync_dir(os.path.dirname(os.path.abspath(link)))
+
+
+def remove_orphans(directory: str) -> list[str]:
+    """Delete the temporary files of checkpoint writes that a killed process left in
+    ``directory`` (only names :func:`save_file`/:func:`link_latest` make). Call it where no write
+    is in flight: at the start of a run, on the rank that writes. Returns the removed paths."""
+    removed = []
+    if os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if _TMP_FILE.match(name) and (os.path.islink(path) or os.path.isfile(path)):
+                os.unlink(path)
+                removed.append(path)
+    if removed:
+        logger.info(f"removed {len(removed)} unfinished checkpoint write(s) of an earlier attempt: "
+                    + ", ".join(os.path.basename(p) for p in removed))
+    return removed
 
 
 def load_file(path: str, map_location="cpu", mmap: bool = False) -> dict:
@@ -195,24 +229,50 @@ def restore_rng(saved, rank: int, seed: int, iteration: int) -> str:
 _NUMBERED = re.compile(r"^(epoch|iter)_(\d+)\.pth$")
 
 
-def find_latest_checkpoint(work_dir: str) -> str | None:
-    """The newest loadable checkpoint of ``work_dir``: ``latest.pth`` if it loads, else the
-    highest-numbered ``epoch_N.pth``/``iter_N.pth`` that does (corrupt ones are skipped with a
-    warning). ``None`` when there is none."""
-    candidates = []
-    latest = os.path.join(work_dir, "latest.pth")
-    if os.path.exists(latest):
-        candidates.append(latest)
-    numbered = []
-    for path in glob.glob(os.path.join(work_dir, "*.pth")):
-        m = _NUMBERED.match(os.path.basename(path))
-        if m:
-            numbered.append((int(m.group(2)), path))
-    candidates += [p for _, p in sorted(numbered, reverse=True)]
-    for path in candidates:
+def checkpoint_progress(path: str) -> tuple[int, int]:
+    """How far the training checkpoint ``path`` got, in units that do not depend on the world
+    size: ``(epoch, global batches of it consumed)``, read from its sampler position without
+    reading the weights. :class:`CheckpointError` when it is unreadable or not a raydet training
+    checkpoint."""
+    try:
+        sampler = load_file(path, mmap=True)["sampler"]
+        return int(sampler["epoch"]), int(sampler["start_batch"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path} has no sampler position: not a raydet training checkpoint") from None
+
+
+def checkpoint_dirs(work_dir: str, out_dir: str | None = None) -> list[str]:
+    """Where a run's periodic checkpoints are: the work_dir, and with ``checkpoint_config.out_dir``
+    that directory's ``<work_dir's name>`` sub-directory (mmcv 1.x's layout, so that runs sharing
+    an ``out_dir`` stay apart)."""
+    dirs = [work_dir]
+    if out_dir:
+        dirs.append(os.path.join(out_dir, os.path.basename(os.path.normpath(work_dir))))
+    return dirs
+
+
+def find_latest_checkpoint(*dirs: str) -> str | None:
+    """The newest loadable checkpoint in ``dirs``: of the ``epoch_N.pth``/``iter_N.pth`` files
+    (and ``latest.pth``'s target), the one that got furthest by its own sampler position
+    (:func:`checkpoint_progress`), not by ``latest.pth``: a kill between writing a checkpoint
+    and re-linking leaves the link at the one before. Corrupt files are skipped with a warning.
+    ``None`` when there is none."""
+    paths = set()
+    for directory in dirs:
+        for path in glob.glob(os.path.join(directory, "*.pth")) if directory and os.path.isdir(directory) else []:
+            name = os.path.basename(path)
+            if _NUMBERED.match(name) or (name == "latest.pth" and os.path.exists(path)):
+                paths.add(os.path.realpath(path))
+    ranked = []
+    for path in paths:
         try:
-            load_file(path)
-            return os.path.realpath(path) if os.path.islink(path) else path
+            ranked.append((checkpoint_progress(path), path))
+        except CheckpointError as exc:
+            logger.warning(f"skipping unusable checkpoint: {exc}")
+    for _, path in sorted(ranked, reverse=True):
+        try:
+            load_file(path)  # the whole file: mmap reads no tensor bytes, so corruption there shows only now
+            return path
         except CheckpointError as exc:
             logger.warning(f"skipping unusable checkpoint: {exc}")
     return None
@@ -249,12 +309,13 @@ def set_aside(work_dir: str) -> str | None:
     return old
 
 
-def finished_meta(work_dir: str, max_epochs: int) -> dict | None:
-    """Meta of the work_dir's newest checkpoint when that run already reached ``max_epochs``."""
-    latest = find_latest_checkpoint(work_dir) if os.path.isdir(work_dir) else None
+def finished_meta(dirs: list[str], max_epochs: int) -> dict | None:
+    """Meta of the newest checkpoint in ``dirs`` (:func:`checkpoint_dirs`) when that run already
+    reached ``max_epochs``."""
+    latest = find_latest_checkpoint(*dirs)
     if latest is None:
         return None
-    meta = load_file(latest)["meta"]
+    meta = load_file(latest, mmap=True)["meta"]
     done = meta["iter"] >= meta.get("max_iters", float("inf")) and meta.get("max_epochs") == max_epochs
     return meta if done else None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
+import numpy as np
 import torch
 
 from .dist import broadcast_object, gather_objects, get_world_size, is_main
@@ -29,9 +30,23 @@ class ProgressBar:
         self.stream.flush()
 
 
+def encode_mask_results(result):
+    """mmdet's ``encode_mask_results``: a ``(bbox_result, segm_result)`` prediction with each
+    binary ``HxW`` mask as a COCO RLE (a few hundred bytes instead of ``H*W``, which is what
+    crosses to rank 0 and into ``--out`` files); a box-only prediction is returned as it is."""
+    if not isinstance(result, tuple):
+        return result
+    from pycocotools import mask as mask_util
+    bbox_result, segm_result = result[0], result[1]
+    encoded = [[m if isinstance(m, dict) else mask_util.encode(np.asfortranarray(np.asarray(m, dtype=np.uint8)))
+                for m in masks] for masks in segm_result]
+    return (bbox_result, encoded) + tuple(result[2:])
+
+
 @torch.no_grad()
 def inference(model, data_loader, progress: bool = False, autocast=None) -> list:
-    """This rank's predictions over ``data_loader``, in loader order (``model`` left in eval mode).
+    """This rank's predictions over ``data_loader``, in loader order (``model`` left in eval mode);
+    masks as RLE (:func:`encode_mask_results`).
 
     ``progress`` shows a bar over the whole dataset (rank 0 counts ``world_size`` images per image
     it predicts, as mmdet's multi_gpu_test does)."""
@@ -44,7 +59,7 @@ def inference(model, data_loader, progress: bool = False, autocast=None) -> list
                 out = model(return_loss=False, rescale=True, **data)
         else:
             out = model(return_loss=False, rescale=True, **data)
-        results.extend(out)
+        results.extend(encode_mask_results(r) for r in out)
         if bar:
             bar.update(min(len(out) * get_world_size(), bar.total - bar.done))
     return results

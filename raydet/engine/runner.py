@@ -19,6 +19,7 @@ from ..errors import CheckpointError
 from .checkpoint import link_latest, load_file, load_weights, restore_rng, rng_state, save_file, strip_prefix
 from .dist import gather_objects, get_rank, get_world_size, is_main
 from .hooks import Hook, LogBuffer, get_priority
+from .hooks.logger import FILE_ONLY
 
 STAGES = ("before_run", "before_train_epoch", "before_train_iter", "after_train_iter",
           "after_train_epoch", "before_val_epoch", "before_val_iter", "after_val_iter",
@@ -102,7 +103,9 @@ class Runner:
         self._max_iters = self._max_epochs * self.iters_per_epoch
         self.call_hook("before_run")  # first: the text logger hook opens the run's log file here
         self.logger.info(f"Start running, work_dir: {self.work_dir}")
-        self.logger.info(self.hook_order())
+        self.logger.info(self.hook_order(), extra=FILE_ONLY)
+        self.logger.info(f"{len(self._hooks)} hooks: " + ", ".join(type(h).__name__ for h in self._hooks)
+                         + " (the order at each stage: in the log file)")
         self.logger.info(f"workflow: {workflow}, max: {self._max_epochs} epochs, world size {get_world_size()}: "
                          f"{self.iters_per_epoch} iterations per epoch")
         if self.resumed_from:

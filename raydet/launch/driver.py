@@ -16,6 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from .. import errors
 from ..config import load_config
 from ..engine.checkpoint import check_work_dir, finished_meta, set_aside
+from ..apis.train import checkpoint_dirs_of
 from .worker import train_loop
 
 logger = logging.getLogger("raydet")
@@ -79,17 +80,24 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``), or start a local instance: on loopback only
+    (Ray otherwise binds the machine's interface address), with its dashboard on 127.0.0.1
+    (Ray Train's placement-group cleaner polls the State API it serves, and logs a warning every
+    few seconds without it), and no preemption watcher (one machine has no node that a cloud
+    could drain; the watcher's actor logs an error line at every start). Nothing happens when
+    Ray is already initialised (a notebook's own ``ray.init``)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
         return
-    # A local instance stays on loopback (Ray otherwise binds the machine's interface address).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # loopback: set when raydet.launch was imported, before ray (see raydet.launch)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # Ray passes it to its controller
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV})
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             runtime_env={"env_vars": WORKER_ENV})
 
 
 def run_dir(cfg) -> str:
@@ -131,14 +139,12 @@ STAGING = "raydet-staging"
 
 
 def _num_workers(value) -> int | tuple[int, int]:
-    """``ray.num_workers``: a fixed count, or ``(min, max)`` for an elastic group."""
-    if isinstance(value, int) and value >= 1:
-        return value
-    if (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)
-            and 1 <= value[0] <= value[1]):
-        return tuple(value)
-    raise errors.ConfigError(f"ray.num_workers must be a positive int or (min, max) with 1 <= min <= max, "
-                             f"got {value!r}")
+    """``ray.num_workers``: a fixed count, or ``(min, max)`` for an elastic group (checked as
+    the config schema checks it: a config given as a dict reaches here too)."""
+    from ..config.schema import NUM_WORKERS
+    if not NUM_WORKERS.check(value):
+        raise errors.ConfigError(f"ray.num_workers={value!r}: expected {NUM_WORKERS.text}")
+    return value if isinstance(value, int) else tuple(value)
 
 
 def _fresh_start(cfg) -> None:
@@ -216,7 +222,7 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
     check_work_dir(cfg.work_dir)
     cfg.setdefault("auto_resume", True)
     if cfg.auto_resume and cfg.get("resume_from") is None:  # an explicit resume_from comes first (mmdet)
-        done = finished_meta(cfg.work_dir, cfg.runner.max_epochs)
+        done = finished_meta(checkpoint_dirs_of(cfg), cfg.runner.max_epochs)
         if done is not None:
             logger.info(f"the run in {cfg.work_dir} is complete ({done['iter']}/{done['max_iters']} iterations)")
             result = ray.train.Result.from_path(run_dir(cfg))

@@ -1,6 +1,7 @@
 """What runs on every Ray Train worker."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -22,19 +23,10 @@ CKPT_FILE = "checkpoint.pth"
 def _setup_logging(rank: int) -> logging.Logger:
     log = logging.getLogger("raydet")
     if rank == 0 and not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-        log.addHandler(handler)
+        from ..engine.hooks.logger import console_handler
+        log.addHandler(console_handler(sys.stdout))
     log.propagate = False
     return log
-
-
-def _progress(path: str) -> tuple[int, int]:
-    """How far a checkpoint got, in units that do not depend on the world size: (epoch, global
-    batches of it consumed)."""
-    from ..engine.checkpoint import load_file
-    sampler = load_file(path)["sampler"]
-    return int(sampler["epoch"]), int(sampler["start_batch"])
 
 
 def _local_file(ckpt, work_dir: str) -> str:
@@ -57,41 +49,112 @@ def _local_file(ckpt, work_dir: str) -> str:
     return os.path.join(target, CKPT_FILE)
 
 
-def choose_resume(work_dir: str, resume_from: str | None) -> str | None:
+def _ray_candidates() -> list:
+    """Ray's checkpoints of this run, newest first: ``get_checkpoint()``, then every other one it
+    still keeps (``num_to_keep``), latest report first."""
+    from ray.train import CheckpointConsistencyMode
+    latest = ray.train.get_checkpoint()
+    # at an attempt's start nothing of it is in flight, so this returns at once
+    kept = [r.checkpoint for r in ray.train.get_all_reported_checkpoints(
+        consistency_mode=CheckpointConsistencyMode.COMMITTED)]
+    ordered = ([latest] if latest is not None else []) + kept[::-1]
+    seen, out = set(), []
+    for ckpt in ordered:
+        if ckpt.path not in seen:
+            seen.add(ckpt.path)
+            out.append(ckpt)
+    return out
+
+
+def _newest_valid_ray_checkpoint(work_dir: str, log: logging.Logger):
+    """``(checkpoint, local path)`` of Ray's newest checkpoint whose file loads (corrupt ones are
+    skipped with a warning, and the next older one Ray keeps is tried), or ``None``."""
+    from ..engine.checkpoint import load_file
+    from ..errors import CheckpointError
+    for ckpt in _ray_candidates():
+        try:
+            path = _local_file(ckpt, work_dir)
+            load_file(path)
+            return ckpt, path
+        except (CheckpointError, OSError) as exc:
+            log.warning(f"skipping Ray's checkpoint {ckpt.path}: {exc}")
+    return None
+
+
+def choose_resume(dirs: list[str], resume_from: str | None) -> str | None:
     """Where to continue, agreed by all ranks (collectives: every rank calls this).
 
-    Rank 0 picks the further (by epoch and batches consumed) of Ray's ``get_checkpoint()`` and the work_dir's newest
-    loadable checkpoint: Ray's can be one behind the last one written (its controller polls
-    reports every ~2 s), and resuming is idempotent either way. The driver moves an old run aside
+    Rank 0 picks the further (by :func:`checkpoint_progress`) of Ray's newest loadable checkpoint
+    and the newest loadable one in ``dirs`` (the work_dir and any ``out_dir``, see
+    :func:`checkpoint_dirs`): Ray's can be one behind the last one written (its controller polls
+    reports every ~2 s), and resuming is idempotent either way; a corrupt newest checkpoint on
+    either side falls back to the next older one. The driver moves an old run aside
     unless it is meant to be resumed, so whatever the work_dir holds belongs to this run. With
     neither, ``resume_from``. A work_dir file is used only if every rank can read it (a node-local
     work_dir with ``ray.storage_path`` on a bucket: other nodes then load Ray's checkpoint, each
     downloading its own copy)."""
-    from ..engine.checkpoint import find_latest_checkpoint
+    from ..engine.checkpoint import checkpoint_progress, find_latest_checkpoint
     from ..engine.dist import all_reduce_mean, broadcast_object, get_rank
+    work_dir = dirs[0]
     choice = None
     if get_rank() == 0:
-        candidates = []
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is not None:
-            candidates.append(("ray", _local_file(ckpt, work_dir)))
-        latest = find_latest_checkpoint(work_dir) if os.path.isdir(work_dir) else None
+        candidates = []  # on a tie the work_dir's file (max keeps the first): Ray's is its hard link
+        latest = find_latest_checkpoint(*dirs)
         if latest:
-            candidates.append(("file", latest))
-        choice = max(candidates, key=lambda c: _progress(c[1])) if candidates else (
-            ("file", resume_from) if resume_from else None)
+            candidates.append(("file", None, latest))
+        found = _newest_valid_ray_checkpoint(work_dir, logging.getLogger("raydet"))
+        if found is not None:
+            candidates.append(("ray", found[0], found[1]))
+        choice = max(candidates, key=lambda c: checkpoint_progress(c[2])) if candidates else (
+            ("file", None, resume_from) if resume_from else None)
     choice = broadcast_object(choice)
     if choice is None:
         return None
-    kind, path = choice
+    kind, ckpt, path = choice
     if kind == "file" and all_reduce_mean({"ok": float(os.path.exists(path))})["ok"] < 1.0:
-        if ray.train.get_checkpoint() is None:
+        found = _newest_valid_ray_checkpoint(work_dir, logging.getLogger("raydet")) if get_rank() == 0 else None
+        ckpt = broadcast_object(found[0] if found else None)
+        if ckpt is None:
             from ..errors import CheckpointError
             raise CheckpointError(f"{path}: not readable on every node and Ray has no checkpoint of this run")
-        kind, path = "ray", None
-    if kind == "ray" and (get_rank() != 0 or path is None):  # each node needs its own copy
-        path = _local_file(ray.train.get_checkpoint(), work_dir)
+        kind = "ray"
+    if kind == "ray":  # each node needs its own copy (rank 0 has it already unless it fell back here)
+        path = _local_file(ckpt, work_dir)
     return path
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """``dst`` as a hard link to ``src`` (no copy), or a copy where they are on different
+    filesystems (``checkpoint_config.out_dir`` on another volume)."""
+    if os.path.exists(dst):
+        os.remove(dst)
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copyfile(src, dst)
+
+
+#: the run's log files, copied into each checkpoint Ray uploads (see :class:`RayReportHook`)
+LOG_SUFFIXES = (".log", ".log.json")
+
+
+def restore_logs_from(checkpoint_path: str, work_dir: str) -> list[str]:
+    """Bring back the logs a checkpoint carries (``<checkpoint dir>/logs/``) where the work_dir's
+    copy is missing or shorter, e.g. on a new machine whose logs came back from a bucket copy that
+    lagged behind the checkpoint. The resumed run then cuts them at the checkpoint's position.
+    Returns the restored paths."""
+    source = os.path.join(os.path.dirname(checkpoint_path), "logs")
+    restored = []
+    for name in sorted(os.listdir(source)) if os.path.isdir(source) else []:
+        local = os.path.join(work_dir, name)
+        if name.endswith(LOG_SUFFIXES) and (not os.path.exists(local)
+                                            or os.path.getsize(local) < os.path.getsize(os.path.join(source, name))):
+            os.makedirs(work_dir, exist_ok=True)
+            shutil.copyfile(os.path.join(source, name), local)
+            restored.append(local)
+    return restored
 
 
 class RayReportHook(Hook):
@@ -110,14 +173,29 @@ class RayReportHook(Hook):
 
     priority = PRIORITIES["LOWEST"]
 
-    def __init__(self, upload: str, logs: "LogUploader | None" = None):
+    def __init__(self, upload: str, logs: "LogUploader | None" = None, taken=()):
         if upload not in ("none", "sync", "async"):
             raise ValueError(f"upload must be none, sync or async, got {upload!r}")
         self.upload, self.pending, self.logs = upload, [], logs
         self.reported_iter = None
+        self.last_saved = None  # the newest periodic checkpoint of this attempt
+        self.taken = set(taken)  # rank 0: directory names of the checkpoints Ray keeps
+
+    def _unique(self, name: str) -> str:
+        """``name``, or ``name-2``, ``-3``, ... if a checkpoint Ray keeps has it: an attempt that
+        resumed before an iteration an earlier attempt reported (whose file proved corrupt)
+        reports that iteration again, and Ray, pruning the older entry, would delete the
+        directory both share."""
+        unique, n = name, 1
+        while unique in self.taken:
+            n += 1
+            unique = f"{name}-{n}"
+        self.taken.add(unique)
+        return unique
 
     def on_saved(self, runner, path):
         self.pending.append(path)
+        self.last_saved = path
 
     def _flush(self, runner):
         for path in self.pending:
@@ -127,6 +205,8 @@ class RayReportHook(Hook):
     after_train_iter = after_train_epoch = _flush
 
     def report(self, runner, path, metrics=None, name=None):
+        """Report ``path`` (``None``: metrics only) as Ray checkpoint ``name``; every rank calls
+        this (a barrier)."""
         from ray.train import Checkpoint, CheckpointUploadMode
 
         from ..engine.dist import get_rank
@@ -136,13 +216,18 @@ class RayReportHook(Hook):
         metrics = metrics or dict(epoch=epochs, iter=iters, **{
             k: v for k, v in runner.log_buffer.output.items() if isinstance(v, (int, float))})
         checkpoint = None
-        if get_rank() == 0:
+        if get_rank() == 0:  # Ray takes rank 0's directory name for every rank's report
+            name = self._unique(name)
+        if get_rank() == 0 and path is not None:
             directory = os.path.join(runner.work_dir, name)
             os.makedirs(directory, exist_ok=True)
-            target = os.path.join(directory, CKPT_FILE)
-            if os.path.exists(target):
-                os.remove(target)
-            os.link(path, target)
+            _link_or_copy(path, os.path.join(directory, CKPT_FILE))
+            if self.upload != "none":
+                os.makedirs(os.path.join(directory, "logs"), exist_ok=True)
+                for log_name in os.listdir(runner.work_dir):
+                    if log_name.endswith(LOG_SUFFIXES):
+                        shutil.copyfile(os.path.join(runner.work_dir, log_name),
+                                        os.path.join(directory, "logs", log_name))
             checkpoint = Checkpoint.from_directory(directory)
         mode = {"none": CheckpointUploadMode.NO_UPLOAD, "sync": CheckpointUploadMode.SYNC,
                 "async": CheckpointUploadMode.ASYNC}[self.upload]
@@ -156,11 +241,13 @@ class RayReportHook(Hook):
 
 
 class LogUploader:
-    """Copies rank 0's logs (text, json, tensorboard, the dumped config) from the local work_dir
-    to ``<run_dir>/logs/`` when Ray's run dir is elsewhere (``ray.storage_path``, a bucket
-    work_dir), so that a run's logs outlive its nodes. Checkpoints are Ray's to upload and are
-    skipped. One copy runs at a time in a background thread; a request made while one runs is
-    served by the next one."""
+    """Copies rank 0's logs (text, json, tensorboard, the dumped config) and the ``best_*.pth``
+    checkpoint from the local work_dir to ``<run_dir>/logs/`` when Ray's run dir is elsewhere
+    (``ray.storage_path``, a bucket work_dir), so that a run's logs and its best model outlive
+    its nodes. Periodic checkpoints are Ray's to upload and are skipped; a file unchanged since
+    its last upload is not sent again; a best checkpoint the run replaced (and so deleted
+    locally) is deleted from there too. One copy runs at a time in a background thread; a
+    request made while one runs is served by the next one."""
 
     def __init__(self, work_dir: str, run_dir: str):
         from pyarrow import fs
@@ -168,34 +255,57 @@ class LogUploader:
         self.fs, root = fs.FileSystem.from_uri(run_dir)
         self.root = root.rstrip("/") + "/logs"
         self.thread = None
+        self.sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime) at its last upload
+
+    @staticmethod
+    def _is_best(name: str) -> bool:
+        return name.startswith("best_") and name.endswith(".pth")
 
     def _files(self):
         for top, dirs, files in os.walk(self.work_dir):
             dirs[:] = [d for d in dirs if d != "downloaded" and not d.startswith(("checkpoint_", "."))]
             for name in files:
-                if not name.endswith(".pth"):
+                if not name.endswith(".pth") or (top == self.work_dir and self._is_best(name)):
                     yield os.path.join(top, name)
 
     def restore(self) -> None:
-        """Download the logs this run already has in the storage but not here (a restart on
-        another machine), so that the run keeps one log across machines."""
+        """Download the files this run already has in the storage but not here (a restart on
+        another machine), so that the run keeps one log, and its best checkpoint, across machines."""
         from pyarrow import fs
         for info in self.fs.get_file_info(fs.FileSelector(self.root, allow_not_found=True, recursive=True)):
             local = os.path.join(self.work_dir, *info.path[len(self.root) + 1:].split("/"))
             if info.type == fs.FileType.File and not os.path.exists(local):
                 os.makedirs(os.path.dirname(local), exist_ok=True)
-                with self.fs.open_input_stream(info.path) as src, open(local, "wb") as dst:
+                tmp = f"{local}.download-{os.getpid()}"
+                with self.fs.open_input_stream(info.path) as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
+                os.replace(tmp, local)  # never a partial best checkpoint under its real name
+                stat = os.stat(local)
+                self.sent[os.path.relpath(local, self.work_dir)] = (stat.st_size, stat.st_mtime_ns)
 
     def _copy(self):
+        from pyarrow import fs
         for path in self._files():
-            target = self.root + "/" + os.path.relpath(path, self.work_dir).replace(os.sep, "/")
+            relative = os.path.relpath(path, self.work_dir)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:  # a best checkpoint replaced meanwhile
+                continue
+            if self.sent.get(relative) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            target = self.root + "/" + relative.replace(os.sep, "/")
             self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
             with open(path, "rb") as src, self.fs.open_output_stream(target) as dst:
                 shutil.copyfileobj(src, dst)
+            self.sent[relative] = (stat.st_size, stat.st_mtime_ns)
+        for info in self.fs.get_file_info(fs.FileSelector(self.root, allow_not_found=True)):
+            name = info.path.rsplit("/", 1)[-1]
+            if self._is_best(name) and not os.path.exists(os.path.join(self.work_dir, name)):
+                self.fs.delete_file(info.path)  # this run's own earlier best, replaced
+                self.sent.pop(name, None)
 
     def sync(self, wait: bool = False) -> None:
-        """Copy the logs now (``wait``: before returning; it then also waits for a running copy)."""
+        """Copy now (``wait``: before returning; it then also waits for a running copy)."""
         if wait:
             if self.thread is not None:
                 self.thread.join()
@@ -270,13 +380,18 @@ def train_loop(config: dict) -> dict:
     if cfg.get("device") == "cuda" or (cfg.get("device") is None and torch.cuda.is_available()):
         from ray.train.torch import get_device
         torch.cuda.set_device(get_device())
-    resume = choose_resume(cfg.work_dir, cfg.get("resume_from"))
+    from ..apis.train import checkpoint_dirs_of
+    resume = choose_resume(checkpoint_dirs_of(cfg), cfg.get("resume_from"))
     cfg.resume_from = resume
     cfg.auto_resume = False
     logs = LogUploader(cfg.work_dir, config["run_dir"]) if config.get("run_dir") and rank == 0 else None
     if logs is not None:
         logs.restore()
-    reporter = RayReportHook(config.get("upload", "none"), logs)
+        if resume:
+            for path in restore_logs_from(resume, cfg.work_dir):
+                log.info(f"log {os.path.basename(path)} restored from the checkpoint {resume}")
+    taken = [os.path.basename(c.path.rstrip("/")) for c in _ray_candidates()] if rank == 0 else []
+    reporter = RayReportHook(config.get("upload", "none"), logs, taken)
     hooks = [reporter, PreemptionHook(reporter, config.get("preemption_check_interval", 10))]
     if resume:
         log.info(f"attempt on world size {ctx.get_world_size()} resumes from {resume}")
@@ -310,8 +425,15 @@ def train_loop(config: dict) -> dict:
     # The name carries the iteration: a run extended later reports another final checkpoint, and
     # Ray's pruning of the older one must not delete a directory of the same name.
     if not (runner.resumed_from and runner.iter == runner.saved_position[1]):  # else nothing new to report
-        latest = os.path.realpath(os.path.join(runner.work_dir, "latest.pth"))
-        reporter.report(runner, latest, metrics=final, name=f"checkpoint_final_{runner.iter}")
+        # this attempt's newest checkpoint, wherever checkpoint_config put it (out_dir, no latest.pth);
+        # metrics alone where it saved none at the end (save_last=False)
+        path = reporter.last_saved if reporter.reported_iter == runner.iter else None
+        reporter.report(runner, path, metrics=final, name=f"checkpoint_final_{runner.iter}")
     if logs is not None:
         logs.sync(wait=True)
-    return final if get_rank() == 0 else None
+    if get_rank() != 0:
+        return None
+    msgs = runner.meta.get("hook_msgs") or {}
+    # Result.return_value (rank 0's): what the driver's summary names
+    return dict(final, best_checkpoint=msgs.get("best_ckpt"), best_score=msgs.get("best_score"),
+                last_checkpoint=reporter.last_saved or runner.resumed_from)

@@ -1,8 +1,10 @@
 """Fault injection for tests and drills (``custom_hooks=[dict(type='ChaosHook', ...)]``).
 
-``ChaosHook(at_iter=K, action='raise'|'sigkill'|'sigterm', rank=0, marker=PATH, count_file=PATH)``
-fails once, in ``after_train_iter`` of global iteration ``K`` (1-based) on rank ``rank``, after
-that iteration's checkpoint (if any) was written. ``at_epoch=E`` instead fails at the end of epoch
+``ChaosHook(at_iter=K, action='raise'|'sigkill'|'sigterm'|'corrupt', rank=0, marker=PATH,
+count_file=PATH)`` fails once, in ``after_train_iter`` of global iteration ``K`` (1-based) on rank
+``rank``, after that iteration's checkpoint (if any) was written. ``'corrupt'`` (on rank 0, which
+writes the checkpoints) first truncates the newest checkpoint file to half its size, as a disk
+that lost its last write would leave it, then raises. ``at_epoch=E`` instead fails at the end of epoch
 ``E``. The ``marker`` file is created just before failing and, while it exists, the hook never
 fails again, so a restarted run goes through. ``count_file``, if set, gets one line per executed
 training iteration (``rank epoch iter unix_time``), counting the work a failure costs.
@@ -33,8 +35,8 @@ class ChaosHook(Hook):
             raise ValueError("ChaosHook takes at most one of at_iter and at_epoch")
         if (at_iter is not None or at_epoch is not None) and not marker:
             raise ValueError("ChaosHook needs a marker file to fail only once")
-        if action not in ("raise", "sigkill", "sigterm"):
-            raise ValueError(f"ChaosHook.action must be raise, sigkill or sigterm, got {action!r}")
+        if action not in ("raise", "sigkill", "sigterm", "corrupt"):
+            raise ValueError(f"ChaosHook.action must be raise, sigkill, sigterm or corrupt, got {action!r}")
         self.marker, self.at_iter, self.at_epoch = marker, at_iter, at_epoch
         self.action, self.rank, self.count_file, self.delay_s = action, rank, count_file, delay_s
 
@@ -44,6 +46,12 @@ class ChaosHook(Hook):
             return
         with open(self.marker, "w") as f:
             f.write(f"{where}\n")
+        if self.action == "corrupt":
+            path = (runner.meta.get("hook_msgs") or {}).get("last_ckpt")
+            if path is None:
+                raise ValueError("ChaosHook(action='corrupt'): no checkpoint has been written yet")
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
         if self.action == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif self.action == "sigterm":

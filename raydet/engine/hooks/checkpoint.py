@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import os
 
+from ..checkpoint import checkpoint_dirs, remove_orphans
 from ..dist import is_main
 from .base import PRIORITIES, Hook
 
 
 class CheckpointHook(Hook):
     """Save every ``interval`` epochs (``by_epoch``) or iterations, and at the end with
-    ``save_last``. Files go to ``out_dir`` (default: the work_dir); ``latest.pth`` points at the
-    newest; only the newest ``max_keep_ckpts`` numbered files are kept (``-1``: all).
+    ``save_last``. Files go to the work_dir, or with ``out_dir`` to ``out_dir/<work_dir's name>``
+    (mmcv 1.x's layout; a resume looks there too, see :func:`checkpoint_dirs`); ``latest.pth``
+    points at the newest (``create_symlink``); only the newest ``max_keep_ckpts`` numbered files
+    are kept (``-1``: all). At the start, rank 0 removes the temporary files of writes that a
+    killed attempt left unfinished.
 
     Every rank takes part (each rank's RNG state is gathered into the file); only rank 0 writes
     and prunes. ``on_saved(runner, path)``, if given, is then called on *every* rank (the Ray
@@ -26,7 +30,10 @@ class CheckpointHook(Hook):
         self.meta, self.create_symlink, self.on_saved = meta or {}, create_symlink, on_saved
 
     def before_run(self, runner):
-        self.out_dir = self.out_dir or runner.work_dir
+        self.out_dir = checkpoint_dirs(runner.work_dir, self.out_dir)[-1]
+        if is_main():
+            for directory in {runner.work_dir, self.out_dir}:  # the work_dir holds best_*.pth
+                remove_orphans(directory)
 
     def after_train_epoch(self, runner):
         if self.by_epoch and (self.every_n_epochs(runner, self.interval)

@@ -1,12 +1,14 @@
 """Evaluation during training, with ``save_best``."""
 from __future__ import annotations
 
+import logging
 import os
 
 from ...errors import ConfigError
 from ..dist import is_main
 from ..inference import evaluate_distributed
 from .base import PRIORITIES, Hook
+from .logger import FILE_ONLY
 
 GREATER_KEYS = ("mAP", "AR", "acc", "top")
 LESS_KEYS = ("loss",)
@@ -75,13 +77,21 @@ class EvalHook(Hook):
     def after_train_epoch(self, runner):
         if not self._should_evaluate(runner):
             return
+        # the evaluator's tables (COCO's 12 lines, per-class APs) to the log file; the console gets
+        # the epoch's one Epoch(val) line from the logger hook
         metrics, _ = evaluate_distributed(runner.model, self.dataloader, self.eval_kwargs,
-                                          logger=runner.logger, autocast=self.autocast)
+                                          logger=logging.LoggerAdapter(runner.logger, FILE_ONLY),
+                                          autocast=self.autocast)
         runner.model.train()
         self.last_metrics = metrics
         for key, value in metrics.items():
             runner.log_buffer.output[key] = value
         runner.log_buffer.ready = True
+        # in the epoch's checkpoint, written next: a resume from it writes the epoch's val record
+        # if a kill came before the logger did
+        runner.meta.setdefault("hook_msgs", {})["last_eval"] = dict(
+            epoch=runner.epoch + 1, iter=runner.inner_iter + 1, lr=runner.optimizer.param_groups[0]["lr"],
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
         if self.save_best:
             self._save_best(runner, metrics)
 

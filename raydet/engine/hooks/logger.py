@@ -1,9 +1,13 @@
 """Logging: mmcv's ``LogBuffer``, text + JSON logs (``{timestamp}.log``, ``.log.json``) and TensorBoard.
 
 Exactly-once lines: a resumed run continues the log files of the run it resumes (their timestamp
-is in the checkpoint) after cutting them at the first training record past the resumed iteration,
-so iterations recomputed after a crash (or after Ray hands back an older checkpoint) are never
-logged twice, and nothing up to the checkpoint is lost.
+is in the checkpoint). Each checkpoint records how long the files were when it was written; the
+resume keeps that much, then the lines the checkpointing attempt wrote for the checkpointed
+iteration itself (they come after the checkpoint: the logger runs last), and cuts at the first
+training record past it. So iterations recomputed after a crash (or after Ray hands back an older
+checkpoint), and lines of any later attempt that died before its first checkpoint, at whatever
+world size, are never logged twice, and nothing up to the checkpoint is lost. An epoch's val
+record that a kill kept from being written after its checkpoint is written from the checkpoint.
 """
 from __future__ import annotations
 
@@ -19,6 +23,20 @@ import torch
 
 from ..dist import is_main
 from .base import PRIORITIES, Hook
+
+#: ``logger.info(text, extra=FILE_ONLY)``: the run's log file gets the line, the console not
+#: (long tables a person looks up when needed, such as the hook order)
+FILE_ONLY = {"file_only": True}
+FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
+def console_handler(stream) -> logging.Handler:
+    """The console's handler for the ``raydet`` logger: mmcv's line format, and lines logged
+    with :data:`FILE_ONLY` left out."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(lambda record: not getattr(record, "file_only", False))
+    return handler
 
 
 class LogBuffer:
@@ -102,6 +120,8 @@ class TextLoggerHook(LoggerHook):
         super().__init__(interval, ignore_last, reset_flag, by_epoch)
         self.timestamp = None
         self.handler = None
+        self.sizes = None  # [text, json] lengths recorded by the checkpoint this run resumes from
+        self.logged_val = set()  # epochs whose val record the resumed log holds after the checkpoint
 
     def _paths(self):
         base = os.path.join(self.work_dir, f"{self.timestamp}.log")
@@ -116,20 +136,34 @@ class TextLoggerHook(LoggerHook):
             return
         os.makedirs(runner.work_dir, exist_ok=True)
         text_path, json_path = self._paths()
-        self._cut_after(runner, text_path, json_path)  # a retried attempt re-logs what it recomputes
+        val_epochs = self._cut_after(runner, text_path, json_path)  # a retried attempt re-logs what it recomputes
+        for stale in [h for h in runner.logger.handlers if isinstance(h, logging.FileHandler)
+                      and h.baseFilename == os.path.abspath(text_path)]:
+            runner.logger.removeHandler(stale)  # left by an earlier run in this process that raised
+            stale.close()
         self.handler = logging.FileHandler(text_path, mode="a")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        self.handler.setFormatter(logging.Formatter(FORMAT))
         runner.logger.addHandler(self.handler)
         if not os.path.exists(json_path) or os.path.getsize(json_path) == 0:
             self._dump_json(json_path, {k: v for k, v in runner.meta.items() if k in ("env_info", "seed", "exp_name")})
+        last = (runner.meta.get("hook_msgs") or {}).get("last_eval")
+        if (val_epochs is not None and last and runner.start_batch == 0 and last["epoch"] == runner.epoch
+                and last["epoch"] not in val_epochs):
+            self._write(runner, dict(mode="val", epoch=last["epoch"], iter=last["iter"], lr=last["lr"]),
+                        last["metrics"])
+        # A checkpoint of an epoch's last iteration comes before that epoch's evaluation, which a
+        # resume from it runs again; its record is written once.
+        self.logged_val = set(val_epochs or ())
 
     @staticmethod
-    def _cut(path, past) -> None:
-        """Truncate ``path`` at its first line for which ``past(line)`` is true."""
+    def _cut(path, past, start=0) -> None:
+        """Truncate ``path`` at its first line at or after byte ``start`` for which ``past(line)``
+        is true."""
         if not os.path.exists(path):
             return
-        offset = 0
+        offset = start = min(start, os.path.getsize(path))
         with open(path, "rb") as f:
+            f.seek(start)
             for raw in f:
                 if past(raw.decode("utf-8", "replace")):
                     break
@@ -137,12 +171,35 @@ class TextLoggerHook(LoggerHook):
         if offset < os.path.getsize(path):
             os.truncate(path, offset)
 
-    def _cut_after(self, runner, text_path, json_path):
-        # A line is past the checkpoint if it was logged at the checkpoint's world size (its
-        # iterations per epoch) after the checkpoint's iteration; lines of other world sizes came
-        # from earlier attempts, before it. The json file holds the same train records in the same
-        # order, so it keeps as many.
+    def _cut_after(self, runner, text_path, json_path) -> set | None:
+        """Cut the logs back to the resumed checkpoint (see the module docstring). Returns the
+        epochs of the val records kept after the checkpoint's position (``None`` for a checkpoint
+        of an older raydet, which recorded no position)."""
         ipe, done = runner.saved_position
+        if self.sizes is not None:
+            text_size, json_size = self.sizes
+            val_epochs = set()
+
+            def text_after(line):
+                m = self.TEXT_ITER.search(line)
+                return m is not None and (int(m[1]) - 1) * int(m[3]) + int(m[2]) > done
+
+            def json_after(line):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    return True  # a torn last line
+                if rec.get("mode") == "val":
+                    val_epochs.add(rec.get("epoch"))
+                return rec.get("mode") == "train" and ipe is not None and (rec["epoch"] - 1) * ipe + rec["iter"] > done
+
+            self._cut(text_path, text_after, text_size)
+            self._cut(json_path, json_after, json_size)
+            return val_epochs
+        # An older checkpoint: a line is past it if it was logged at the checkpoint's world size
+        # (its iterations per epoch) after the checkpoint's iteration; lines of other world sizes
+        # are taken as earlier attempts'. The json file holds the same train records in the same
+        # order, so it keeps as many.
         kept = 0
 
         def text_past(line):
@@ -169,6 +226,7 @@ class TextLoggerHook(LoggerHook):
 
         self._cut(text_path, text_past)
         self._cut(json_path, json_past)
+        return None
 
     def before_train_iter(self, runner):
         if self.start_iter is None:
@@ -196,8 +254,16 @@ class TextLoggerHook(LoggerHook):
         if torch.cuda.is_available() and mode == "train":
             mem = torch.cuda.max_memory_allocated()
             record["memory"] = int(mem / (1024 * 1024))
+        self._write(runner, record, out)
+
+    def _write(self, runner, record: dict, out: dict) -> None:
+        """One record: a text line through the runner's logger, a json line on rank 0."""
+        record = OrderedDict(record)
         record.update(out)
-        if mode == "train":
+        if record["mode"] == "val" and record["epoch"] in self.logged_val:
+            self.logged_val.discard(record["epoch"])
+            return
+        if record["mode"] == "train":
             self.time_sec_tot += out["time"] * self.interval
             done = runner.iter - self.start_iter + 1
             eta_sec = self.time_sec_tot / done * (runner.max_iters - runner.iter - 1)
@@ -209,7 +275,7 @@ class TextLoggerHook(LoggerHook):
                 head += f"memory: {record['memory']}, "
             skip = {"time", "data_time"}
         else:
-            head = f"Epoch(val) [{record['epoch']}][{runner.inner_iter + 1}]\t"
+            head = f"Epoch(val) [{record['epoch']}][{record['iter']}]\t"
             skip = set()
         items = [f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
                  for k, v in out.items() if k not in skip]
@@ -218,10 +284,15 @@ class TextLoggerHook(LoggerHook):
             self._dump_json(self._paths()[1], record)
 
     def state_dict(self):
-        return {"timestamp": self.timestamp or ""}
+        state = {"timestamp": self.timestamp or ""}
+        if self.handler is not None:  # rank 0, running: where the files end as this checkpoint is written
+            self.handler.flush()
+            state["sizes"] = [os.path.getsize(p) if os.path.exists(p) else 0 for p in self._paths()]
+        return state
 
     def load_state_dict(self, state):
         self.timestamp = state["timestamp"] or None
+        self.sizes = state.get("sizes")
 
 
 class TensorboardLoggerHook(LoggerHook):
