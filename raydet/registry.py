@@ -56,8 +56,8 @@ def check_call(fn: Callable, kwargs: dict, where: str, skip: Iterable[str] = ())
 class Registry:
     """Maps type names to classes or factory functions."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, key: str = "type"):
+        self.kind, self.key = kind, key  # key: the config key that names an entry, for messages
         self._table: dict[str, Callable] = {}
 
     def register(self, name: str | None = None, obj: Callable | None = None):
@@ -78,8 +78,9 @@ class Registry:
 
     def get(self, name: str, where: str = "") -> Callable:
         if name not in self._table:
-            loc = f"{where}.type" if where else "type"
-            raise ConfigError(f"unknown {self.kind} type '{name}' at {loc}{suggest(name, self._table)}"
+            loc = f"{where}.{self.key}" if where else self.key
+            what = f"{self.kind} type" if self.key == "type" else self.kind
+            raise ConfigError(f"unknown {what} '{name}' at {loc}{suggest(name, self._table)}"
                               f"; known: {', '.join(self.names())}")
         return self._table[name]
 

@@ -71,8 +71,8 @@ def test_optimizer_config_type_is_honoured_or_refused(shapes_root, tmp_path):
     dist = load_config(dict(base, optimizer_config=dict(type="DistOptimizerHook", grad_clip=dict(max_norm=35),
                                                         coalesce=True, bucket_size_mb=-1)))
     assert optimizer_hook_config(dist) == (dict(grad_clip=dict(max_norm=35)), None)
-    with pytest.raises(ConfigError, match="optimizer_config.type='GradientCumulativeOptimizerHook' is not supported"):
-        load_config(dict(base, optimizer_config=dict(type="GradientCumulativeOptimizerHook")))
+    with pytest.raises(ConfigError, match="optimizer_config.type='ApexOptimizerHook' is not supported"):
+        load_config(dict(base, optimizer_config=dict(type="ApexOptimizerHook")))
     with pytest.raises(ConfigError, match="optimizer_config.loss_scale belongs to Fp16OptimizerHook"):
         optimizer_hook_config(load_config(dict(base, optimizer_config=dict(loss_scale=512.0))))
 

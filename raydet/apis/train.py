@@ -214,7 +214,9 @@ def optimizer_hook_config(cfg) -> tuple[dict, dict | None]:
 
     ``optimizer_config.type``: ``OptimizerHook`` (the default) and mmdet 1.x's
     ``DistOptimizerHook`` are raydet's :class:`OptimizerHook`; ``Fp16OptimizerHook`` means fp16
-    with its ``loss_scale`` (mmcv's default 512), merged under a top-level ``fp16`` as mmdet does.
+    with its ``loss_scale`` (mmcv's default 512), merged under a top-level ``fp16`` as mmdet does;
+    ``GradientCumulativeOptimizerHook`` and ``GradientCumulativeFp16OptimizerHook`` add
+    ``cumulative_iters`` (gradient accumulation, see :class:`OptimizerHook`).
     Any other type is a :class:`ConfigError`. ``distributed``, ``coalesce`` and ``bucket_size_mb``
     (mmcv's own gradient all-reduce) do not apply: DDP buckets and reduces gradients; they are
     logged once and ignored."""
@@ -224,10 +226,12 @@ def optimizer_hook_config(cfg) -> tuple[dict, dict | None]:
         raise ConfigError(f"optimizer_config.type={kind!r} is not supported; supported: {', '.join(OPTIMIZER_HOOKS)}")
     fp16 = cfg.get("fp16")
     loss_scale = opt.pop("loss_scale", None)
-    if kind == "Fp16OptimizerHook":
+    if kind in ("Fp16OptimizerHook", "GradientCumulativeFp16OptimizerHook"):
         fp16 = dict({"loss_scale": 512.0 if loss_scale is None else loss_scale}, **dict(fp16 or {}))
     elif loss_scale is not None:
         raise ConfigError(f"optimizer_config.loss_scale belongs to Fp16OptimizerHook, not {kind}; set fp16=dict(loss_scale=...)")
+    if "cumulative_iters" in opt and not kind.startswith("GradientCumulative"):
+        raise ConfigError(f"optimizer_config.cumulative_iters belongs to GradientCumulativeOptimizerHook, not {kind}")
     ignored = [k for k in ("distributed", "coalesce", "bucket_size_mb") if k in opt]
     if ignored:
         logger.info(f"optimizer_config.{', '.join(ignored)}: ignored, DistributedDataParallel buckets and reduces "
@@ -324,7 +328,8 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         runner.register_hook(build_lr_hook(lr_cfg))
     if cfg.get("momentum_config"):
         runner.register_hook(build_lr_hook(cfg.momentum_config, MOMENTUM_POLICIES, "momentum_config"))
-    runner.register_hook(OptimizerHook(precision, grad_clip=opt_cfg.get("grad_clip")))
+    runner.register_hook(OptimizerHook(precision, grad_clip=opt_cfg.get("grad_clip"),
+                                       cumulative_iters=opt_cfg.get("cumulative_iters", 1)))
     ckpt_cfg = dict(cfg.get("checkpoint_config") or {})
     ckpt_cfg["meta"] = dict(ckpt_cfg.get("meta") or {}, config=cfg.pretty_text,
                             CLASSES=list(getattr(datasets[0], "CLASSES", None) or []))

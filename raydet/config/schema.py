@@ -35,7 +35,8 @@ SECTIONS = {
     "log_config": {"interval", "hooks"},
     "evaluation": {"interval", "start", "by_epoch", "metric", "save_best", "rule", "classwise",
                    "gpu_collect", "tmpdir", "greater_keys", "less_keys"},
-    "optimizer_config": {"type", "grad_clip", "loss_scale", "distributed", "coalesce", "bucket_size_mb"},
+    "optimizer_config": {"type", "grad_clip", "loss_scale", "distributed", "coalesce", "bucket_size_mb",
+                         "cumulative_iters"},
     "fp16": {"loss_scale", "dtype", "max_consecutive_nonfinite"},
     "auto_scale_lr": {"enable", "base_batch_size"},
     "dist_params": {"backend", "port"},
@@ -45,7 +46,8 @@ SECTIONS = {
 }
 #: mmcv 1.x's optimizer hook types (``optimizer_config.type``) raydet honours
 #: (see :func:`raydet.apis.train.optimizer_hook_config`).
-OPTIMIZER_HOOKS = ("OptimizerHook", "Fp16OptimizerHook", "DistOptimizerHook")
+OPTIMIZER_HOOKS = ("OptimizerHook", "Fp16OptimizerHook", "DistOptimizerHook", "GradientCumulativeOptimizerHook",
+                   "GradientCumulativeFp16OptimizerHook")
 DATALOADER_KEYS = {"samples_per_gpu", "workers_per_gpu", "persistent_workers", "pin_memory",
                    "shuffle"}
 GRAD_CLIP_KEYS = {"max_norm", "norm_type"}
@@ -112,6 +114,7 @@ VALUES = {
     "optimizer_config.grad_clip.max_norm": Expect.num(0, strict=True),
     "optimizer_config.grad_clip.norm_type": Expect.num(0, strict=True, also=("inf",)),
     "optimizer_config.loss_scale": LOSS_SCALE,
+    "optimizer_config.cumulative_iters": Expect.int(1),
     "fp16.loss_scale": LOSS_SCALE,
     "fp16.max_consecutive_nonfinite": Expect.int(1),
     "lr_config.warmup_iters": Expect.int(0),
@@ -248,6 +251,7 @@ def validate_config(cfg, source: str | None = None) -> None:
     """Raise :class:`ConfigError` for the first unknown or ill-typed key of ``cfg``."""
     from ..data import DATASETS, PIPELINES
     from ..engine.hooks import HOOKS, LR_POLICIES, MOMENTUM_POLICIES
+    from ..engine.hooks.lr import policy_name
     from ..engine.optim import OPTIMIZERS
     from ..models import validate_model
 
@@ -285,7 +289,9 @@ def validate_config(cfg, source: str | None = None) -> None:
                 policy = sub.pop("policy", None)
                 if policy is None:
                     raise ConfigError(f"{section}.policy is missing; known: {', '.join(table.names())}")
-                table.check(dict(type=policy, **sub), section)
+                if policy_name(policy) not in table:
+                    table.get(policy, section)  # the error, naming the policy as written
+                table.check(dict(type=policy_name(policy), **sub), section)
         for i, hook in enumerate((cfg.get("log_config") or {}).get("hooks", [])):
             htype = hook.get("type")
             check_keys([htype], LOGGER_TYPES, f"log_config.hooks.{i}.type")

@@ -11,8 +11,8 @@ import math
 from ...registry import Registry
 from .base import PRIORITIES, Hook
 
-LR_POLICIES = Registry("lr_config policy")
-MOMENTUM_POLICIES = Registry("momentum_config policy")
+LR_POLICIES = Registry("lr_config policy", key="policy")
+MOMENTUM_POLICIES = Registry("momentum_config policy", key="policy")
 
 
 def annealing_cos(start: float, end: float, factor: float, weight: float = 1.0) -> float:
@@ -109,6 +109,9 @@ class LrUpdaterHook(_ScheduleHook):
 class MomentumUpdaterHook(_ScheduleHook):
     priority = PRIORITIES["HIGH"]
 
+    def __init__(self, by_epoch=True, warmup=None, warmup_iters=0, warmup_ratio=0.9, warmup_by_epoch=False):
+        super().__init__(by_epoch, warmup, warmup_iters, warmup_ratio, warmup_by_epoch)  # mmcv's 0.9 here
+
     def _get(self, group): return group["momentum"] if "momentum" in group else group["betas"][0]
     def _initial_key(self): return "initial_momentum"
 
@@ -132,34 +135,152 @@ def _progress(hook, runner):
     return (runner.epoch, runner.max_epochs) if hook.by_epoch else (runner.iter, runner.max_iters)
 
 
-@LR_POLICIES.register("fixed")
+@LR_POLICIES.register("Fixed")
 class FixedLrUpdaterHook(LrUpdaterHook):
     def get_value(self, runner, base):
         return base
 
 
-@LR_POLICIES.register("step")
+@LR_POLICIES.register("Step")
 class StepLrUpdaterHook(LrUpdaterHook):
     """``lr = base * gamma ** (number of milestones <= progress)``; ``step`` an int means every
     ``step`` epochs/iterations."""
 
     def __init__(self, step, gamma=0.1, min_lr=None, **kwargs):
-        if isinstance(step, list):
-            if not all(isinstance(s, int) and s > 0 for s in step):
-                raise ValueError('"step" must be a list of positive integers')
-        elif not (isinstance(step, int) and step > 0):
-            raise ValueError('"step" must be a positive integer or a list of them')
+        _check_step(step)
         self.step, self.gamma, self.min_lr = step, gamma, min_lr
         super().__init__(**kwargs)
 
     def get_value(self, runner, base):
-        progress = runner.epoch if self.by_epoch else runner.iter
-        if isinstance(self.step, int):
-            exp = progress // self.step
-        else:
-            exp = sum(1 for s in self.step if progress >= s)
-        lr = base * self.gamma ** exp
+        lr = base * self.gamma ** _step_exponent(self.step, _progress(self, runner)[0])
         return max(lr, self.min_lr) if self.min_lr is not None else lr
+
+
+def _check_step(step):
+    if isinstance(step, list):
+        if not all(isinstance(s, int) and s > 0 for s in step):
+            raise ValueError('"step" must be a list of positive integers')
+    elif not (isinstance(step, int) and step > 0):
+        raise ValueError('"step" must be a positive integer or a list of them')
+
+
+def _step_exponent(step, progress: int) -> int:
+    """How many decays ``step`` (every ``step`` units, or a list of milestones) has made by ``progress``."""
+    return progress // step if isinstance(step, int) else sum(1 for s in step if progress >= s)
+
+
+def _target(base, absolute, ratio):
+    """The end value of an annealing: ``absolute``, or ``base * ratio``; exactly one is given."""
+    return base * ratio if ratio is not None else absolute
+
+
+def _one_of(absolute, ratio, name: str, policy: str):
+    if (absolute is None) == (ratio is None):
+        raise ValueError(f"{policy} needs exactly one of min_{name} and min_{name}_ratio")
+
+
+@LR_POLICIES.register("Exp")
+class ExpLrUpdaterHook(LrUpdaterHook):
+    """``lr = base * gamma ** progress`` (epochs or iterations)."""
+
+    def __init__(self, gamma, **kwargs):
+        self.gamma = gamma
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        return base * self.gamma ** _progress(self, runner)[0]
+
+
+@LR_POLICIES.register("Poly")
+class PolyLrUpdaterHook(LrUpdaterHook):
+    """``lr = (base - min_lr) * (1 - progress / total) ** power + min_lr``."""
+
+    def __init__(self, power=1.0, min_lr=0.0, **kwargs):
+        self.power, self.min_lr = power, min_lr
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        progress, total = _progress(self, runner)
+        return (base - self.min_lr) * (1 - progress / total) ** self.power + self.min_lr
+
+
+@LR_POLICIES.register("Inv")
+class InvLrUpdaterHook(LrUpdaterHook):
+    """``lr = base * (1 + gamma * progress) ** -power``."""
+
+    def __init__(self, gamma, power=1.0, **kwargs):
+        self.gamma, self.power = gamma, power
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        return base * (1 + self.gamma * _progress(self, runner)[0]) ** (-self.power)
+
+
+@LR_POLICIES.register("LinearAnnealing")
+class LinearAnnealingLrUpdaterHook(LrUpdaterHook):
+    """Linear from ``base`` to ``min_lr`` (or ``base * min_lr_ratio``) over the run."""
+
+    def __init__(self, min_lr=None, min_lr_ratio=None, **kwargs):
+        _one_of(min_lr, min_lr_ratio, "lr", "LinearAnnealing")
+        self.min_lr, self.min_lr_ratio = min_lr, min_lr_ratio
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        progress, total = _progress(self, runner)
+        return annealing_linear(base, _target(base, self.min_lr, self.min_lr_ratio), progress / total)
+
+
+@LR_POLICIES.register("FlatCosineAnnealing")
+class FlatCosineAnnealingLrUpdaterHook(LrUpdaterHook):
+    """``base`` until ``start_percent`` of the run (rounded to whole epochs/iterations), then
+    cosine to ``min_lr`` (or ``base * min_lr_ratio``) over the rest."""
+
+    def __init__(self, start_percent=0.75, min_lr=None, min_lr_ratio=None, **kwargs):
+        _one_of(min_lr, min_lr_ratio, "lr", "FlatCosineAnnealing")
+        if isinstance(start_percent, bool) or not isinstance(start_percent, float) or not 0 <= start_percent <= 1:
+            raise ValueError(f"expected a float between 0 and 1 for start_percent, got {start_percent!r}")
+        self.start_percent, self.min_lr, self.min_lr_ratio = start_percent, min_lr, min_lr_ratio
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        progress, total = _progress(self, runner)
+        start = round(total * self.start_percent)
+        if progress < start:
+            return base
+        return annealing_cos(base, _target(base, self.min_lr, self.min_lr_ratio), (progress - start) / (total - start))
+
+
+@LR_POLICIES.register("CosineRestart")
+class CosineRestartLrUpdaterHook(LrUpdaterHook):
+    """Cosine cycles of ``periods`` epochs/iterations, restarting at ``restart_weights[i]`` of
+    the way from the target back to ``base``; the periods must cover the run."""
+
+    def __init__(self, periods, restart_weights=(1,), min_lr=None, min_lr_ratio=None, **kwargs):
+        _one_of(min_lr, min_lr_ratio, "lr", "CosineRestart")
+        periods, restart_weights = list(periods), list(restart_weights)
+        if len(periods) != len(restart_weights):
+            raise ValueError("periods and restart_weights should have the same length")
+        if not all(isinstance(p, int) and p > 0 for p in periods):
+            raise ValueError(f"periods must be positive integers, got {periods}")
+        self.periods, self.restart_weights = periods, restart_weights
+        self.min_lr, self.min_lr_ratio = min_lr, min_lr_ratio
+        self.cumulative = [sum(periods[:i + 1]) for i in range(len(periods))]
+        super().__init__(**kwargs)
+
+    def before_run(self, runner):
+        super().before_run(runner)
+        total = runner.max_epochs if self.by_epoch else runner.max_iters
+        if self.cumulative[-1] < total:  # mmcv fails there mid-run; say so before the first step
+            unit = "epochs" if self.by_epoch else "iterations"
+            raise ValueError(f"CosineRestart periods {self.periods} cover {self.cumulative[-1]} {unit}, "
+                             f"the run has {total}")
+
+    def get_value(self, runner, base):
+        progress = _progress(self, runner)[0]
+        idx = next(i for i, end in enumerate(self.cumulative) if progress < end)
+        restart = 0 if idx == 0 else self.cumulative[idx - 1]
+        alpha = min((progress - restart) / self.periods[idx], 1)
+        return annealing_cos(base, _target(base, self.min_lr, self.min_lr_ratio), alpha, self.restart_weights[idx])
 
 
 @LR_POLICIES.register("CosineAnnealing")
@@ -238,23 +359,32 @@ class CosineAnnealingMomentumUpdaterHook(MomentumUpdaterHook):
         return annealing_cos(base, target, progress / total)
 
 
-@MOMENTUM_POLICIES.register("cyclic")
-class CyclicMomentumUpdaterHook(MomentumUpdaterHook):
-    """Per iteration, ``cyclic_times`` cycles: from ``base`` to ``base * target_ratio[0]`` over
-    ``step_ratio_up`` of a cycle, then to ``base * target_ratio[1]``; ``gamma`` shrinks the
-    swing each cycle."""
+class _Cyclic:
+    """mmcv's cyclic schedule (per iteration): ``cyclic_times`` cycles, each from ``base`` to
+    ``base * target_ratio[0]`` over ``step_ratio_up`` of the cycle, then to ``base *
+    target_ratio[1]``; ``gamma`` shrinks the swing each cycle. A single ratio ``r`` means
+    ``(r, r / 1e5)``."""
 
-    def __init__(self, by_epoch=False, target_ratio=(0.85 / 0.95, 1), cyclic_times=1, step_ratio_up=0.4,
+    def __init__(self, by_epoch=False, target_ratio=(10, 1e-4), cyclic_times=1, step_ratio_up=0.4,
                  anneal_strategy="cos", gamma=1.0, **kwargs):
+        if by_epoch:
+            raise ValueError('the cyclic policy updates per iteration: "by_epoch" must be False')
         if isinstance(target_ratio, (int, float)):
             target_ratio = (target_ratio, target_ratio / 1e5)
+        target_ratio = tuple(target_ratio)
+        if len(target_ratio) == 1:
+            target_ratio = (target_ratio[0], target_ratio[0] / 1e5)
+        if len(target_ratio) != 2:
+            raise ValueError('"target_ratio" must be a number or a list/tuple of two numbers')
         if not 0 <= step_ratio_up < 1:
             raise ValueError('"step_ratio_up" must be in range [0,1)')
+        if not 0 < gamma <= 1:
+            raise ValueError('"gamma" must be in range (0, 1]')
         if anneal_strategy not in _ANNEAL:
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy}")
-        self.target_ratio, self.cyclic_times, self.step_ratio_up = tuple(target_ratio), cyclic_times, step_ratio_up
+        self.target_ratio, self.cyclic_times, self.step_ratio_up = target_ratio, cyclic_times, step_ratio_up
         self.gamma, self.anneal = gamma, _ANNEAL[anneal_strategy]
-        super().__init__(by_epoch=by_epoch, **kwargs)
+        super().__init__(by_epoch=False, **kwargs)
 
     def before_run(self, runner):
         super().before_run(runner)
@@ -277,8 +407,105 @@ class CyclicMomentumUpdaterHook(MomentumUpdaterHook):
         return base
 
 
+@LR_POLICIES.register("Cyclic")
+class CyclicLrUpdaterHook(_Cyclic, LrUpdaterHook):
+    """mmcv's ``CyclicLrUpdaterHook`` (default ``target_ratio=(10, 1e-4)``); its usual partner is
+    ``momentum_config=dict(policy='cyclic')``."""
+
+
+@MOMENTUM_POLICIES.register("Cyclic")
+class CyclicMomentumUpdaterHook(_Cyclic, MomentumUpdaterHook):
+    """mmcv's ``CyclicMomentumUpdaterHook`` (default ``target_ratio=(0.85 / 0.95, 1)``)."""
+
+    def __init__(self, by_epoch=False, target_ratio=(0.85 / 0.95, 1), cyclic_times=1, step_ratio_up=0.4,
+                 anneal_strategy="cos", gamma=1.0, **kwargs):
+        super().__init__(by_epoch, target_ratio, cyclic_times, step_ratio_up, anneal_strategy, gamma, **kwargs)
+
+
+@MOMENTUM_POLICIES.register("Step")
+class StepMomentumUpdaterHook(MomentumUpdaterHook):
+    """``momentum = base * gamma ** (number of milestones <= progress)``, at least ``min_momentum``."""
+
+    def __init__(self, step, gamma=0.5, min_momentum=None, **kwargs):
+        _check_step(step)
+        self.step, self.gamma, self.min_momentum = step, gamma, min_momentum
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        momentum = base * self.gamma ** _step_exponent(self.step, _progress(self, runner)[0])
+        return max(momentum, self.min_momentum) if self.min_momentum is not None else momentum
+
+
+@MOMENTUM_POLICIES.register("LinearAnnealing")
+class LinearAnnealingMomentumUpdaterHook(MomentumUpdaterHook):
+    def __init__(self, min_momentum=None, min_momentum_ratio=None, **kwargs):
+        _one_of(min_momentum, min_momentum_ratio, "momentum", "LinearAnnealing")
+        self.min_momentum, self.min_momentum_ratio = min_momentum, min_momentum_ratio
+        super().__init__(**kwargs)
+
+    def get_value(self, runner, base):
+        progress, total = _progress(self, runner)
+        return annealing_linear(base, _target(base, self.min_momentum, self.min_momentum_ratio), progress / total)
+
+
+@MOMENTUM_POLICIES.register("OneCycle")
+class OneCycleMomentumUpdaterHook(MomentumUpdaterHook):
+    """Partner of the OneCycle LR (per iteration): from ``max_momentum`` down to
+    ``base_momentum`` while the LR rises (``pct_start`` of the run), then back up; with
+    ``three_phase`` down, up, then flat. Values per param group (a number or a list)."""
+
+    def __init__(self, base_momentum=0.85, max_momentum=0.95, pct_start=0.3, anneal_strategy="cos",
+                 three_phase=False, **kwargs):
+        if kwargs.get("by_epoch", False):
+            raise ValueError("OneCycle momentum updates per iteration; by_epoch must be False")
+        kwargs["by_epoch"] = False
+        if not 0 <= pct_start <= 1:
+            raise ValueError(f"pct_start must be in [0, 1], got {pct_start}")
+        if anneal_strategy not in _ANNEAL:
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy}")
+        self.base_momentum, self.max_momentum, self.pct_start = base_momentum, max_momentum, pct_start
+        self.anneal, self.three_phase = _ANNEAL[anneal_strategy], three_phase
+        super().__init__(**kwargs)
+
+    def before_run(self, runner):
+        groups = runner.optimizer.param_groups
+        if not all("momentum" in g or "betas" in g for g in groups):
+            raise ValueError(f"OneCycle momentum: {type(runner.optimizer).__name__} has no momentum or betas")
+        per_group = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * len(groups)  # noqa: E731
+        for group, low, high in zip(groups, per_group(self.base_momentum), per_group(self.max_momentum)):
+            group.setdefault("base_momentum", low)  # a resumed optimizer keeps its own
+            group.setdefault("max_momentum", high)
+            self._put(group, group["max_momentum"])
+        self.base = [g["base_momentum"] for g in groups]
+        p, total = self.pct_start, runner.max_iters
+        if self.three_phase:
+            self.phases = [(float(p * total) - 1, "max_momentum", "base_momentum"),
+                           (float(2 * p * total) - 2, "base_momentum", "max_momentum"),
+                           (total - 1, "max_momentum", "max_momentum")]
+        else:
+            self.phases = [(float(p * total) - 1, "max_momentum", "base_momentum"),
+                           (total - 1, "base_momentum", "max_momentum")]
+
+    def _regular(self, runner):
+        values, cur = [], runner.iter
+        for group in runner.optimizer.param_groups:
+            start = 0
+            for i, (end, low_key, high_key) in enumerate(self.phases):
+                if cur <= end or i == len(self.phases) - 1:
+                    values.append(self.anneal(group[low_key], group[high_key], (cur - start) / (end - start)))
+                    break
+                start = end
+        return values
+
+
+def policy_name(policy: str) -> str:
+    """mmcv's lookup: an all-lowercase policy is title-cased (``'step'`` -> ``Step``,
+    ``'cyclic'`` -> ``Cyclic``); any other spelling is taken as it is (``CosineAnnealing``)."""
+    return policy.title() if policy == policy.lower() else policy
+
+
 def build_lr_hook(cfg: dict, table: Registry = LR_POLICIES, where: str = "lr_config") -> Hook:
     """``dict(policy='step', step=[8, 11], warmup='linear', ...)`` -> the policy's hook."""
     cfg = dict(cfg)
-    policy = cfg.pop("policy")
+    policy = policy_name(cfg.pop("policy"))
     return table.build(dict(type=policy, **cfg), where)
