@@ -355,13 +355,17 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
                                       val_loader_cfg.get("workers_per_gpu", loader_cfg["workers_per_gpu"]),
                                       num_replicas=world, rank=rank, shuffle=False,
                                       persistent_workers=False, **procs)
-        runner.register_hook(EvalHook(val_loader, autocast=precision.autocast, **eval_cfg))
+        eval_hook = EvalHook(val_loader, autocast=precision.autocast, **eval_cfg)
     for hook in extra_hooks:
         runner.register_hook(hook)
     for i, hook_cfg in enumerate(cfg.get("custom_hooks") or []):
         hook_cfg = dict(hook_cfg)
         priority = hook_cfg.pop("priority", None)  # default: the hook class's own (NORMAL for most)
         runner.register_hook(HOOKS.build(hook_cfg, f"custom_hooks.{i}"), priority=priority)
+    if validate:
+        # after the custom hooks: one of the evaluation's priority (49, mmdet's choice for its EMA
+        # hooks, to come before evaluation) then acts first, as it does in mmdet (EvalHook at 70)
+        runner.register_hook(eval_hook)
 
     resume = resume_path(cfg)
     if resume:

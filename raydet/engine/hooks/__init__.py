@@ -2,6 +2,7 @@
 from .base import HOOKS, PRIORITIES, Hook, get_priority
 from .chaos import ChaosError, ChaosHook
 from .checkpoint import CheckpointHook
+from .ema import BaseEMAHook, EMAHook, ExpMomentumEMAHook, LinearMomentumEMAHook
 from .evaluation import EvalHook
 from .logger import LogBuffer, LoggerHook, TensorboardLoggerHook, TextLoggerHook
 from .lr import (LR_POLICIES, MOMENTUM_POLICIES, CosineAnnealingLrUpdaterHook,
@@ -16,4 +17,5 @@ __all__ = ["HOOKS", "PRIORITIES", "Hook", "get_priority", "CheckpointHook", "Eva
            "LrUpdaterHook", "MomentumUpdaterHook", "StepLrUpdaterHook", "CosineAnnealingLrUpdaterHook",
            "OneCycleLrUpdaterHook", "CosineAnnealingMomentumUpdaterHook", "CyclicMomentumUpdaterHook",
            "build_lr_hook", "OptimizerHook", "IterTimerHook", "DistSamplerSeedHook", "ChaosHook",
-           "ChaosError", "NumClassCheckHook"]
+           "ChaosError", "NumClassCheckHook", "BaseEMAHook", "EMAHook", "ExpMomentumEMAHook",
+           "LinearMomentumEMAHook"]

@@ -45,7 +45,9 @@ class EvalHook(Hook):
 
     Runs at priority 49, just before :class:`CheckpointHook` (mmcv ran it after, at LOW), so that
     an epoch's checkpoint already holds that epoch's best score: resuming from it never forgets a
-    best that was reached in the checkpointed epoch. The model is in train mode again afterwards.
+    best that was reached in the checkpointed epoch. It is registered after the custom hooks, so
+    that one at the same priority (mmdet's EMA hooks, ``priority=49``) acts before it, as in
+    mmdet. The model is in train mode again afterwards.
     """
 
     priority = PRIORITIES["NORMAL"] - 1
