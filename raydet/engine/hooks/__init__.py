@@ -10,6 +10,7 @@ from .lr import (LR_POLICIES, MOMENTUM_POLICIES, CosineAnnealingLrUpdaterHook,
                  MomentumUpdaterHook, OneCycleLrUpdaterHook, StepLrUpdaterHook, build_lr_hook)
 from .num_class import NumClassCheckHook
 from .optimizer import OptimizerHook
+from .profiler import ProfilerHook
 from .timer import DistSamplerSeedHook, IterTimerHook
 
 __all__ = ["HOOKS", "PRIORITIES", "Hook", "get_priority", "CheckpointHook", "EvalHook", "LogBuffer",
@@ -18,4 +19,4 @@ __all__ = ["HOOKS", "PRIORITIES", "Hook", "get_priority", "CheckpointHook", "Eva
            "OneCycleLrUpdaterHook", "CosineAnnealingMomentumUpdaterHook", "CyclicMomentumUpdaterHook",
            "build_lr_hook", "OptimizerHook", "IterTimerHook", "DistSamplerSeedHook", "ChaosHook",
            "ChaosError", "NumClassCheckHook", "BaseEMAHook", "EMAHook", "ExpMomentumEMAHook",
-           "LinearMomentumEMAHook"]
+           "LinearMomentumEMAHook", "ProfilerHook"]
