@@ -120,6 +120,22 @@ class LoadImageFromFile:
 
 
 @PIPELINES.register()
+class LoadImageFromWebcam(LoadImageFromFile):
+    """mmdet's loader for an image already in memory: ``results['img']``, a BGR ``uint8
+    [H, W, 3]`` array (what ``inference_detector`` swaps in for ``LoadImageFromFile``)."""
+
+    def __call__(self, results):
+        img = results["img"]
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+            raise DataError(f"expected a BGR image array [H, W, 3], got {getattr(img, 'shape', type(img))}")
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results.update(filename=None, ori_filename=None, img=img, img_shape=img.shape, ori_shape=img.shape,
+                       img_fields=["img"])
+        return results
+
+
+@PIPELINES.register()
 class LoadAnnotations:
     """Copy ``ann_info`` into ``gt_bboxes`` (float32 ``[N, 4]``), ``gt_labels`` (int64 ``[N]``),
     ``gt_bboxes_ignore`` (when the dataset has ignored boxes) and ``gt_masks`` (:class:`PolygonMasks`)."""

@@ -65,6 +65,14 @@ class Detector(nn.Module):
             return {f"detector.{k}": v for k, v in state.items()}
         return state
 
+    def show_result(self, img, result, score_thr: float = 0.3, out_file: str | None = None, **kwargs):
+        """mmdet's ``BaseDetector.show_result``: ``result`` drawn on ``img`` with this model's
+        ``CLASSES`` (:func:`raydet.visualization.draw_det_result`, which takes ``thickness``,
+        ``font_scale``, ``mask_alpha``); the drawn BGR image, also written to ``out_file``."""
+        from ..visualization import draw_det_result
+        names = list(getattr(self, "CLASSES", None) or [str(i) for i in range(self.num_classes)])
+        return draw_det_result(img, result, names, score_thr=score_thr, out_file=out_file, **kwargs)
+
     def forward(self, img, img_metas, return_loss=True, **kwargs):
         if return_loss:
             return self.forward_train(img, img_metas, **kwargs)

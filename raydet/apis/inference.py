@@ -1,0 +1,122 @@
+"""mmdet 2.x's ``apis/inference.py``: ``init_detector``, ``inference_detector``,
+``show_result_pyplot``, on raydet's models and pipelines."""
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+logger = logging.getLogger("raydet")
+
+
+def _without_pretrained(model_cfg):
+    """``model_cfg`` with every ``init_cfg=dict(type='Pretrained')`` and ``pretrained=`` removed:
+    the checkpoint brings every weight (mmdet's ``init_detector`` sets ``pretrained=None`` too)."""
+    if isinstance(model_cfg, dict):
+        out = {}
+        for key, value in model_cfg.items():
+            if key == "pretrained" or (key == "init_cfg" and isinstance(value, dict) and value.get("type") == "Pretrained"):
+                out[key] = None
+            else:
+                out[key] = _without_pretrained(value)
+        return out
+    if isinstance(model_cfg, (list, tuple)):
+        return type(model_cfg)(_without_pretrained(v) for v in model_cfg)
+    return model_cfg
+
+
+def init_detector(config, checkpoint: str | None = None, device: str = "cpu", cfg_options: dict | None = None):
+    """A detector ready for :func:`inference_detector`: built from ``config`` (a path, a dict
+    or a Config; ``cfg_options`` are dotted overrides), the weights of ``checkpoint`` loaded
+    (every tensor must fit: :class:`CheckpointError` otherwise; ``None`` keeps the initial
+    weights, with a warning), on ``device``, in eval mode. ``model.cfg`` is the config and
+    ``model.CLASSES`` the class names, from the checkpoint's meta (else the test dataset's)."""
+    from ..config import load_config
+    from ..data import DATASETS
+    from ..engine.checkpoint import load_weights
+    from ..models import build_detector
+    cfg = load_config(config, cfg_options)
+    cfg.model = _without_pretrained(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model))
+    model = build_detector(cfg.model, train_cfg=None, test_cfg=cfg.get("test_cfg"))
+    classes = None
+    if checkpoint is not None:
+        ckpt = load_weights(model, checkpoint, logger, require="all")
+        classes = (ckpt.get("meta") or {}).get("CLASSES")
+    else:
+        logger.warning("init_detector: no checkpoint, the detector keeps its initial weights")
+    if not classes:
+        test = (cfg.get("data") or {}).get("test") or {}
+        classes = test.get("classes") or getattr(DATASETS.get(test["type"]), "CLASSES", None) if test else None
+    model.CLASSES = list(classes) if classes else [str(i) for i in range(_num_classes(model))]
+    model.cfg = cfg
+    return model.to(device).eval()
+
+
+def _num_classes(model) -> int:
+    return int(getattr(model, "num_classes", 0) or 0)
+
+
+def _test_pipeline(cfg, from_array: bool):
+    """The config's test pipeline, reading an array instead of a file when ``from_array``
+    (mmdet swaps in ``LoadImageFromWebcam``)."""
+    from ..data.pipelines import Compose
+    test = (cfg.get("data") or {}).get("test")
+    if not test:
+        raise ConfigError("inference needs the config's data.test.pipeline")
+    while "pipeline" not in test and "dataset" in test:  # a wrapper: its dataset's pipeline
+        test = test["dataset"]
+    pipeline = copy.deepcopy(list(test["pipeline"]))
+    if from_array:
+        if pipeline[0].get("type") != "LoadImageFromFile":
+            raise ConfigError(f"data.test.pipeline starts with {pipeline[0].get('type')!r}, not LoadImageFromFile")
+        pipeline[0] = dict(pipeline[0], type="LoadImageFromWebcam")
+    return Compose(pipeline)
+
+
+@torch.no_grad()
+def inference_detector(model, imgs):
+    """Detect objects in ``imgs``: a path or a BGR ``uint8 [H, W, 3]`` array, or a list of them
+    (one batch). Returns, per image, mmdet's result: a list over classes of float32 ``[N, 5]``
+    arrays ``(x1, y1, x2, y2, score)`` in the image's own pixels, and for Mask R-CNN a tuple
+    ``(bbox_result, segm_result)`` with ``segm_result[c][j]`` a boolean ``[H, W]`` mask; a
+    single image gives its result alone."""
+    from ..data.loader import collate
+    single = not isinstance(imgs, (list, tuple))
+    imgs = [imgs] if single else list(imgs)
+    if not imgs:
+        return []
+    pipelines = {}
+    samples = []
+    for img in imgs:
+        from_array = isinstance(img, np.ndarray)
+        pipeline = pipelines.setdefault(from_array, _test_pipeline(model.cfg, from_array))
+        samples.append(pipeline(dict(img=img) if from_array else dict(img_info=dict(filename=str(img)),
+                                                                      img_prefix=None)))
+    batch = collate(samples)
+    device = next(model.parameters()).device
+    to = lambda v: v.to(device) if isinstance(v, torch.Tensor) else [to(x) for x in v] if isinstance(v, list) else v  # noqa: E731
+    data = {k: (v if k == "img_metas" else to(v)) for k, v in batch.items()}
+    results = model(return_loss=False, rescale=True, **data)
+    return results[0] if single else results
+
+
+def show_result_pyplot(model, img, result, score_thr: float = 0.3, title: str = "result", wait_time: float = 0,
+                       out_file: str | None = None):
+    """Draw ``result`` on ``img`` (:meth:`show_result`) and show it with matplotlib (in a
+    notebook, inline), or write it to ``out_file``. Returns the drawn BGR image."""
+    import matplotlib.pyplot as plt
+    drawn = model.show_result(img, result, score_thr=score_thr, out_file=out_file)
+    if out_file is None:
+        plt.figure(figsize=(15, 10))
+        plt.imshow(drawn[..., ::-1])
+        plt.title(title)
+        plt.axis("off")
+        plt.tight_layout()
+        plt.show(block=not wait_time)
+        if wait_time:
+            plt.pause(wait_time)
+    return drawn

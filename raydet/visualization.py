@@ -1,0 +1,61 @@
+"""Detections drawn on an image, in mmdet 2.x's look (``imshow_det_bboxes``): one colour per
+class, the box outlined, ``class|score`` on a filled label above it, masks blended in."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """``uint8 [num_classes, 3]`` BGR colours, the same for every call (mmdet draws a random
+    palette from ``RandomState(42)`` too, so colours stay put between images and runs)."""
+    return np.random.RandomState(42).randint(0, 256, (max(num_classes, 1), 3)).astype(np.uint8)
+
+
+def draw_det_result(img, result, class_names, score_thr: float = 0.3, thickness: int = 2,
+                    font_scale: float = 0.5, mask_alpha: float = 0.5, out_file: str | None = None) -> np.ndarray:
+    """Draw mmdet's ``result`` for one image (a list over classes of ``[N, 5]`` arrays, or
+    ``(bbox_result, segm_result)``) on ``img`` (a path or a BGR ``uint8 [H, W, 3]`` array, left
+    unchanged). Only detections with score >= ``score_thr`` are drawn. Returns the drawn BGR
+    image; ``out_file`` (``.png``/``.jpg``) also writes it, creating its directory."""
+    if isinstance(img, (str, os.PathLike)):
+        path = str(img)
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(f"cannot read image {path}")
+    canvas = np.ascontiguousarray(img, dtype=np.uint8).copy()
+    bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
+    colors = palette(len(bbox_result))
+    for label, dets in enumerate(bbox_result):
+        dets = np.asarray(dets, dtype=np.float32).reshape(-1, 5)
+        keep = dets[:, 4] >= score_thr
+        color = tuple(int(c) for c in colors[label])
+        if segm_result is not None:
+            for mask in (m for m, k in zip(segm_result[label], keep) if k):
+                mask = _as_binary(mask)
+                canvas[mask] = (canvas[mask] * (1 - mask_alpha) + np.array(color) * mask_alpha).astype(np.uint8)
+        for x1, y1, x2, y2, score in dets[keep]:
+            p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
+            cv2.rectangle(canvas, p1, p2, color, thickness)
+            name = class_names[label] if label < len(class_names) else str(label)
+            text = f"{name}|{score:.2f}"
+            (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+            top = max(p1[1] - h - base - thickness, 0)  # above the box, inside the image
+            cv2.rectangle(canvas, (p1[0], top), (p1[0] + w + 2, top + h + base), color, cv2.FILLED)
+            luma = 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2]
+            cv2.putText(canvas, text, (p1[0] + 1, top + h), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                        (0, 0, 0) if luma > 128 else (255, 255, 255), 1, cv2.LINE_AA)
+    if out_file is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+        if not cv2.imwrite(out_file, canvas):
+            raise ValueError(f"cannot write {out_file}: use a .png or .jpg name")
+    return canvas
+
+
+def _as_binary(mask) -> np.ndarray:
+    if isinstance(mask, dict):  # an RLE, as raydet test's results hold them
+        from pycocotools import mask as mask_util
+        return mask_util.decode(mask).astype(bool)
+    return np.asarray(mask, dtype=bool)
