@@ -88,7 +88,11 @@ def _test_parser(sub):
     p.add_argument("checkpoint")
     p.add_argument("--eval", nargs="+", default=None, choices=["bbox", "segm", "mAP"],
                    help="metrics (default: the config's evaluation.metric)")
-    p.add_argument("--out", help="write the raw results to this pickle file")
+    p.add_argument("--out", help="write the results: .pkl (mmdet's raw results) or .json (COCO's results format)")
+    p.add_argument("--format-only", action="store_true",
+                   help="only write the results (--out x.json, e.g. for a test server); no evaluation")
+    p.add_argument("--show-dir", help="draw each image's predictions into this directory (same file names)")
+    p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
     p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
     return p
 
@@ -97,7 +101,7 @@ def setup_console_logging(level=logging.INFO):
     from .engine.hooks.logger import console_handler
     log = logging.getLogger("raydet")
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers):
-        log.addHandler(console_handler(sys.stdout))
+        log.addHandler(console_handler())
     log.setLevel(level)
     log.propagate = False
     return log
@@ -205,7 +209,31 @@ def summary(metrics: dict, work_dir: str, seconds: float, best=None, best_score=
     return "\n".join(lines)
 
 
+def _test_outputs(args, dataset) -> list[str]:
+    """The files ``raydet test`` will write, checked before any prediction: never over an
+    existing file (raydet does not overwrite what it did not write)."""
+    if args.format_only and not (args.out and args.out.endswith(".json")):
+        raise RaydetError("--format-only writes COCO-format results: give --out RESULTS.json")
+    if args.out and not args.out.endswith((".pkl", ".pickle", ".json")):
+        raise RaydetError(f"--out {args.out}: use a .pkl (raw results) or .json (COCO format) file name")
+    if args.out and args.out.endswith(".json") and not hasattr(dataset, "results_to_json"):
+        raise RaydetError(f"--out {args.out}: COCO-format results need a COCO-style dataset, not "
+                          f"{type(dataset).__name__}; use a .pkl file")
+    targets = [args.out] if args.out else []
+    if args.show_dir and not hasattr(dataset, "data_infos"):
+        raise RaydetError(f"--show-dir needs a plain test dataset, not the wrapper {type(dataset).__name__}")
+    if args.show_dir:
+        targets += [os.path.join(args.show_dir, info["filename"]) for info in dataset.data_infos]
+    taken = [t for t in targets if os.path.exists(t)]
+    if taken:
+        more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+        raise RaydetError(f"{taken[0]}{more} exists; raydet does not overwrite a file it did not write: "
+                          "give another --out/--show-dir")
+    return targets
+
+
 def cmd_test(args) -> int:
+    import json
     import pickle
 
     import torch
@@ -221,17 +249,30 @@ def cmd_test(args) -> int:
     dataset = build_dataset(cfg.data.test, test_mode=True)
     model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
     metric = args.eval or (cfg.get("evaluation") or {}).get("metric", "bbox")
-    check_metrics(dataset, metric, model, key="--eval" if args.eval else "evaluation.metric")
-    if args.out and os.path.exists(args.out):
-        raise RaydetError(f"--out {args.out} exists; raydet does not overwrite a file it did not write: "
-                          "give another path")
-    load_weights(model, args.checkpoint, log, require="all")
+    if not args.format_only:
+        check_metrics(dataset, metric, model, key="--eval" if args.eval else "evaluation.metric")
+    _test_outputs(args, dataset)
+    ckpt = load_weights(model, args.checkpoint, log, require="all")
+    model.CLASSES = list((ckpt.get("meta") or {}).get("CLASSES") or dataset.CLASSES)
     loader = build_dataloader(dataset, 1, cfg.data.get("workers_per_gpu", 2), shuffle=False, persistent_workers=False)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     results = inference(model, loader, progress=True)
     if args.out:
-        with open(args.out, "wb") as f:
-            pickle.dump(results, f)
+        if args.out.endswith(".json"):
+            with open(args.out, "w") as f:
+                json.dump(dataset.results_to_json(results), f)
+        else:
+            with open(args.out, "wb") as f:
+                pickle.dump(results, f)
+        print(f"results written to {args.out}")
+    if args.show_dir:
+        for info, result in zip(dataset.data_infos, results):
+            source = os.path.join(dataset.img_prefix, info["filename"]) if dataset.img_prefix else info["filename"]
+            model.show_result(source, result, score_thr=args.show_score_thr,
+                              out_file=os.path.join(args.show_dir, info["filename"]))
+        print(f"{len(results)} drawn predictions in {args.show_dir}")
+    if args.format_only:
+        return 0
     metrics = dataset.evaluate(results, metric=metric, logger=log)
     print(f"metrics: {metrics}")
     return 0

@@ -64,3 +64,34 @@ def test_elastic_workers_and_a_bucket_work_dir_from_the_command_line(monkeypatch
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "x.py", "--num-workers", "two"])
 
+
+
+def test_test_writes_coco_results_and_drawings_and_never_over_a_file(shapes_root, tmp_path, capsys):
+    """mmdet's tools/test.py flags: --out x.json (COCO's results format) with --format-only, and
+    --show-dir with --show-score-thr (one drawing per image, under its own name)."""
+    import json
+
+    import cv2
+
+    from raydet.apis import train_from_config
+    from raydet.cli import main
+    cfg_path = str(tmp_path / "tiny.py")
+    cfg = load_config(tiny_config(shapes_root, tmp_path / "w", runner=dict(max_epochs=1)))
+    dump_config(cfg, cfg_path)
+    train_from_config(load_config(cfg_path), validate=False)
+    ckpt = str(tmp_path / "w" / "latest.pth")
+    out, shown = tmp_path / "res.json", tmp_path / "shown"
+    assert main(["test", cfg_path, ckpt, "--out", str(out), "--format-only",
+                 "--show-dir", str(shown), "--show-score-thr", "0.2"]) == 0
+    dets = json.load(open(out))
+    assert dets and set(dets[0]) == {"image_id", "category_id", "bbox", "score"}
+    assert {d["category_id"] for d in dets} <= {1, 2, 3} and all(len(d["bbox"]) == 4 for d in dets)
+    printed = capsys.readouterr().out
+    assert "metrics:" not in printed and "16 drawn predictions" in printed
+    names = sorted(os.listdir(shown))
+    source = cv2.imread(os.path.join(shapes_root, "val", names[0]))
+    assert len(names) == 16 and cv2.imread(str(shown / names[0])).shape == source.shape
+    assert main(["test", cfg_path, ckpt, "--show-dir", str(shown)]) == 2  # the drawings exist: refused
+    assert "does not overwrite" in capsys.readouterr().err
+    assert main(["test", cfg_path, ckpt, "--format-only"]) == 2
+    assert "--out RESULTS.json" in capsys.readouterr().err

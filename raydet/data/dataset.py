@@ -304,6 +304,15 @@ class CocoDataset(ImageSet):
                     dets.append(det)
         return dets
 
+    def results_to_json(self, results) -> list[dict]:
+        """COCO's results format for ``results`` (one per image of this dataset, in order):
+        ``{image_id, category_id, bbox: [x, y, w, h], score}`` per detection, with
+        ``segmentation`` (an RLE) when the results have masks. What a COCO test server takes."""
+        if len(results) != len(self):
+            raise ValueError(f"{len(results)} results for a dataset of {len(self)} images")
+        with_masks = bool(results) and isinstance(results[0], tuple)
+        return self._to_coco_json(results, "segm" if with_masks else "bbox")
+
     def _fast_gt(self):
         """faster-coco-eval's view of the ground truth, built once."""
         if getattr(self, "_fast_coco", None) is None:

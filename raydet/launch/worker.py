@@ -5,7 +5,6 @@ import errno
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +23,7 @@ def _setup_logging(rank: int) -> logging.Logger:
     log = logging.getLogger("raydet")
     if rank == 0 and not log.handlers:
         from ..engine.hooks.logger import console_handler
-        log.addHandler(console_handler(sys.stdout))
+        log.addHandler(console_handler())
     log.propagate = False
     return log
 

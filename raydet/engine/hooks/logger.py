@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -30,10 +31,23 @@ FILE_ONLY = {"file_only": True}
 FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
-def console_handler(stream) -> logging.Handler:
-    """The console's handler for the ``raydet`` logger: mmcv's line format, and lines logged
-    with :data:`FILE_ONLY` left out."""
-    handler = logging.StreamHandler(stream)
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to ``sys.stdout`` as it is at each line, not as it was when the handler was made:
+    a notebook kernel or a test harness may replace (and close) the stream in between."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def console_handler() -> logging.Handler:
+    """The console's handler for the ``raydet`` logger: standard output, mmcv's line format, and
+    lines logged with :data:`FILE_ONLY` left out."""
+    handler = _StdoutHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(lambda record: not getattr(record, "file_only", False))
     return handler
