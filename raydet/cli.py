@@ -1,4 +1,4 @@
-"""``raydet`` / ``python -m raydet``: ``train`` and ``test`` with mmdet's flags.
+"""``raydet`` / ``python -m raydet``: ``train``, ``test`` and ``plot`` with mmdet's flags.
 
 Library code raises named exceptions; only this module turns them into messages and exit codes.
 """
@@ -95,6 +95,45 @@ def _test_parser(sub):
     p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
     p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
     return p
+
+
+def _plot_parser(sub):
+    p = sub.add_parser("plot", help="training curves or iteration times from .log.json files")
+    p.add_argument("logs", nargs="+", help="json logs (several runs: overlaid)")
+    p.add_argument("--keys", nargs="+", default=["loss"], help="values to plot, e.g. loss bbox_mAP lr")
+    p.add_argument("--out", help="the picture (.png/.jpg/.pdf); default: show it")
+    p.add_argument("--legend", nargs="+", help="a name per log (default: the file names)")
+    p.add_argument("--title")
+    p.add_argument("--cal-train-time", action="store_true", help="print seconds per iteration by epoch instead")
+    p.add_argument("--include-outliers", action="store_true",
+                   help="with --cal-train-time: keep each epoch's first logged iteration")
+    return p
+
+
+def cmd_plot(args) -> int:
+    from . import analysis
+    for path in args.logs:
+        if not os.path.isfile(path):
+            raise RaydetError(f"log not found: {path}")
+    if args.cal_train_time:
+        for path in args.logs:
+            t = analysis.train_time(path, args.include_outliers)
+            print(f"{path}\n  slowest epoch {t['slowest_epoch']}, average time {t['per_epoch'][t['slowest_epoch']]:.4f} "
+                  f"s/iter\n  fastest epoch {t['fastest_epoch']}, average time {t['per_epoch'][t['fastest_epoch']]:.4f} "
+                  f"s/iter\n  time std over epochs is {t['std_over_epochs']:.4f}\n  average iter time: "
+                  f"{t['mean_iter_time']:.4f} s/iter")
+        return 0
+    try:
+        fig = analysis.plot_curves(args.logs, args.keys, out=args.out, legend=args.legend, title=args.title)
+    except (KeyError, ValueError) as exc:
+        raise RaydetError(str(exc.args[0])) from None
+    if args.out:
+        print(f"curves written to {args.out}")
+    else:
+        import matplotlib.pyplot as plt
+        plt.show()
+    del fig
+    return 0
 
 
 def setup_console_logging(level=logging.INFO):
@@ -283,9 +322,10 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _test_parser(sub)
+    _plot_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "test": cmd_test}[args.command](args)
+        return {"train": cmd_train, "test": cmd_test, "plot": cmd_plot}[args.command](args)
     except RaydetError as exc:
         print(f"raydet: error: {exc}", file=sys.stderr)
         return 2

@@ -440,4 +440,7 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
     if get_rank() == 0:  # once every input has proven usable
         save_run_config(saved, cfg.work_dir, meta["exp_name"], logger, source=source or cfg.filename)
     runner.run(loaders, cfg.workflow)
+    if get_rank() == 0:
+        from ..analysis import write_run_curves
+        write_run_curves(runner, logger)
     return runner

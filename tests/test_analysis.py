@@ -1,0 +1,55 @@
+"""Training curves and iteration times from json logs (mmdet's analyze_logs.py)."""
+import json
+
+import pytest
+
+from raydet.analysis import load_json_log, plot_curves, train_time
+from raydet.cli import main
+
+
+def _log(path, epochs=2, per_epoch=4, loss0=2.0, maps=(0.1, 0.3)):
+    """A raydet-style json log: meta line, train records every 2 iterations, a val record per epoch."""
+    lines = [dict(env_info="x", seed=0, exp_name="a.py")]
+    for e in range(1, epochs + 1):
+        for i in range(2, per_epoch + 1, 2):
+            lines.append(dict(mode="train", epoch=e, iter=i, lr=0.01, time=0.5 + 0.1 * e + (0.3 if i == 2 else 0),
+                              data_time=0.01, loss=loss0 / (e * i)))
+        lines.append(dict(mode="val", epoch=e, iter=per_epoch, lr=0.01, bbox_mAP=maps[e - 1], bbox_mAP_copypaste="x"))
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"mode": "tr')  # and a torn last line
+    return str(path)
+
+
+def test_losses_by_iteration_and_metrics_by_epoch(tmp_path):
+    log = load_json_log(_log(tmp_path / "a.log.json"))
+    assert log["train"]["loss"] == [(2, 1.0), (4, 0.5), (6, 0.5), (8, 0.25)]  # epoch 2 continues at 4 + i
+    assert log["val"]["bbox_mAP"] == [(1, 0.1), (2, 0.3)] and "bbox_mAP_copypaste" not in log["val"]
+
+
+def test_plot_has_a_line_per_key_and_run_and_writes_the_picture(tmp_path):
+    a, b = _log(tmp_path / "a.log.json"), _log(tmp_path / "b.log.json", loss0=3.0, maps=(0.2, 0.4))
+    fig = plot_curves([a, b], ["loss", "bbox_mAP"], out=str(tmp_path / "c.png"), legend=["run a", "run b"])
+    loss_ax, map_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["run a", "run b"] and len(map_ax.lines) == 2
+    assert list(map_ax.lines[1].get_ydata()) == [0.2, 0.4] and map_ax.get_xlabel() == "epoch"
+    assert loss_ax.get_xlabel() == "iter" and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(KeyError, match="segm_mAP"):
+        plot_curves([a], ["segm_mAP"])
+
+
+def test_cal_train_time_and_the_command(tmp_path, capsys):
+    a = _log(tmp_path / "a.log.json")
+    t = train_time(a)  # the first logged iteration of each epoch is left out
+    assert t["per_epoch"] == pytest.approx({1: 0.6, 2: 0.7}) and t["slowest_epoch"] == 2
+    assert train_time(a, include_outliers=True)["per_epoch"][1] == pytest.approx(0.75)
+    assert main(["plot", a, "--cal-train-time"]) == 0 and "slowest epoch 2" in capsys.readouterr().out
+    assert main(["plot", a, "--keys", "loss", "bbox_mAP", "--out", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").exists()
+    assert main(["plot", a, "--keys", "nope", "--out", str(tmp_path / "y.png")]) == 2
+    assert "no log has the key 'nope'" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "missing.json")]) == 2
+
+
+def test_a_finished_run_leaves_its_curves(make_cfg, tmp_path):
+    from raydet.apis import train_from_config
+    train_from_config(make_cfg(tmp_path / "w", runner=dict(max_epochs=1)), validate=True)
+    assert (tmp_path / "w" / "curves.png").read_bytes()[:4] == b"\x89PNG"
