@@ -47,6 +47,7 @@ def plot_curves(logs: list[str], keys: list[str], out: str | None = None, legend
     if out is not None:
         matplotlib.use("Agg")  # a file: no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     loaded = [load_json_log(p) for p in logs]
     names = legend or [os.path.basename(p) for p in logs]
     if len(names) != len(logs):
@@ -62,6 +63,7 @@ def plot_curves(logs: list[str], keys: list[str], out: str | None = None, legend
             xs, ys = zip(*log[mode][key])
             ax.plot(xs, ys, label=name, marker="o" if mode == "val" else None, linewidth=1 if mode == "val" else 0.5)
             ax.set_xlabel("epoch" if mode == "val" else "iter")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.25"
         if not found:
             plt.close(fig)
             raise KeyError(f"no log has the key {key!r}")
