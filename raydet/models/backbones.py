@@ -189,6 +189,8 @@ class GNConvNet(_Backbone):
         if any(not 0 <= i < len(channels) for i in out_indices):
             raise ConfigError(f"{k.where}.out_indices={out_indices} must be stage numbers 0..{len(channels) - 1}")
         groups = k("groups", 8, kind=int)
+        if groups < 1 or any(c % groups for c in channels):
+            raise ConfigError(f"{k.where}.groups={groups} does not divide every stage's channels {channels}")
         stages, cin = [], 3
         for c in channels:
             stages.append(nn.Sequential(

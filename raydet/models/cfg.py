@@ -110,7 +110,13 @@ def norm_layer(norm_cfg: dict | None, where: str):
     requires_grad = k("requires_grad", True, kind=bool)
     if kind == "GN":
         groups = k("num_groups", kind=int)
-        factory = partial(nn.GroupNorm, groups, eps=k("eps", 1e-5, kind=(int, float)), affine=k("affine", True))
+        eps, affine = k("eps", 1e-5, kind=(int, float)), k("affine", True)
+
+        def factory(num_channels):
+            if groups < 1 or num_channels % groups:
+                raise ConfigError(f"{where}.num_groups={groups} does not divide the {num_channels} channels of a "
+                                  f"layer it normalises")
+            return nn.GroupNorm(groups, num_channels, eps=eps, affine=affine)
     else:
         factory = partial(nn.BatchNorm2d, eps=k("eps", 1e-5, kind=(int, float)),
                           momentum=k("momentum", 0.1, kind=(int, float)), affine=k("affine", True))
