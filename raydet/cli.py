@@ -1,4 +1,4 @@
-"""``raydet`` / ``python -m raydet``: ``train``, ``test`` and ``plot`` with mmdet's flags.
+"""``raydet`` / ``python -m raydet``: ``train``, ``test``, ``plot`` and ``browse`` with mmdet's flags.
 
 Library code raises named exceptions; only this module turns them into messages and exit codes.
 """
@@ -95,6 +95,29 @@ def _test_parser(sub):
     p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
     p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
     return p
+
+
+def _browse_parser(sub):
+    p = sub.add_parser("browse", help="draw training samples after the train pipeline, with their ground truth")
+    p.add_argument("config")
+    p.add_argument("--out-dir", required=True, help="where the drawings go (one per sample)")
+    p.add_argument("--num", type=int, default=20, help="how many samples (default 20)")
+    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
+    return p
+
+
+def cmd_browse(args) -> int:
+    from .config import load_config
+    from .visualization import browse_dataset
+    cfg = load_config(args.config, args.cfg_options)
+    if args.num < 1:
+        raise RaydetError(f"--num must be >= 1, got {args.num}")
+    try:
+        written = [path for path, _ in browse_dataset(cfg.data.train, args.out_dir, args.num, cfg.get("seed") or 0)]
+    except FileExistsError as exc:
+        raise RaydetError(str(exc)) from None
+    print(f"{len(written)} training samples drawn in {args.out_dir}")
+    return 0
 
 
 def _plot_parser(sub):
@@ -323,9 +346,10 @@ def main(argv=None) -> int:
     _train_parser(sub)
     _test_parser(sub)
     _plot_parser(sub)
+    _browse_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "test": cmd_test, "plot": cmd_plot}[args.command](args)
+        return {"train": cmd_train, "test": cmd_test, "plot": cmd_plot, "browse": cmd_browse}[args.command](args)
     except RaydetError as exc:
         print(f"raydet: error: {exc}", file=sys.stderr)
         return 2

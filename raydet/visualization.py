@@ -15,17 +15,19 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def draw_det_result(img, result, class_names, score_thr: float = 0.3, thickness: int = 2,
-                    font_scale: float = 0.5, mask_alpha: float = 0.5, out_file: str | None = None) -> np.ndarray:
+                    font_scale: float = 0.5, mask_alpha: float = 0.5, out_file: str | None = None,
+                    scores: bool = True) -> np.ndarray:
     """Draw mmdet's ``result`` for one image (a list over classes of ``[N, 5]`` arrays, or
     ``(bbox_result, segm_result)``) on ``img`` (a path or a BGR ``uint8 [H, W, 3]`` array, left
-    unchanged). Only detections with score >= ``score_thr`` are drawn. Returns the drawn BGR
+    unchanged). Only detections with score >= ``score_thr`` are drawn; labels read
+    ``class|score``, or ``class`` alone without ``scores`` (ground truth). Returns the drawn BGR
     image; ``out_file`` (``.png``/``.jpg``) also writes it, creating its directory."""
     if isinstance(img, (str, os.PathLike)):
         path = str(img)
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
             raise FileNotFoundError(f"cannot read image {path}")
-    canvas = np.ascontiguousarray(img, dtype=np.uint8).copy()
+    canvas = np.ascontiguousarray(np.clip(img, 0, 255), dtype=np.uint8).copy()
     bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
     colors = palette(len(bbox_result))
     for label, dets in enumerate(bbox_result):
@@ -40,7 +42,7 @@ def draw_det_result(img, result, class_names, score_thr: float = 0.3, thickness:
             p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
             cv2.rectangle(canvas, p1, p2, color, thickness)
             name = class_names[label] if label < len(class_names) else str(label)
-            text = f"{name}|{score:.2f}"
+            text = f"{name}|{score:.2f}" if scores else name
             (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
             top = max(p1[1] - h - base - thickness, 0)  # above the box, inside the image
             cv2.rectangle(canvas, (p1[0], top), (p1[0] + w + 2, top + h + base), color, cv2.FILLED)
@@ -59,3 +61,50 @@ def _as_binary(mask) -> np.ndarray:
         from pycocotools import mask as mask_util
         return mask_util.decode(mask).astype(bool)
     return np.asarray(mask, dtype=bool)
+
+
+#: transforms left out when browsing, as mmdet's browse_dataset does: the image stays a viewable
+#: BGR array (not normalised, not a tensor) and every annotation stays in the results
+BROWSE_SKIP = ("DefaultFormatBundle", "Normalize", "ImageToTensor", "Collect")
+
+
+def _without(cfg, skip):
+    """A dataset config with ``skip`` dropped from every pipeline in it (wrappers included)."""
+    if isinstance(cfg, dict):
+        return {k: ([t for t in v if t.get("type") not in skip] if k == "pipeline" else _without(v, skip))
+                for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [_without(c, skip) for c in cfg]
+    return cfg
+
+
+def browse_dataset(dataset_cfg, out_dir: str, num: int | None = None, seed: int = 0):
+    """Draw the ground truth of the first ``num`` training samples after the dataset's pipeline
+    (less :data:`BROWSE_SKIP`) into ``out_dir/<index>_<image name>.png``, as the model will see them:
+    resized, flipped, cropped. Yields ``(path, results)`` per sample. Raises
+    ``FileExistsError`` before drawing anything when a target exists (nothing is written over)."""
+    from .data import build_dataset
+    dataset = build_dataset(_without(dict(dataset_cfg), BROWSE_SKIP), seed=seed)
+    count = len(dataset) if num is None else min(num, len(dataset))
+    names = dataset.CLASSES
+    samples = [dataset[i] for i in range(count)]
+    stem = lambda r, i: os.path.splitext(os.path.basename(r.get("ori_filename") or str(i)))[0]  # noqa: E731
+    targets = [os.path.join(out_dir, f"{i:06d}_{stem(r, i)}.png") for i, r in enumerate(samples)]  # lossless
+    taken = [t for t in targets if os.path.exists(t)]
+    if taken:
+        raise FileExistsError(f"{taken[0]} exists; raydet does not overwrite a file it did not write")
+    for path, results in zip(targets, samples):
+        boxes, labels = np.asarray(results["gt_bboxes"]), np.asarray(results["gt_labels"])
+        per_class = [np.concatenate([boxes[labels == c], np.ones((int((labels == c).sum()), 1))], axis=1)
+                     for c in range(len(names))]
+        drawn = results["img"]
+        style = dict(score_thr=0, scores=False, out_file=path, thickness=1 if min(drawn.shape[:2]) < 200 else 2,
+                     font_scale=float(np.clip(min(drawn.shape[:2]) / 400, 0.25, 0.5)))  # small inputs, small labels
+        if "gt_masks" in results:
+            h, w = drawn.shape[:2]
+            masks = results["gt_masks"].to_ndarray(h, w).astype(bool)
+            per_mask = [[m for m, lab in zip(masks, labels) if lab == c] for c in range(len(names))]
+            draw_det_result(drawn, (per_class, per_mask), names, **style)
+        else:
+            draw_det_result(drawn, per_class, names, **style)
+        yield path, results
