@@ -108,3 +108,29 @@ def browse_dataset(dataset_cfg, out_dir: str, num: int | None = None, seed: int 
         else:
             draw_det_result(drawn, per_class, names, **style)
         yield path, results
+
+
+def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: float = 0.3) -> list[str]:
+    """Predict the first ``count`` images of ``dataset`` (a test-mode dataset) with ``model``
+    (a detector, or DDP around one) and draw them, full size, into ``out_dir/<image name>.png``.
+    Returns the paths. The model is left in eval mode."""
+    import torch
+
+    from .data.loader import collate
+    module = getattr(model, "module", model)
+    module.eval()
+    device = next(module.parameters()).device
+    to = lambda v: v.to(device) if isinstance(v, torch.Tensor) else [to(x) for x in v] if isinstance(v, list) else v  # noqa: E731
+    names = list(getattr(dataset, "CLASSES", None) or [])
+    written = []
+    for i in range(min(count, len(dataset))):
+        batch = collate([dataset[i]])
+        with torch.no_grad():
+            (result,) = module(return_loss=False, rescale=True, **{k: v if k == "img_metas" else to(v)
+                                                                   for k, v in batch.items()})
+        info = dataset.data_infos[i]
+        source = os.path.join(dataset.img_prefix, info["filename"]) if dataset.img_prefix else info["filename"]
+        path = os.path.join(out_dir, os.path.splitext(os.path.basename(info["filename"]))[0] + ".png")
+        draw_det_result(source, result, names, score_thr=score_thr, out_file=path)
+        written.append(path)
+    return written

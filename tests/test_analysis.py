@@ -1,5 +1,6 @@
 """Training curves and iteration times from json logs (mmdet's analyze_logs.py)."""
 import json
+import os
 
 import pytest
 
@@ -49,7 +50,9 @@ def test_cal_train_time_and_the_command(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "missing.json")]) == 2
 
 
-def test_a_finished_run_leaves_its_curves(make_cfg, tmp_path):
+def test_a_finished_run_leaves_its_curves_and_drawn_predictions(make_cfg, tmp_path):
     from raydet.apis import train_from_config
     train_from_config(make_cfg(tmp_path / "w", runner=dict(max_epochs=1)), validate=True)
     assert (tmp_path / "w" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    vis = sorted(os.listdir(tmp_path / "w" / "vis"))  # and the first val images' predictions, drawn
+    assert vis == ["000000.png", "000001.png", "000002.png"]

@@ -440,7 +440,12 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
     if get_rank() == 0:  # once every input has proven usable
         save_run_config(saved, cfg.work_dir, meta["exp_name"], logger, source=source or cfg.filename)
     runner.run(loaders, cfg.workflow)
-    if get_rank() == 0:
+    if get_rank() == 0:  # what a person looks at first: the curves, and a few predictions
         from ..analysis import write_run_curves
+        from ..visualization import draw_predictions
         write_run_curves(runner, logger)
+        evals = [h for h in runner.hooks if isinstance(h, EvalHook)]
+        if evals:
+            draw_predictions(runner.model, evals[0].dataloader.dataset, os.path.join(cfg.work_dir, "vis"))
+            runner.model.train()
     return runner
