@@ -93,6 +93,9 @@ def _test_parser(sub):
                    help="only write the results (--out x.json, e.g. for a test server); no evaluation")
     p.add_argument("--show-dir", help="draw each image's predictions into this directory (same file names)")
     p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
+    p.add_argument("--num-workers", type=int, help="shard the test set over N Ray workers (same results)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray worker")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
     return p
 
@@ -298,27 +301,24 @@ def cmd_test(args) -> int:
     import json
     import pickle
 
-    import torch
-
+    from .apis.test import build_test, predict_test_set
     from .config import load_config
-    from .data import build_dataloader, build_dataset
-    from .engine import inference, load_weights
     from .engine.hooks.evaluation import check_metrics
-    from .models import build_detector
 
     log = setup_console_logging()
     cfg = load_config(args.config, args.cfg_options)
-    dataset = build_dataset(cfg.data.test, test_mode=True)
-    model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
+    if args.num_workers is not None and args.num_workers < 1:
+        raise RaydetError(f"--num-workers must be >= 1, got {args.num_workers}")
+    dataset, model = build_test(cfg, args.checkpoint, log)  # a checkpoint that does not fit fails here, before Ray
     metric = args.eval or (cfg.get("evaluation") or {}).get("metric", "bbox")
     if not args.format_only:
         check_metrics(dataset, metric, model, key="--eval" if args.eval else "evaluation.metric")
     _test_outputs(args, dataset)
-    ckpt = load_weights(model, args.checkpoint, log, require="all")
-    model.CLASSES = list((ckpt.get("meta") or {}).get("CLASSES") or dataset.CLASSES)
-    loader = build_dataloader(dataset, 1, cfg.data.get("workers_per_gpu", 2), shuffle=False, persistent_workers=False)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    results = inference(model, loader, progress=True)
+    if args.num_workers:
+        from .launch import test_on_ray
+        results = test_on_ray(cfg, args.checkpoint, args.num_workers, use_gpu=args.use_gpu, address=args.address)
+    else:
+        results = predict_test_set(cfg, dataset, model)
     if args.out:
         if args.out.endswith(".json"):
             with open(args.out, "w") as f:

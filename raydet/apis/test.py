@@ -1,4 +1,7 @@
-"""mmdet's ``single_gpu_test``."""
+"""mmdet's ``single_gpu_test``, and the test set of ``raydet test`` on one rank or all."""
+import torch
+
+from ..engine.dist import gather_objects, get_rank, get_world_size
 from ..engine.inference import inference
 
 
@@ -7,3 +10,30 @@ def single_gpu_test(model, data_loader, show=False, progress=True):
     if show:
         raise ValueError("show=True needs a display; raydet tests headless")
     return inference(model, data_loader, progress=progress)
+
+
+def build_test(cfg, checkpoint: str, logger=None):
+    """``(dataset, model)`` for ``raydet test``: ``data.test`` in test mode and the detector with
+    every tensor of ``checkpoint`` (strict: :class:`CheckpointError` otherwise), its class names
+    from the checkpoint's meta, on this process's device."""
+    from ..data import build_dataset
+    from ..engine.checkpoint import load_weights
+    from ..models import build_detector
+    dataset = build_dataset(cfg.data.test, test_mode=True)
+    model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
+    ckpt = load_weights(model, checkpoint, logger, require="all")
+    model.CLASSES = list((ckpt.get("meta") or {}).get("CLASSES") or dataset.CLASSES)
+    if torch.cuda.is_available():
+        model.to(torch.device("cuda", torch.cuda.current_device()))
+    return dataset, model
+
+
+def predict_test_set(cfg, dataset, model, progress: bool = True) -> list | None:
+    """Every rank predicts its contiguous shard of ``dataset`` (one image per batch, as mmdet's
+    test does); rank 0 returns all results in dataset order, the others ``None``. Every rank
+    must call this (a gather); in one process it is the whole set."""
+    from ..data import build_dataloader
+    loader = build_dataloader(dataset, 1, cfg.data.get("workers_per_gpu", 2), num_replicas=get_world_size(),
+                              rank=get_rank(), shuffle=False, persistent_workers=False)
+    parts = gather_objects(inference(model, loader, progress=progress))
+    return [r for part in parts for r in part] if get_rank() == 0 else None

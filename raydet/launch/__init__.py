@@ -25,6 +25,6 @@ def _keep_a_local_instance_on_loopback() -> None:
 
 _keep_a_local_instance_on_loopback()
 
-from .driver import DeterministicFailure, build_trainer, train, train_detector_on_ray  # noqa: E402
+from .driver import DeterministicFailure, build_trainer, test_on_ray, train, train_detector_on_ray  # noqa: E402
 
-__all__ = ["train", "train_detector_on_ray", "build_trainer", "DeterministicFailure"]
+__all__ = ["train", "train_detector_on_ray", "build_trainer", "test_on_ray", "DeterministicFailure"]

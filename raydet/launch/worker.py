@@ -436,3 +436,19 @@ def train_loop(config: dict) -> dict:
     # Result.return_value (rank 0's): what the driver's summary names
     return dict(final, best_checkpoint=msgs.get("best_ckpt"), best_score=msgs.get("best_score"),
                 last_checkpoint=reporter.last_saved or runner.resumed_from)
+
+
+def test_loop(config: dict):
+    """The Ray Train worker function of ``raydet test --num-workers``: every rank predicts its
+    contiguous shard of the test set; rank 0 returns all results in dataset order."""
+    from ..apis.test import build_test, predict_test_set
+    from ..engine.dist import get_rank
+    rank = ray.train.get_context().get_world_rank()
+    log = _setup_logging(rank)
+    if config.get("use_gpu"):
+        from ray.train.torch import get_device
+        torch.cuda.set_device(get_device())
+    cfg = Config(config["cfg"])
+    dataset, model = build_test(cfg, config["checkpoint"], log)
+    results = predict_test_set(cfg, dataset, model, progress=rank == 0)
+    return results if get_rank() == 0 else None
