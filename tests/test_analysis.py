@@ -56,3 +56,35 @@ def test_a_finished_run_leaves_its_curves_and_drawn_predictions(make_cfg, tmp_pa
     assert (tmp_path / "w" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     vis = sorted(os.listdir(tmp_path / "w" / "vis"))  # and the first val images' predictions, drawn
     assert vis == ["000000.png", "000001.png", "000002.png"]
+    (log,) = [p for p in os.listdir(tmp_path / "w") if p.endswith(".log")]
+    assert "inference: 16/16 (100%)" in open(tmp_path / "w" / log).read()  # the evaluation's progress
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(caplog):
+    import io
+    import logging
+
+    from raydet.engine.inference import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    bar = ProgressBar(20, stream=term)
+    for _ in range(20):
+        bar.update()
+    assert term.getvalue().count("\r") == 20 and "] 20/20," in term.getvalue() and term.getvalue().endswith("\n")
+    pipe = io.StringIO()
+    bar = ProgressBar(20, stream=pipe)
+    for _ in range(20):
+        bar.update()
+    assert [line.split(" ")[0] for line in pipe.getvalue().splitlines()] == [f"{2 * k}/20" for k in range(1, 11)]
+    log = logging.getLogger("raydet.progress-test")
+    with caplog.at_level(logging.INFO, logger="raydet.progress-test"):
+        bar = ProgressBar(3, stream=io.StringIO(), log=log, desc="inference: ")
+        for _ in range(3):
+            bar.update()
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "inference: 1/3 (33%)", "inference: 2/3 (66%)", "inference: 3/3 (100%)"]
+    assert all(r.file_only for r in caplog.records)  # the run's log file, not the console

@@ -11,23 +11,43 @@ from .dist import broadcast_object, gather_objects, get_world_size, is_main
 
 
 class ProgressBar:
-    """A one-line text progress bar on stderr (rank 0 only)."""
+    """mmcv's progress bar: on a terminal one line redrawn in place; elsewhere (a pipe, a file, a
+    Ray worker) one line per ``every`` percent, written to ``log`` (a logger: the run's log
+    file only, not the console) or else to ``stream``. Rank 0 only, by its callers."""
 
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.done, self.stream, self.start = total, 0, stream, time.time()
+    def __init__(self, total: int, stream=None, log=None, desc: str = "", every: int = 10):
+        self.total, self.done, self.start = total, 0, time.time()
+        self.stream = stream or sys.stderr
+        self.log, self.desc, self.every = log, desc, every
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.next_pct = every
 
     def update(self, n: int = 1):
         self.done += n
         elapsed = time.time() - self.start
         fps = self.done / elapsed if elapsed > 0 else 0.0
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
         eta = (self.total - self.done) / fps if fps > 0 else 0
-        self.stream.write(f"\r[{'>' * filled}{' ' * (width - filled)}] {self.done}/{self.total}, "
-                          f"{fps:.1f} task/s, elapsed: {int(elapsed)}s, ETA: {int(eta)}s")
-        if self.done >= self.total:
-            self.stream.write("\n")
-        self.stream.flush()
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            self.stream.write(f"\r{self.desc}[{'>' * filled}{' ' * (width - filled)}] {self.done}/{self.total}, "
+                              f"{fps:.1f} task/s, elapsed: {int(elapsed)}s, ETA: {int(eta)}s")
+            if self.done >= self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+            return
+        pct = 100 * self.done // max(self.total, 1)
+        if pct < self.next_pct and self.done < self.total:
+            return
+        self.next_pct = (pct // self.every + 1) * self.every
+        line = (f"{self.desc}{self.done}/{self.total} ({pct}%), {fps:.1f} task/s, elapsed: {int(elapsed)}s, "
+                f"ETA: {int(eta)}s")
+        if self.log is not None:
+            from .hooks.logger import FILE_ONLY
+            self.log.info(line, extra=FILE_ONLY)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
 
 def encode_mask_results(result):
@@ -44,15 +64,16 @@ def encode_mask_results(result):
 
 
 @torch.no_grad()
-def inference(model, data_loader, progress: bool = False, autocast=None) -> list:
+def inference(model, data_loader, progress: bool = False, autocast=None, progress_log=None) -> list:
     """This rank's predictions over ``data_loader``, in loader order (``model`` left in eval mode);
     masks as RLE (:func:`encode_mask_results`).
 
     ``progress`` shows a bar over the whole dataset (rank 0 counts ``world_size`` images per image
-    it predicts, as mmdet's multi_gpu_test does)."""
+    it predicts, as mmdet's multi_gpu_test does); ``progress_log``: where a bar that is not on a
+    terminal writes its lines (see :class:`ProgressBar`)."""
     model.eval()
     results = []
-    bar = ProgressBar(len(data_loader.dataset)) if progress and is_main() else None
+    bar = ProgressBar(len(data_loader.dataset), log=progress_log, desc="inference: ") if progress and is_main() else None
     for data in data_loader:
         if autocast is not None:
             with autocast():
@@ -65,11 +86,12 @@ def inference(model, data_loader, progress: bool = False, autocast=None) -> list
     return results
 
 
-def evaluate_distributed(model, data_loader, eval_kwargs: dict, logger=None, progress=False, autocast=None):
+def evaluate_distributed(model, data_loader, eval_kwargs: dict, logger=None, progress=False, autocast=None,
+                         progress_log=None):
     """Every rank predicts its shard; rank 0 gathers them in rank order (the shards are contiguous,
     so that is dataset order), runs ``dataset.evaluate`` and broadcasts the metrics. Every rank
     must call this. Returns ``(metrics, results)``; ``results`` is ``None`` except on rank 0."""
-    part = inference(model, data_loader, progress=progress, autocast=autocast)
+    part = inference(model, data_loader, progress=progress, autocast=autocast, progress_log=progress_log)
     parts = gather_objects(part)
     metrics, results = None, None
     if is_main():

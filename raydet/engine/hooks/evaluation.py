@@ -81,9 +81,10 @@ class EvalHook(Hook):
             return
         # the evaluator's tables (COCO's 12 lines, per-class APs) to the log file; the console gets
         # the epoch's one Epoch(val) line from the logger hook
+        # progress: a bar on a terminal, else a line per 10% in the log file
         metrics, _ = evaluate_distributed(runner.model, self.dataloader, self.eval_kwargs,
                                           logger=logging.LoggerAdapter(runner.logger, FILE_ONLY),
-                                          autocast=self.autocast)
+                                          autocast=self.autocast, progress=True, progress_log=runner.logger)
         runner.model.train()
         self.last_metrics = metrics
         for key, value in metrics.items():
