@@ -116,18 +116,16 @@ def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: fl
     Returns the paths. The model is left in eval mode."""
     import torch
 
-    from .data.loader import collate
+    from .data.loader import batch_to_device, collate
     module = getattr(model, "module", model)
     module.eval()
     device = next(module.parameters()).device
-    to = lambda v: v.to(device) if isinstance(v, torch.Tensor) else [to(x) for x in v] if isinstance(v, list) else v  # noqa: E731
     names = list(getattr(dataset, "CLASSES", None) or [])
     written = []
     for i in range(min(count, len(dataset))):
         batch = collate([dataset[i]])
         with torch.no_grad():
-            (result,) = module(return_loss=False, rescale=True, **{k: v if k == "img_metas" else to(v)
-                                                                   for k, v in batch.items()})
+            (result,) = module(return_loss=False, rescale=True, **batch_to_device(batch, device))
         info = dataset.data_infos[i]
         source = os.path.join(dataset.img_prefix, info["filename"]) if dataset.img_prefix else info["filename"]
         path = os.path.join(out_dir, os.path.splitext(os.path.basename(info["filename"]))[0] + ".png")

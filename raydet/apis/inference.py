@@ -84,7 +84,7 @@ def inference_detector(model, imgs):
     arrays ``(x1, y1, x2, y2, score)`` in the image's own pixels, and for Mask R-CNN a tuple
     ``(bbox_result, segm_result)`` with ``segm_result[c][j]`` a boolean ``[H, W]`` mask; a
     single image gives its result alone."""
-    from ..data.loader import collate
+    from ..data.loader import batch_to_device, collate
     single = not isinstance(imgs, (list, tuple))
     imgs = [imgs] if single else list(imgs)
     if not imgs:
@@ -97,10 +97,7 @@ def inference_detector(model, imgs):
         samples.append(pipeline(dict(img=img) if from_array else dict(img_info=dict(filename=str(img)),
                                                                       img_prefix=None)))
     batch = collate(samples)
-    device = next(model.parameters()).device
-    to = lambda v: v.to(device) if isinstance(v, torch.Tensor) else [to(x) for x in v] if isinstance(v, list) else v  # noqa: E731
-    data = {k: (v if k == "img_metas" else to(v)) for k, v in batch.items()}
-    results = model(return_loss=False, rescale=True, **data)
+    results = model(return_loss=False, rescale=True, **batch_to_device(batch, next(model.parameters()).device))
     return results[0] if single else results
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..data import build_dataloader, build_dataset
+from ..data.loader import batch_to_device
 from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterTimerHook, OptimizerHook,
                       Precision, Runner, TensorboardLoggerHook, TextLoggerHook, build_lr_hook,
                       build_optimizer, find_latest_checkpoint, load_file)
@@ -116,18 +117,10 @@ def parse_losses(losses: dict) -> tuple[torch.Tensor, dict]:
     return loss, all_reduce_mean(floats) if is_dist() else floats
 
 
-def _to_device(value, device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, list):
-        return [_to_device(v, device) for v in value]
-    return value
-
-
 def batch_processor(model, data: dict, train_mode: bool) -> dict:
     """One batch's losses: ``dict(loss, log_vars, num_samples)``."""
     device = next(model.parameters()).device
-    data = {k: (v if k == "img_metas" else _to_device(v, device)) for k, v in data.items()}
+    data = batch_to_device(data, device)
     loss, log_vars = parse_losses(model(**data))
     return dict(loss=loss, log_vars=log_vars, num_samples=len(data["img_metas"]))
 

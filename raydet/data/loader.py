@@ -62,6 +62,16 @@ def collate(batch: list[dict]) -> dict:
     return out
 
 
+def batch_to_device(batch: dict, device) -> dict:
+    """A collated batch with its tensors (also inside lists) on ``device``; ``img_metas`` stays
+    on the host."""
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        return [move(v) for v in value] if isinstance(value, list) else value
+    return {k: (v if k == "img_metas" else move(v)) for k, v in batch.items()}
+
+
 class GroupSampler(Sampler):
     """Aspect-ratio grouped, shuffled, optionally sharded sampler (mmdet's (Distributed)GroupSampler).
 
