@@ -1,4 +1,4 @@
-"""``raydet`` / ``python -m raydet``: ``train``, ``test``, ``plot`` and ``browse`` with mmdet's flags.
+"""``raydet`` / ``python -m raydet``: ``train``, ``test``, ``infer``, ``plot`` and ``browse`` with mmdet's flags.
 
 Library code raises named exceptions; only this module turns them into messages and exit codes.
 """
@@ -297,6 +297,49 @@ def _test_outputs(args, dataset) -> list[str]:
     return targets
 
 
+def _infer_parser(sub):
+    p = sub.add_parser("infer", help="detect objects in a directory, glob, list file or bucket prefix of images (Ray Data)")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("input", help="a directory, a glob ('imgs/**/*.jpg'), a text file of image paths, one image, "
+                                 "or a bucket URI (s3://bucket/prefix)")
+    p.add_argument("--out", required=True, help="the detections: .json (one list) or .jsonl (a record per line)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per model call (default 4)")
+    p.add_argument("--concurrency", type=_concurrency, default=(1, 1),
+                   help="model actors: N, or MIN,MAX to let Ray Data scale the pool (default 1)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
+    p.add_argument("--cpus-per-actor", type=float, default=1, help="CPUs per model actor (default 1)")
+    p.add_argument("--score-thr", type=float, default=0.0, help="keep detections scoring at least this (default 0)")
+    p.add_argument("--show-dir", help="draw each image's detections into this directory (paths relative to the input)")
+    p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
+    return p
+
+
+def _concurrency(text: str) -> tuple[int, int]:
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN,MAX, got {text!r}") from None
+    if len(sizes) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or MIN,MAX, got {text!r}")
+    return (sizes[0], sizes[-1])
+
+
+def cmd_infer(args) -> int:
+    from .launch.infer import infer
+    setup_console_logging()
+    done = infer(args.config, args.checkpoint, args.input, args.out, batch_size=args.batch_size,
+                 concurrency=args.concurrency, use_gpu=args.use_gpu, cpus_per_actor=args.cpus_per_actor,
+                 score_thr=args.score_thr, show_dir=args.show_dir, show_score_thr=args.show_score_thr,
+                 address=args.address, cfg_options=args.cfg_options)
+    rate = f", {done['images_per_s']:.1f} images/s once the actors were up" if done["images_per_s"] else ""
+    print(f"{done['detections']} detections in {done['images']} images ({done['seconds']:.1f} s{rate}) written to "
+          f"{done['out']}" + (f"; drawn in {args.show_dir}" if args.show_dir else ""))
+    return 0
+
+
 def cmd_test(args) -> int:
     import json
     import pickle
@@ -347,9 +390,11 @@ def main(argv=None) -> int:
     _test_parser(sub)
     _plot_parser(sub)
     _browse_parser(sub)
+    _infer_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "test": cmd_test, "plot": cmd_plot, "browse": cmd_browse}[args.command](args)
+        return {"train": cmd_train, "test": cmd_test, "plot": cmd_plot, "browse": cmd_browse,
+                "infer": cmd_infer}[args.command](args)
     except RaydetError as exc:
         print(f"raydet: error: {exc}", file=sys.stderr)
         return 2

@@ -64,7 +64,7 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(caplog):
     import io
     import logging
 
-    from raydet.engine.inference import ProgressBar
+    from raydet.progress import ProgressBar
 
     class Terminal(io.StringIO):
         def isatty(self):

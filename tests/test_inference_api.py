@@ -100,3 +100,53 @@ def test_model_show_result_and_pyplot_use_the_models_classes(trained, tmp_path):
     assert (tmp_path / "a.jpg").exists() and (drawn[60, 20] == palette(3)[2]).all()
     again = show_result_pyplot(model, _gray(), result, score_thr=0.5, out_file=str(tmp_path / "b.png"))
     assert (again == drawn).all() and (tmp_path / "b.png").exists()
+
+
+def test_infer_inputs_records_and_refusals_before_any_ray_work(trained, tmp_path):
+    """raydet infer's Ray-free parts: what a directory, a glob, a list file and one image resolve
+    to, each bad input named; a corrupt image named; records in COCO's xywh with class names; an
+    existing --out refused."""
+    from raydet.apis.inference import build_test_pipeline, decode_sample, result_to_records
+    from raydet.errors import DataError, RaydetError
+    from raydet.launch.infer import check_outputs, resolve_inputs
+    cfg, ckpt = trained
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    img = np.full((20, 30, 3), 127, np.uint8)
+    for name in ("a/1.jpg", "a/b/2.PNG"):
+        cv2.imwrite(str(tmp_path / name), img)
+    (tmp_path / "a" / "readme.txt").write_text("x")
+    assert resolve_inputs(str(tmp_path / "a")) == ([str(tmp_path / "a")], None, str(tmp_path / "a"), "")
+    paths, _, root, _ = resolve_inputs(str(tmp_path / "a" / "**" / "*"))
+    assert paths == [str(tmp_path / "a/1.jpg"), str(tmp_path / "a/b/2.PNG")] and root == str(tmp_path / "a")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# images\na/b/2.PNG\n\na/1.jpg  # the first\n")
+    assert resolve_inputs(str(listing))[0] == [str(tmp_path / "a/b/2.PNG"), str(tmp_path / "a/1.jpg")]
+    listing.write_text("a/1.jpg\na/3.jpg\n")
+    with pytest.raises(DataError, match=r"list.txt, line 2: no such image: a/3.jpg"):
+        resolve_inputs(str(listing))
+    with pytest.raises(DataError, match="nothing-here: no such file, directory or bucket prefix"):
+        resolve_inputs(str(tmp_path / "nothing-here"))
+    with pytest.raises(DataError, match="matches no image"):
+        resolve_inputs(str(tmp_path / "a" / "*.bmp"))
+
+    pipeline = build_test_pipeline(cfg, from_array=True)
+    sample = decode_sample(pipeline, (tmp_path / "a/1.jpg").read_bytes(), "s3://b/1.jpg")
+    assert sample["img_metas"][0]["filename"] == "s3://b/1.jpg" and sample["img_metas"][0]["ori_shape"] == (20, 30, 3)
+    with pytest.raises(DataError, match=r"cannot decode image .*: s3://b/bad.jpg"):
+        decode_sample(pipeline, b"\xff\xd8 not really", "s3://b/bad.jpg")
+
+    result = [np.array([[1, 2, 11, 22, 0.9], [0, 0, 5, 5, 0.01]], np.float32), np.zeros((0, 5), np.float32),
+              np.array([[3, 4, 8, 6, 0.5]], np.float32)]
+    records = result_to_records(result, ["rectangle", "ellipse", "triangle"], "x.jpg", score_thr=0.05)
+    assert records == [
+        dict(file_name="x.jpg", category_id=0, category="rectangle", bbox=[1, 2, 10, 20], score=pytest.approx(0.9)),
+        dict(file_name="x.jpg", category_id=2, category="triangle", bbox=[3, 4, 5, 2], score=0.5)]
+
+    (tmp_path / "old.json").write_text("[]")
+    with pytest.raises(RaydetError, match="old.json exists"):
+        check_outputs(str(tmp_path / "old.json"), None)
+    with pytest.raises(RaydetError, match=r"use a .json .* or .jsonl"):
+        check_outputs(str(tmp_path / "new.csv"), None)
+    with pytest.raises(RaydetError, match="--show-dir .* is not empty"):
+        check_outputs(str(tmp_path / "new.json"), str(tmp_path / "a"))
+    assert (tmp_path / "old.json").read_text() == "[]"

@@ -445,3 +445,76 @@ def test_test_sharded_over_two_workers_gives_the_single_process_results(baseline
     assert len(a) == len(b) == 16
     for ra, rb in zip(a, b):
         assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(ra, rb))
+
+
+def _by_file(records):
+    found = collections.defaultdict(list)
+    for r in records:
+        found[r["file_name"]].append(r)
+    return found
+
+
+def _assert_same_detections(got, expected):
+    """Per image: the same detections (class, box, score), to float tolerance (oneDNN may sum a
+    batch of two in another order than one image)."""
+    assert set(got) == set(expected)
+    for name, want in expected.items():
+        have = got[name]
+        assert [r["category"] for r in have] == [r["category"] for r in want], name
+        assert np.allclose([r["bbox"] for r in have], [r["bbox"] for r in want], atol=1e-3), name
+        assert np.allclose([r["score"] for r in have], [r["score"] for r in want], atol=1e-5)
+
+
+def test_infer_over_a_directory_and_a_bucket_prefix_writes_what_inference_detector_finds(
+        baseline, shapes_root, s3_bucket, tmp_path, capsys):
+    """raydet infer on Ray Data (batches of 2, actor pool) over a nested directory and over the
+    same images under an S3 prefix: per image the detections of inference_detector one by one.
+    The images are landscape only, so a batch pads no image beyond its own padded size."""
+    import cv2
+
+    from raydet.apis import inference_detector, init_detector
+    from raydet.apis.inference import result_to_records
+    from raydet.cli import main
+    from raydet.config import dump_config, load_config
+    from raydet.launch.infer import infer
+    work, _ = baseline
+    cfg = load_config(ray_config(shapes_root, work))
+    ckpt = str(work / "latest.pth")
+    landscape = [p for p in sorted(glob.glob(os.path.join(shapes_root, "val", "*.jpg")))
+                 if cv2.imread(p).shape[:2] == (96, 128)][:5]
+    assert len(landscape) == 5
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    local = [str(imgs / ("sub" if i % 2 else "") / os.path.basename(p)) for i, p in enumerate(landscape)]
+    for src, dst in zip(landscape, local):
+        shutil.copy(src, dst)
+    (imgs / "notes.txt").write_text("not an image")
+
+    model = init_detector(cfg, ckpt)
+    expected = {p: result_to_records(inference_detector(model, p), model.CLASSES, p) for p in local}
+    assert sum(map(len, expected.values())) > 0
+
+    done = infer(cfg, ckpt, str(imgs), str(tmp_path / "preds.json"), batch_size=2, concurrency=1,
+                 show_dir=str(tmp_path / "vis"))
+    assert (done["images"], done["detections"]) == (5, sum(map(len, expected.values())))
+    _assert_same_detections(_by_file(json.load(open(tmp_path / "preds.json"))), expected)
+    drawn = sorted(os.path.relpath(p, tmp_path / "vis") for p in glob.glob(str(tmp_path / "vis" / "**" / "*.jpg"),
+                                                                           recursive=True))
+    assert drawn == sorted(os.path.relpath(p, imgs) for p in local)  # the input's layout
+
+    uri_of, s3 = s3_bucket
+    prefix = f"imgs-{os.getpid()}-{time.time_ns()}"
+    for path in local:
+        with s3.open_output_stream(f"raydet-test/{prefix}/{os.path.relpath(path, imgs)}") as f:
+            f.write(open(path, "rb").read())
+    cfg_path = str(tmp_path / "cfg.py")
+    dump_config(cfg, cfg_path)
+    out = str(tmp_path / "preds.jsonl")
+    assert main(["infer", cfg_path, ckpt, uri_of(prefix), "--out", out, "--batch-size", "2"]) == 0
+    assert re.search(r"\d+ detections in 5 images \([\d.]+ s(, [\d.]+ images/s once the actors were up)?\) written to", capsys.readouterr().out)
+    got = _by_file(json.loads(line) for line in open(out))
+    url = f"s3://raydet-test/{prefix}/"
+    _assert_same_detections({name.replace(url, str(imgs) + "/"): v for name, v in got.items()}, expected)
+
+    assert main(["infer", cfg_path, ckpt, uri_of(prefix), "--out", out]) == 2  # never over an existing file
+    assert "exists" in capsys.readouterr().err

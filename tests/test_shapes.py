@@ -59,9 +59,13 @@ def test_same_seed_byte_identical(tmp_path):
         assert open(os.path.join(a, ann), "rb").read() != open(os.path.join(c, ann), "rb").read()
 
 
-def test_generation_is_idempotent_and_atomic(tmp_path):
+def test_generation_is_idempotent_and_atomic(tmp_path, capsys):
     root = shapes.generate(str(tmp_path / "d"), seed=0, num_images=dict(train=2, val=2))
+    progress = capsys.readouterr().err.splitlines()  # not a terminal: a line at 50% and at 100%
+    assert [line.split(": ")[1].split(",")[0] for line in progress] == ["2/4 (50%)", "4/4 (100%)"]
+    assert progress[0].startswith(f"generating the shapes dataset in {root}: ")
     stamp = os.path.getmtime(os.path.join(root, "annotations", "instances_val.json"))
     shapes.generate(root, seed=0, num_images=dict(train=2, val=2))
     assert os.path.getmtime(os.path.join(root, "annotations", "instances_val.json")) == stamp
+    assert not capsys.readouterr().err  # nothing generated, nothing shown
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".d-")]  # no temp dirs left

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 logger = logging.getLogger("raydet")
 
@@ -33,7 +33,8 @@ def init_detector(config, checkpoint: str | None = None, device: str = "cpu", cf
     """A detector ready for :func:`inference_detector`: built from ``config`` (a path, a dict
     or a Config; ``cfg_options`` are dotted overrides), the weights of ``checkpoint`` loaded
     (every tensor must fit: :class:`CheckpointError` otherwise; ``None`` keeps the initial
-    weights, with a warning), on ``device``, in eval mode. ``model.cfg`` is the config and
+    weights, with a warning; a dict ``{state_dict, meta}`` is a checkpoint already in memory,
+    loaded strictly), on ``device``, in eval mode. ``model.cfg`` is the config and
     ``model.CLASSES`` the class names, from the checkpoint's meta (else the test dataset's)."""
     from ..config import load_config
     from ..data import DATASETS
@@ -43,7 +44,10 @@ def init_detector(config, checkpoint: str | None = None, device: str = "cpu", cf
     cfg.model = _without_pretrained(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model))
     model = build_detector(cfg.model, train_cfg=None, test_cfg=cfg.get("test_cfg"))
     classes = None
-    if checkpoint is not None:
+    if isinstance(checkpoint, dict):  # already in memory (raydet infer ships it to its actors)
+        model.load_state_dict(checkpoint["state_dict"])
+        classes = (checkpoint.get("meta") or {}).get("CLASSES")
+    elif checkpoint is not None:
         ckpt = load_weights(model, checkpoint, logger, require="all")
         classes = (ckpt.get("meta") or {}).get("CLASSES")
     else:
@@ -60,7 +64,7 @@ def _num_classes(model) -> int:
     return int(getattr(model, "num_classes", 0) or 0)
 
 
-def _test_pipeline(cfg, from_array: bool):
+def build_test_pipeline(cfg, from_array: bool):
     """The config's test pipeline, reading an array instead of a file when ``from_array``
     (mmdet swaps in ``LoadImageFromWebcam``)."""
     from ..data.pipelines import Compose
@@ -77,14 +81,33 @@ def _test_pipeline(cfg, from_array: bool):
     return Compose(pipeline)
 
 
+def decode_sample(pipeline, data: bytes, filename: str) -> dict:
+    """The test-pipeline sample of an encoded image (``data``: the bytes of a JPEG/PNG/... file
+    named ``filename``), decoded as ``LoadImageFromFile`` decodes (``pipeline``: from
+    :func:`build_test_pipeline` with ``from_array=True``). Raises :class:`DataError` naming the file
+    when it is not a decodable image."""
+    import mmcv
+    img = mmcv.imfrombytes(data, flag="color", channel_order="bgr") if data else None
+    if img is None:
+        raise DataError(f"cannot decode image (corrupt or not an image): {filename}")
+    return pipeline(dict(img=img, filename=filename))
+
+
 @torch.no_grad()
+def predict_samples(model, samples: list[dict]) -> list:
+    """mmdet's per-image results (see :func:`inference_detector`) for test-pipeline ``samples``,
+    run as one batch on the model's device."""
+    from ..data.loader import batch_to_device, collate
+    batch = collate(samples)
+    return model(return_loss=False, rescale=True, **batch_to_device(batch, next(model.parameters()).device))
+
+
 def inference_detector(model, imgs):
     """Detect objects in ``imgs``: a path or a BGR ``uint8 [H, W, 3]`` array, or a list of them
     (one batch). Returns, per image, mmdet's result: a list over classes of float32 ``[N, 5]``
     arrays ``(x1, y1, x2, y2, score)`` in the image's own pixels, and for Mask R-CNN a tuple
     ``(bbox_result, segm_result)`` with ``segm_result[c][j]`` a boolean ``[H, W]`` mask; a
     single image gives its result alone."""
-    from ..data.loader import batch_to_device, collate
     single = not isinstance(imgs, (list, tuple))
     imgs = [imgs] if single else list(imgs)
     if not imgs:
@@ -93,12 +116,31 @@ def inference_detector(model, imgs):
     samples = []
     for img in imgs:
         from_array = isinstance(img, np.ndarray)
-        pipeline = pipelines.setdefault(from_array, _test_pipeline(model.cfg, from_array))
+        pipeline = pipelines.setdefault(from_array, build_test_pipeline(model.cfg, from_array))
         samples.append(pipeline(dict(img=img) if from_array else dict(img_info=dict(filename=str(img)),
                                                                       img_prefix=None)))
-    batch = collate(samples)
-    results = model(return_loss=False, rescale=True, **batch_to_device(batch, next(model.parameters()).device))
+    results = predict_samples(model, samples)
     return results[0] if single else results
+
+
+def result_to_records(result, classes, file_name: str, score_thr: float = 0.0) -> list[dict]:
+    """One image's mmdet ``result`` as COCO-style records, one per detection scoring at least
+    ``score_thr``: ``{file_name, category_id (the class index), category (its name), bbox:
+    [x, y, w, h] in the image's pixels, score}``, plus ``segmentation`` (an RLE) for masks."""
+    from ..data.dataset import _as_rle
+    bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
+    records = []
+    for label, boxes in enumerate(bbox_result):
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+        for j, (x1, y1, x2, y2, score) in enumerate(boxes.tolist()):
+            if score < score_thr:
+                continue
+            record = dict(file_name=file_name, category_id=label, category=str(classes[label]),
+                          bbox=[x1, y1, x2 - x1, y2 - y1], score=score)
+            if segm_result is not None:
+                record["segmentation"] = _as_rle(segm_result[label][j])
+            records.append(record)
+    return records
 
 
 def show_result_pyplot(model, img, result, score_thr: float = 0.3, title: str = "result", wait_time: float = 0,

@@ -122,7 +122,8 @@ class LoadImageFromFile:
 @PIPELINES.register()
 class LoadImageFromWebcam(LoadImageFromFile):
     """mmdet's loader for an image already in memory: ``results['img']``, a BGR ``uint8
-    [H, W, 3]`` array (what ``inference_detector`` swaps in for ``LoadImageFromFile``)."""
+    [H, W, 3]`` array (what ``inference_detector`` swaps in for ``LoadImageFromFile``), named by
+    ``results['filename']`` if given."""
 
     def __call__(self, results):
         img = results["img"]
@@ -130,7 +131,8 @@ class LoadImageFromWebcam(LoadImageFromFile):
             raise DataError(f"expected a BGR image array [H, W, 3], got {getattr(img, 'shape', type(img))}")
         if self.to_float32:
             img = img.astype(np.float32)
-        results.update(filename=None, ori_filename=None, img=img, img_shape=img.shape, ori_shape=img.shape,
+        name = results.get("filename")  # the image's name when the caller decoded a file itself
+        results.update(filename=name, ori_filename=name, img=img, img_shape=img.shape, ori_shape=img.shape,
                        img_fields=["img"])
         return results
 

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from ..errors import DataError
+from ..progress import ProgressBar
 
 VERSION = 1
 CLASSES = ("rectangle", "ellipse", "triangle")
@@ -143,9 +144,11 @@ def _draw_image(rng: np.random.Generator, num_objects: int | None = None):
     return np.clip(img, 0, 255).astype(np.uint8), objects
 
 
-def _split_annotations(split: str, seed: int, out_dir: str, count: int) -> dict:
+def _split_annotations(split: str, seed: int, out_dir: str, count: int, bar=None) -> dict:
     images, annotations = [], []
     for index in range(count):
+        if bar is not None:
+            bar.update()
         rng = np.random.default_rng([seed, _SPLIT_ID[split], index])
         img, objects = _draw_image(rng)
         name = f"{index:06d}.jpg"
@@ -214,8 +217,11 @@ def generate(root: str, seed: int = 0, num_images: dict | None = None) -> str:
             for split in NUM_IMAGES:
                 os.makedirs(os.path.join(tmp, split))
             os.makedirs(os.path.join(tmp, "annotations"))
+            # a terminal gets a bar; a pipe or a log a line at 50% and 100% (the main job's first run)
+            bar = ProgressBar(sum(wanted["num_images"].values()), desc=f"generating the shapes dataset in {root}: ",
+                              every=50)
             for split, count in wanted["num_images"].items():
-                coco = _split_annotations(split, seed, tmp, count)
+                coco = _split_annotations(split, seed, tmp, count, bar)
                 with open(os.path.join(tmp, "annotations", f"instances_{split}.json"), "w") as f:
                     json.dump(coco, f, separators=(",", ":"))
             with open(os.path.join(tmp, MANIFEST), "w") as f:
