@@ -104,12 +104,13 @@ def main():
         loop.append(dict(wall=time.perf_counter() - start, **got))
         ray_side.append(raydet_side(config, checkpoint, source, args.batch_size, args.actors))
         assert ray_side[-1]["images"] == len(images), ray_side[-1]
-    med = {name: (statistics.median(len(images) / r["wall"] for r in runs), statistics.median(r["per_s"] for r in runs))
-           for name, runs in (("loop", loop), ("raydet", ray_side))}
+    med = {name: (statistics.median(len(images) / r["wall"] for r in runs),
+                  statistics.median(r["per_s"] for r in runs)) for name, runs in (("loop", loop), ("raydet", ray_side))}
     print(f"{'side':<32}{'whole command':>16}{'once running':>16}   (images/s, median of {args.repeats})")
     print(f"{'inference_detector loop':<32}{med['loop'][0]:>16.1f}{med['loop'][1]:>16.1f}")
     print(f"{f'raydet infer, {args.actors} actors':<32}{med['raydet'][0]:>16.1f}{med['raydet'][1]:>16.1f}")
-    print(f"{'ratio raydet / loop':<32}{med['raydet'][0] / med['loop'][0]:>16.3f}{med['raydet'][1] / med['loop'][1]:>16.3f}")
+    whole, running = (med["raydet"][i] / med["loop"][i] for i in (0, 1))
+    print(f"{'ratio raydet / loop':<32}{whole:>16.3f}{running:>16.3f}")
     # batches of other images pad differently, so a trained model's counts may differ by a few
     print(f"detections: loop {loop[0]['detections']}, raydet infer {ray_side[0]['detections']}")
 

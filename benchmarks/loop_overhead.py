@@ -9,15 +9,18 @@ On a GPU machine without Ray (Faster R-CNN R50-FPN, 2 images of ~1333x800, fp16)
 
 The sides train the default config's detector (torchvision FCOS on the tiny GN backbone) on the
 same images in the same order (raydet's loader, same seed, batch 16, the default
-``workers_per_gpu``), with AdamW and grad-norm clipping, and 2 torch threads:
+``workers_per_gpu``), with AdamW and grad-norm clipping, and ``--threads`` torch compute threads
+(default: the cores but one, so that Ray's daemons have a core of their own, as on any real node
+where the trainer takes the GPUs and Ray's processes run on spare CPU; ``--threads 2`` on this
+2-core machine is the older setting, where Ray's daemons take time from the step):
 
 * plain: ``for data in loader: loss = sum(model(**data).values()); backward; clip; step`` —
   no hooks, no logging, no checkpoints, no Ray;
 * none: raydet's own loop without Ray (``--launcher none``): the default config's hooks (LR
   schedule, optimizer step with clipping, iteration timer, text and TensorBoard logging every 50
   iterations, a checkpoint each epoch) in this process;
-* raydet: the same on a local Ray instance via ``raydet.train``, 1 worker holding both CPUs,
-  each checkpoint also reported to Ray.
+* raydet: the same on a local Ray instance via ``raydet.train``, 1 worker of ``--threads`` CPUs
+  (Ray gives a worker as many threads as CPUs), each checkpoint also reported to Ray.
 
 ``none`` against ``plain`` is raydet's cost, ``raydet`` against ``none`` is Ray's. For the
 raydet side the CPU seconds of every process Ray started are sampled from ``/proc`` twice a
@@ -88,6 +91,7 @@ def plain_side(args, out):
     from raydet.engine.optim import build_optimizer
     from raydet.models import build_detector
 
+    torch.set_num_threads(args.threads)
     cfg = load_config(args.config, overrides(args, out))
     set_random_seed(cfg.seed)
     device = torch.device(args.device or "cpu")
@@ -173,7 +177,7 @@ def raydet_side(args, out):
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     raydet.train(args.config, validate=False, work_dir=work_dir,
-                 **{"ray.num_workers": 1, "ray.resources_per_worker": {"CPU": os.cpu_count()}},
+                 **{"ray.num_workers": 1, "ray.resources_per_worker": {"CPU": args.threads}},
                  **overrides(args, out))
     done.set()
     thread.join()
@@ -188,8 +192,11 @@ def raydet_side(args, out):
 
 
 def none_side(args, out):
+    import torch
+
     from raydet.apis import train_from_config
     from raydet.config import load_config
+    torch.set_num_threads(args.threads)
     cfg = load_config(args.config, overrides(args, out))
     cfg.work_dir = tempfile.mkdtemp(prefix="bench-loop-none-")
     train_from_config(cfg, validate=False)
@@ -207,6 +214,8 @@ def main():
                         help="the train pipeline's Resize scale (e.g. 1333 800)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's)")
     parser.add_argument("--fp16", action="store_true", help="autocast (fp16 + GradScaler on CUDA, bf16 on CPU)")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="torch compute threads of every side (default: cores - 1)")
     parser.add_argument("--sides", default="plain,none,raydet",
                         help="comma-separated; a machine without ray runs plain,none")
     parser.add_argument("--side", choices=["plain", "none", "raydet"])
@@ -217,7 +226,8 @@ def main():
         return
     results, ray_cpu = {side: [] for side in args.sides.split(",")}, []
     passed = ["--config", args.config, "--batch", str(args.batch), "--iters-per-epoch", str(args.iters_per_epoch),
-              "--epochs", str(args.epochs), *(["--img-scale", *map(str, args.img_scale)] if args.img_scale else []),
+              "--epochs", str(args.epochs), "--threads", str(args.threads),
+              *(["--img-scale", *map(str, args.img_scale)] if args.img_scale else []),
               *(["--device", args.device] if args.device else []), *(["--fp16"] if args.fp16 else [])]
     for _ in range(args.repeats):
         for side in results:
@@ -232,7 +242,8 @@ def main():
                 ray_cpu.append(info)
                 print("  CPU seconds of Ray's processes within {:.1f} s of training: {}".format(info["wall"], ", ".join(
                     f"{k} {v:.1f}" for k, v in sorted(info["cpu"].items(), key=lambda kv: -kv[1]))), flush=True)
-    print(f"\nimages/s ({args.epochs} epochs x ~{args.iters_per_epoch} iterations of {args.batch} images):")
+    print(f"\nimages/s ({args.epochs} epochs x ~{args.iters_per_epoch} iterations of {args.batch} images, "
+          f"{args.threads} torch threads on {os.cpu_count()} cores):")
     for side, values in results.items():
         print(f"  {side:7s} {summary(values)}")
     plain = statistics.median(results["plain"])

@@ -28,7 +28,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bare_side(out_dir: str) -> dict:
-    """A TorchTrainer whose loop does nothing but tick, report every 4 ticks and die once."""
+    """A TorchTrainer whose loop does nothing but tick, all-reduce one float per tick (as DDP's
+    gradient all-reduce does in every training step, so a rank cannot run on alone after its
+    peer died), report every 4 ticks and die once."""
     import ray
     import ray.train
     from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
@@ -36,6 +38,9 @@ def bare_side(out_dir: str) -> dict:
 
     def loop(config):
         import signal
+
+        import torch
+        import torch.distributed as dist
         ctx = ray.train.get_context()
         rank = ctx.get_world_rank()
         start = 0
@@ -44,6 +49,7 @@ def bare_side(out_dir: str) -> dict:
             start = int(open(os.path.join(ckpt.path, "step")).read())
         for step in range(start, 24):
             time.sleep(0.2)
+            dist.all_reduce(torch.ones(1))
             with open(os.path.join(config["out"], "ticks"), "a") as f:
                 f.write(f"{rank} {step + 1} {time.time():.3f}\n")
             if rank == 1 and step + 1 == 10 and not os.path.exists(config["marker"]):

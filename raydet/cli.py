@@ -298,7 +298,8 @@ def _test_outputs(args, dataset) -> list[str]:
 
 
 def _infer_parser(sub):
-    p = sub.add_parser("infer", help="detect objects in a directory, glob, list file or bucket prefix of images (Ray Data)")
+    p = sub.add_parser("infer", help="detect objects in the images of a directory, glob, list file or bucket "
+                                     "prefix (Ray Data)")
     p.add_argument("config")
     p.add_argument("checkpoint")
     p.add_argument("input", help="a directory, a glob ('imgs/**/*.jpg'), a text file of image paths, one image, "
@@ -310,7 +311,8 @@ def _infer_parser(sub):
     p.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
     p.add_argument("--cpus-per-actor", type=float, default=1, help="CPUs per model actor (default 1)")
     p.add_argument("--score-thr", type=float, default=0.0, help="keep detections scoring at least this (default 0)")
-    p.add_argument("--show-dir", help="draw each image's detections into this directory (paths relative to the input)")
+    p.add_argument("--show-dir", help="draw each image's detections into this directory (paths relative to "
+                                      "the input)")
     p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})

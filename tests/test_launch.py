@@ -511,7 +511,8 @@ def test_infer_over_a_directory_and_a_bucket_prefix_writes_what_inference_detect
     dump_config(cfg, cfg_path)
     out = str(tmp_path / "preds.jsonl")
     assert main(["infer", cfg_path, ckpt, uri_of(prefix), "--out", out, "--batch-size", "2"]) == 0
-    assert re.search(r"\d+ detections in 5 images \([\d.]+ s(, [\d.]+ images/s once the actors were up)?\) written to", capsys.readouterr().out)
+    assert re.search(r"\d+ detections in 5 images \([\d.]+ s(, [\d.]+ images/s once the actors were up)?\) "
+                     r"written to", capsys.readouterr().out)
     got = _by_file(json.loads(line) for line in open(out))
     url = f"s3://raydet-test/{prefix}/"
     _assert_same_detections({name.replace(url, str(imgs) + "/"): v for name, v in got.items()}, expected)

@@ -112,7 +112,8 @@ class _Predictor:
     def __call__(self, batch: dict) -> dict:
         results = predict_samples(self.model, list(batch["sample"]))
         names = [str(n) for n in batch["file_name"]]
-        records = [json.dumps(result_to_records(r, self.model.CLASSES, n, self.score_thr)) for r, n in zip(results, names)]
+        records = [json.dumps(result_to_records(r, self.model.CLASSES, n, self.score_thr))
+                   for r, n in zip(results, names)]
         if self.show_dir:
             import mmcv
             for data, name, result in zip(batch["bytes"], names, results):
