@@ -114,18 +114,13 @@ def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: fl
     """Predict the first ``count`` images of ``dataset`` (a test-mode dataset) with ``model``
     (a detector, or DDP around one) and draw them, full size, into ``out_dir/<image name>.png``.
     Returns the paths. The model is left in eval mode."""
-    import torch
-
-    from .data.loader import batch_to_device, collate
+    from .apis.inference import predict_samples
     module = getattr(model, "module", model)
     module.eval()
-    device = next(module.parameters()).device
     names = list(getattr(dataset, "CLASSES", None) or [])
     written = []
     for i in range(min(count, len(dataset))):
-        batch = collate([dataset[i]])
-        with torch.no_grad():
-            (result,) = module(return_loss=False, rescale=True, **batch_to_device(batch, device))
+        (result,) = predict_samples(module, [dataset[i]])
         info = dataset.data_infos[i]
         source = os.path.join(dataset.img_prefix, info["filename"]) if dataset.img_prefix else info["filename"]
         path = os.path.join(out_dir, os.path.splitext(os.path.basename(info["filename"]))[0] + ".png")

@@ -127,18 +127,13 @@ def result_to_records(result, classes, file_name: str, score_thr: float = 0.0) -
     """One image's mmdet ``result`` as COCO-style records, one per detection scoring at least
     ``score_thr``: ``{file_name, category_id (the class index), category (its name), bbox:
     [x, y, w, h] in the image's pixels, score}``, plus ``segmentation`` (an RLE) for masks."""
-    from ..data.dataset import _as_rle
-    bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
+    from ..data.dataset import coco_detections
     records = []
-    for label, boxes in enumerate(bbox_result):
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
-        for j, (x1, y1, x2, y2, score) in enumerate(boxes.tolist()):
-            if score < score_thr:
-                continue
-            record = dict(file_name=file_name, category_id=label, category=str(classes[label]),
-                          bbox=[x1, y1, x2 - x1, y2 - y1], score=score)
-            if segm_result is not None:
-                record["segmentation"] = _as_rle(segm_result[label][j])
+    for label, bbox, score, rle in coco_detections(result):
+        if score >= score_thr:
+            record = dict(file_name=file_name, category_id=label, category=str(classes[label]), bbox=bbox, score=score)
+            if rle is not None:
+                record["segmentation"] = rle
             records.append(record)
     return records
 

@@ -290,18 +290,11 @@ class CocoDataset(ImageSet):
     def _to_coco_json(self, results, metric):
         dets = []
         for img_id, result in zip(self.img_ids, results):
-            bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
-            for label, boxes in enumerate(bbox_result):
-                if len(boxes) == 0:
-                    continue
-                boxes = np.asarray(boxes, dtype=np.float64)
-                xywh = np.concatenate([boxes[:, :2], boxes[:, 2:4] - boxes[:, :2]], axis=1).tolist()
-                cat = self.cat_ids[label]
-                for j, (bbox, score) in enumerate(zip(xywh, boxes[:, 4].tolist())):
-                    det = dict(image_id=img_id, category_id=cat, score=score, bbox=bbox)
-                    if metric == "segm":
-                        det["segmentation"] = _as_rle(segm_result[label][j])
-                    dets.append(det)
+            for label, bbox, score, rle in coco_detections(result, with_masks=metric == "segm"):
+                det = dict(image_id=img_id, category_id=self.cat_ids[label], score=score, bbox=bbox)
+                if rle is not None:
+                    det["segmentation"] = rle
+                dets.append(det)
         return dets
 
     def results_to_json(self, results) -> list[dict]:
@@ -371,6 +364,20 @@ class CocoDataset(ImageSet):
                 out[f"{m}_{n}"] = float(f"{ev.stats[i]:.3f}")
             out[f"{m}_mAP_copypaste"] = " ".join(f"{ev.stats[i]:.3f}" for i in range(6))
         return out
+
+
+def coco_detections(result, with_masks: bool = True):
+    """Yield ``(label, [x, y, w, h], score, rle)`` for each detection of one image's mmdet
+    ``result`` (per class ``[N, 5]`` arrays, or ``(bbox_result, segm_result)``), boxes in COCO's
+    xywh, ``rle`` the mask as a json-ready RLE when the result has masks and ``with_masks``,
+    else ``None``."""
+    bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
+    for label, boxes in enumerate(bbox_result):
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:4] - boxes[:, :2]], axis=1).tolist()
+        for j, (bbox, score) in enumerate(zip(xywh, boxes[:, 4].tolist())):
+            yield label, bbox, score, (_as_rle(segm_result[label][j]) if with_masks and segm_result is not None
+                                       else None)
 
 
 def _as_rle(mask) -> dict:

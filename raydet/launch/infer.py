@@ -210,7 +210,7 @@ def _dataset(paths, filesystem, batch_size, pool, cpus_per_actor, use_gpu, prepa
     # Listing and reading files is I/O: the reads ask for no CPU (a pool of actors that takes every
     # CPU would otherwise starve its own input) and at most a few run at once.
     ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=filesystem, num_cpus=0, concurrency=4,
-                                    file_extensions=list(IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)))
+                                    file_extensions=list(IMAGE_EXTENSIONS))  # Ray ignores their case
     ds = ds.map_batches(_prepare, batch_size=batch_size, num_cpus=1, fn_kwargs=prepare_kwargs)
     return ds.map_batches(_Predictor, batch_size=batch_size, compute=pool, num_cpus=cpus_per_actor,
                           num_gpus=1 if use_gpu else 0, fn_constructor_kwargs=predictor_kwargs)
