@@ -519,3 +519,4 @@ def test_infer_over_a_directory_and_a_bucket_prefix_writes_what_inference_detect
 
     assert main(["infer", cfg_path, ckpt, uri_of(prefix), "--out", out]) == 2  # never over an existing file
     assert "exists" in capsys.readouterr().err
+    assert not glob.glob(str(tmp_path / ".preds*"))  # no temporary file left behind

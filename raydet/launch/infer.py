@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -140,8 +141,8 @@ def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4
     """Detect objects in every image of ``source`` (see :func:`resolve_inputs`) with the detector
     of ``config`` and ``checkpoint``, and write the detections to ``out``: COCO-style records
     (:func:`raydet.apis.inference.result_to_records`; ``file_name`` is the image's path or URI),
-    one json list (``.json``) or one record per line (``.jsonl``), written to a temporary name
-    and renamed when complete. ``concurrency``: the number of model actors, or ``(min, max)`` to
+    one json list (``.json``) or one record per line (``.jsonl``), written to a new temporary
+    file beside it and renamed when complete. ``concurrency``: the number of model actors, or ``(min, max)`` to
     let Ray Data scale the pool; each takes ``cpus_per_actor`` CPUs and, with ``use_gpu``, one
     GPU. ``show_dir``: each image drawn with its detections (scores >= ``show_score_thr``),
     under its path relative to the input's root (a path every actor's node can write).
@@ -167,7 +168,7 @@ def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4
     pool = ray.data.ActorPoolStrategy(size=sizes[0]) if sizes[0] == sizes[1] else \
         ray.data.ActorPoolStrategy(min_size=sizes[0], max_size=sizes[1])
     start = time.perf_counter()
-    tmp = f"{out}.tmp-{os.getpid()}"
+    tmp = None
     images = detections = 0
     first = None  # (time, images) of the first batch back: the actors' start-up is over
     try:
@@ -176,7 +177,9 @@ def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4
                       dict(cfg=cfg, checkpoint=weights, score_thr=score_thr,
                            show_dir=os.path.abspath(show_dir) if show_dir else None,
                            show_score_thr=show_score_thr, root=root, scheme=scheme))
-        with open(tmp, "w") as f:
+        # a name no file has (mkstemp creates it), so the clean-up below removes only what this run wrote
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(os.path.abspath(out)))
+        with os.fdopen(fd, "w") as f:
             as_list = out.endswith(".json")
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 if first is None:
@@ -198,7 +201,7 @@ def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4
             raise _as_raydet_error(*found) from None
         raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     end = time.perf_counter()
     steady = (images - first[1]) / (end - first[0]) if first and images > first[1] and end > first[0] else None
