@@ -39,7 +39,7 @@ def collectives(rank, world, init_file, out_dir):
     init_group(rank, world, init_file, "cuda:gloo")
     from raydet.apis.train import init_random_seed, parse_losses
     from raydet.engine import Runner
-    from raydet.engine.dist import all_reduce_mean, barrier, broadcast_object, gather_objects
+    from raydet.engine.dist import all_gather_objects, all_reduce_mean, barrier, broadcast_object, gather_objects
     from raydet.engine.inference import evaluate_distributed
 
     seen = {}
@@ -48,6 +48,7 @@ def collectives(rank, world, init_file, out_dir):
                                         "acc": torch.tensor(float(rank))})
     seen["broadcast"] = broadcast_object({"from": rank})
     seen["gather"] = gather_objects(rank * 10)
+    seen["all_gather"] = all_gather_objects(rank * 10)
     seen["seed"] = init_random_seed(None)
     barrier()
     shard = _Loader([dict(idx=[2 * rank, 2 * rank + 1])])  # contiguous shards, as ShardSampler gives
@@ -74,4 +75,45 @@ def train(rank, world, init_file, cfg_dict):
     from raydet.apis import train_from_config
     from raydet.config import load_config
     train_from_config(load_config(cfg_dict), validate=False)
+    dist.destroy_process_group()
+
+
+def train_reporting(rank, world, init_file, cfg_dict, out_dir, write_delay_s):
+    """``train_from_config`` as one rank of a gloo group, its checkpoint files written in the
+    background ``write_delay_s`` slower than the disk allows, with a :class:`ReportHook` whose
+    report is a barrier as Ray's is. Writes ``reports{rank}.json``: per report the iteration it
+    happened at, the file, the checkpoint's metrics and (rank 0) whether the file was complete."""
+    init_group(rank, world, init_file, "gloo")
+    import time
+
+    import raydet.engine.checkpoint as ckpt
+    from raydet.apis import train_from_config
+    from raydet.config import load_config
+    from raydet.engine import ReportHook
+    from raydet.engine.dist import barrier
+
+    save_file = ckpt.save_file
+
+    def slow_save_file(obj, path):
+        time.sleep(write_delay_s)
+        save_file(obj, path)
+
+    ckpt.save_file = slow_save_file
+    seen = []
+
+    class Recorder(ReportHook):
+        def report(self, runner, path, metrics=None, name=None):
+            runner.wait_for_checkpoints()
+            complete = None
+            if rank == 0:
+                complete = ckpt.load_file(path)["meta"]["iter"] == metrics["iter"]
+            barrier()
+            seen.append(dict(at=runner.progress()[1], path=os.path.basename(path), iter=metrics["iter"],
+                             complete=complete))
+            self.reported_iter = metrics["iter"]
+
+    reporter = Recorder()
+    train_from_config(load_config(cfg_dict), validate=False, on_checkpoint=reporter.on_saved, extra_hooks=[reporter])
+    with open(os.path.join(out_dir, f"reports{rank}.json"), "w") as f:
+        json.dump(seen, f)
     dist.destroy_process_group()

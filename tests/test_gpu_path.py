@@ -43,6 +43,7 @@ def test_every_collective_works_on_a_group_without_a_cpu_backend(tmp_path):
         assert s["log_vars"] == {"loss_x": 2.5, "acc": 0.5, "loss": 2.5}
         assert s["broadcast"] == {"from": 0}
         assert s["gather"] == ([0, 10] if rank == 0 else None)
+        assert s["all_gather"] == [0, 10]
         assert s["eval"] == {"order": [0, 1, 2, 3], "count": 4}
         assert s["rng_restored"]
     assert seen[0]["seed"] == seen[1]["seed"]

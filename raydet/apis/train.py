@@ -16,7 +16,7 @@ from ..data.loader import batch_to_device
 from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterTimerHook, OptimizerHook,
                       Precision, Runner, TensorboardLoggerHook, TextLoggerHook, build_lr_hook,
                       build_optimizer, find_latest_checkpoint, load_file)
-from ..engine.checkpoint import checkpoint_dirs
+from ..engine.checkpoint import CheckpointWriter, checkpoint_dirs
 from ..engine.dist import all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist
 from ..engine.hooks import HOOKS, MOMENTUM_POLICIES
 from ..config import import_custom_modules
@@ -265,7 +265,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     """Everything ``train_detector`` runs, in this process (rank ``get_rank()`` of the initialised
     process group, or alone): loaders, DDP, optimizer, precision, hooks, resume/load. Returns the
     runner and its loaders; ``runner.run(loaders, cfg.workflow)`` trains. ``on_checkpoint(runner,
-    path)`` runs on every rank after each periodic checkpoint; ``extra_hooks`` are registered after
+    path, ready_at)`` runs on every rank after each periodic checkpoint (see :class:`ReportHook`); ``extra_hooks`` are registered after
     mmdet's training hooks and before ``custom_hooks``."""
     import_custom_modules(cfg)  # custom hooks may live in the user's modules
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
@@ -313,8 +313,11 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     optimizer = build_optimizer(model, optimizer_cfg)
     opt_cfg, fp16 = optimizer_hook_config(cfg)
     precision = Precision(fp16, device)
+    ckpt_cfg = dict(cfg.get("checkpoint_config") or {})
+    # raydet's key: rank 0 writes checkpoint files in a background thread unless it is False
+    writer = CheckpointWriter(background=ckpt_cfg.pop("async_save", True))
     runner = Runner(model, batch_processor, optimizer, cfg.work_dir, cfg.runner.max_epochs, logger=logger,
-                    meta=meta, autocast=precision.autocast, timestamp=timestamp)
+                    meta=meta, autocast=precision.autocast, timestamp=timestamp, checkpoint_writer=writer)
 
     # mmcv's register_training_hooks, in its order
     if lr_cfg:
@@ -323,7 +326,6 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         runner.register_hook(build_lr_hook(cfg.momentum_config, MOMENTUM_POLICIES, "momentum_config"))
     runner.register_hook(OptimizerHook(precision, grad_clip=opt_cfg.get("grad_clip"),
                                        cumulative_iters=opt_cfg.get("cumulative_iters", 1)))
-    ckpt_cfg = dict(cfg.get("checkpoint_config") or {})
     ckpt_cfg["meta"] = dict(ckpt_cfg.get("meta") or {}, config=cfg.pretty_text,
                             CLASSES=list(getattr(datasets[0], "CLASSES", None) or []))
     runner.register_hook(CheckpointHook(**ckpt_cfg, on_saved=on_checkpoint))

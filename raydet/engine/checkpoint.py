@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import random
 import re
 import tempfile
+import threading
 import time
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -68,6 +71,170 @@ def save_file(obj: dict, path: str) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+
+
+def to_cpu(state, copy: bool = False, buffers: list | None = None):
+    """``state`` (nested dicts, lists, tuples) with every tensor on the CPU.
+
+    ``copy=False``: CUDA tensors are copied, CPU tensors are the live ones (a write that finishes
+    before training goes on). ``copy=True``: no tensor shares memory with the live state, so
+    training may change it while a background thread writes the copy; CUDA tensors go into
+    page-locked buffers (``buffers``, reused from one checkpoint to the next when given: pinning
+    memory costs more than copying into it), with one device sync for all of them."""
+    pinned = iter(buffers) if buffers is not None and copy else None
+    fresh, used_cuda = [], [False]
+
+    def convert(obj):
+        if isinstance(obj, torch.Tensor):
+            obj = obj.detach()
+            if obj.device.type == "cpu":
+                return obj.clone() if copy else obj
+            if not copy or buffers is None:
+                return obj.to("cpu", copy=True)
+            buf = next(pinned, None)
+            if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype:
+                buf = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True)
+            fresh.append(buf)
+            buf.copy_(obj, non_blocking=True)
+            used_cuda[0] = True
+            return buf
+        if isinstance(obj, dict):
+            return {k: convert(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(convert(v) for v in obj)
+        return obj
+
+    out = convert(state)
+    if used_cuda[0]:
+        torch.cuda.synchronize()  # the non-blocking copies have landed before anyone reads them
+    if buffers is not None and copy:
+        buffers[:] = fresh
+    return out
+
+
+def tensor_bytes(state) -> int:
+    """Bytes of the tensors in nested dicts/lists/tuples ``state``."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(v) for v in state)
+    return 0
+
+
+class CheckpointWriter:
+    """Writes rank 0's checkpoint files: in the caller's thread, or (``background=True``) in a
+    thread of its own while training goes on.
+
+    :meth:`write` saves atomically (:func:`save_file`), then runs the ``then`` actions (re-link
+    ``latest.pth``, prune old files), in that order, so a kill at any moment leaves the newest
+    complete checkpoint in place. One checkpoint is in flight at a time: :meth:`begin`, called
+    before the state is taken, waits for the writes of earlier iteration boundaries; the files
+    of one boundary (e.g. ``best_*.pth`` and ``epoch_N.pth``) are written one after the other,
+    each from its own copy. State given to a background write must not change afterwards (see
+    :meth:`snapshot`). A failed background write is raised by the next :meth:`wait` or
+    :meth:`write` as :class:`CheckpointError` naming the file, and the writes queued behind it
+    are dropped. The thread is not a daemon: a process that ends on an exception elsewhere first
+    finishes its files.
+    """
+
+    #: assumed write speed before the first write has measured one (a local SSD with fsync)
+    DEFAULT_BYTES_PER_S = 200e6
+
+    def __init__(self, background: bool = True):
+        self.background = background
+        self.bytes_per_s = None  # measured by the last write
+        self.last_bytes = None  # tensor bytes of the last state written
+        self.pinned: list = []  # page-locked buffers of CUDA tensors, reused (see to_cpu)
+        self._queue: list = []
+        self._thread = None
+        self._running = False
+        self._boundary = None
+        self._queued_bytes = 0  # of the writes queued or in flight
+        self._error = None
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a background write is in flight."""
+        with self._lock:
+            return self._running
+
+    def snapshot(self, state):
+        """``state`` as :meth:`write` needs it: copied off the live tensors when writing in the
+        background, else the tensors moved to the CPU. Pinned buffers are reused only by the
+        first snapshot of a boundary (the one before it is written by then)."""
+        return to_cpu(state, copy=self.background, buffers=self.pinned if not self.busy else None)
+
+    def begin(self, boundary) -> None:
+        """Start the checkpoint files of iteration boundary ``boundary`` (any comparable value):
+        wait for the writes of another boundary."""
+        if boundary != self._boundary:
+            self.wait()
+            self._boundary = boundary
+
+    def write(self, state: dict, path: str, then: Iterable[Callable[[], None]] = ()) -> None:
+        job = (state, path, list(then))
+        if not self.background:
+            self._write(*job)
+            return
+        with self._lock:
+            self._queue.append(job)
+            self._queued_bytes += tensor_bytes(state)
+            if self._running:
+                return
+            self._running = True
+        self._thread = threading.Thread(target=self._run, daemon=False, name="raydet-checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, state, path, then):
+        start = time.perf_counter()
+        save_file(state, path)
+        for action in then:
+            action()
+        seconds = time.perf_counter() - start
+        self.last_bytes = tensor_bytes(state)
+        self.bytes_per_s = max(self.last_bytes, 1) / max(seconds, 1e-6)
+
+    def _run(self):
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                job = self._queue.pop(0)
+            try:
+                self._write(*job)
+            except BaseException as exc:  # raised in the training thread by the next wait()
+                with self._lock:
+                    self._error = (job[1], exc)
+                    self._queue.clear()
+            with self._lock:
+                self._queued_bytes = sum(tensor_bytes(j[0]) for j in self._queue)
+
+    def wait(self) -> None:
+        """Block until no write is in flight; raise the error of a failed one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            error, self._error = self._error, None
+        if error is not None:
+            path, exc = error
+            raise CheckpointError(f"writing checkpoint {path} failed: {type(exc).__name__}: {exc}") from exc
+
+    def iterations_needed(self, nbytes: int, step_seconds: float | None) -> int:
+        """How many training iterations a write of ``nbytes`` will likely take (at least 1: the
+        file is never taken as written in the iteration that started it), from the speed of the
+        last write and ``step_seconds`` per iteration, with a quarter's margin; the writes queued
+        before it count too. ``0`` when writing in the foreground."""
+        if not self.background:
+            return 0
+        with self._lock:
+            nbytes += self._queued_bytes
+        seconds = 1.25 * nbytes / (self.bytes_per_s or self.DEFAULT_BYTES_PER_S)
+        return 1 + math.ceil(seconds / max(step_seconds or 1.0, 1e-3))
 
 
 def link_latest(target: str, link: str) -> None:

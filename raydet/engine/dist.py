@@ -1,7 +1,7 @@
 """Thin helpers over ``torch.distributed`` that degrade to no-ops in a single process.
 
 Every rank must call the collective helpers (``all_reduce_mean``, ``broadcast_object``,
-``gather_objects``, ``barrier``) the same number of times and in the same order.
+``gather_objects``, ``all_gather_objects``, ``barrier``) the same number of times and in the same order.
 
 **GPU groups.** raydet's own collectives carry host data: a handful of loss floats per step
 (needed on the host anyway, for the log and the finite check), pickled objects (the resume
@@ -94,4 +94,13 @@ def gather_objects(obj, dst: int = 0):
     # gather_object takes the destination's rank in the default group, which is also its rank in
     # a gloo group made over every rank
     dist.gather_object(obj, out, dst=dst, group=group)
+    return out
+
+
+def all_gather_objects(obj) -> list:
+    """On every rank: the list of every rank's ``obj`` in rank order."""
+    if not is_dist():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=host_group())
     return out

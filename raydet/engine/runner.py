@@ -16,8 +16,9 @@ import torch
 
 from .. import __version__
 from ..errors import CheckpointError
-from .checkpoint import link_latest, load_file, load_weights, restore_rng, rng_state, save_file, strip_prefix
-from .dist import gather_objects, get_rank, get_world_size, is_main
+from .checkpoint import (CheckpointWriter, link_latest, load_file, load_weights, restore_rng, rng_state,
+                         strip_prefix, tensor_bytes)
+from .dist import all_gather_objects, get_rank, get_world_size, is_main
 from .hooks import Hook, LogBuffer, get_priority
 from .hooks.logger import FILE_ONLY
 
@@ -34,12 +35,13 @@ class Runner:
     batch's losses (:func:`raydet.apis.batch_processor`); its forward runs under
     ``autocast()`` (see :class:`raydet.engine.precision.Precision`). ``epoch``, ``iter`` and
     ``inner_iter`` count completed epochs / iterations in mmcv's way: inside ``after_train_iter``
-    ``iter`` is still the index of the iteration that just finished.
+    ``iter`` is still the index of the iteration that just finished. ``checkpoint_writer``
+    writes rank 0's checkpoint files (default: in the foreground; see :meth:`save_checkpoint`).
     """
 
     def __init__(self, model, batch_processor, optimizer, work_dir: str, max_epochs: int,
                  logger: logging.Logger | None = None, meta: dict | None = None, autocast=None,
-                 timestamp: str | None = None):
+                 timestamp: str | None = None, checkpoint_writer: CheckpointWriter | None = None):
         self.model, self.batch_processor, self.optimizer = model, batch_processor, optimizer
         self.work_dir = os.path.abspath(work_dir)
         self.logger = logger or logging.getLogger("raydet")
@@ -56,6 +58,8 @@ class Runner:
         self.mode, self.data_loader, self.outputs, self.data_batch = None, None, {}, None
         self.log_buffer = LogBuffer()
         self._hooks: list[Hook] = []
+        self.writer = checkpoint_writer or CheckpointWriter(background=False)
+        self.step_seconds = None  # moving average of a training iteration's wall time
         self._stage = None
         self.resumed_from = None
 
@@ -111,12 +115,22 @@ class Runner:
         if self.resumed_from:
             self.logger.info(f"resumed from {self.resumed_from} at epoch {self._epoch + 1}, iter {self._iter + 1} "
                              f"(completed: {self._epoch} epochs, {self._iter} iterations)")
-        while self._epoch < self._max_epochs:
-            for (phase, epochs), loader in zip(workflow, data_loaders):
-                for _ in range(epochs):
-                    if phase == "train" and self._epoch >= self._max_epochs:
-                        break
-                    getattr(self, phase)(loader)
+        try:
+            while self._epoch < self._max_epochs:
+                for (phase, epochs), loader in zip(workflow, data_loaders):
+                    for _ in range(epochs):
+                        if phase == "train" and self._epoch >= self._max_epochs:
+                            break
+                        getattr(self, phase)(loader)
+        except BaseException:
+            # a checkpoint taken before the failure is still written: a retry in this process (a
+            # notebook, auto_resume) finds it
+            try:
+                self.wait_for_checkpoints()
+            except CheckpointError as exc:
+                self.logger.error(str(exc))
+            raise
+        self.wait_for_checkpoints()  # the last checkpoint is complete before after_run and the return
         self.call_hook("after_run")
 
     def run_iter(self, data_batch: dict, train_mode: bool) -> None:
@@ -142,6 +156,7 @@ class Runner:
                              f"(epoch {self._epoch + 1}, {self.start_batch} batches of it done)")
             self._iter = iters
         self._inner_iter = first - 1
+        tick = time.perf_counter()
         for i, data_batch in enumerate(data_loader, start=first):
             self._inner_iter = i
             self.data_batch = data_batch  # for hooks, as in mmcv
@@ -150,6 +165,9 @@ class Runner:
             self.call_hook("after_train_iter")
             self.log_buffer.clear_output()
             self._iter += 1
+            tock = time.perf_counter()
+            self.step_seconds = tock - tick if self.step_seconds is None else 0.8 * self.step_seconds + 0.2 * (tock - tick)
+            tick = tock
         self.data_batch = None
         self.start_batch = 0
         self.call_hook("after_train_epoch")
@@ -185,9 +203,10 @@ class Runner:
                 self._iter + int(self._stage == "after_train_iter"))
 
     def state_dict(self, save_optimizer: bool = True, meta: dict | None = None, rng: list | None = None) -> dict:
-        """Everything a resume needs. Called from a hook, it counts the iteration or epoch that
-        just finished as done (in ``before_train_iter``: the iterations before this one).
-        ``rng``: every rank's generator states in rank order (default: this process's alone)."""
+        """Everything a resume needs, tensors as the live ones (on their devices). Called from a
+        hook, it counts the iteration or epoch that just finished as done (in
+        ``before_train_iter``: the iterations before this one). ``rng``: every rank's generator
+        states in rank order (default: this process's alone)."""
         done_epochs, done_iters = self.progress()
         if self._stage in ("after_train_iter", "before_train_iter"):
             first, start_batch = self._epoch_start
@@ -202,7 +221,7 @@ class Runner:
                          torch_version=str(torch.__version__), python_version=platform.python_version(),
                          world_size=get_world_size())
         state = dict(meta=full_meta,
-                     state_dict={k: v.detach().cpu() for k, v in strip_prefix(self._module().state_dict()).items()},
+                     state_dict=strip_prefix(self._module().state_dict()),
                      hooks={type(h).__name__: h.state_dict() for h in self._hooks if h.state_dict()},
                      sampler=sampler, rng=rng if rng is not None else [rng_state()])
         if save_optimizer:
@@ -260,14 +279,38 @@ class Runner:
                              f"ranks'): seeded from (seed {seed}, rank {get_rank()}, iteration {self._iter})")
 
     def save_checkpoint(self, path: str, save_optimizer: bool = True, meta: dict | None = None,
-                        create_symlink: bool = True) -> None:
-        """Every rank calls this (it gathers each rank's RNG state, a collective); rank 0 writes
-        the full state atomically and points ``latest.pth`` at it."""
-        rngs = gather_objects(rng_state())
+                        create_symlink: bool = True, then=()) -> int:
+        """Checkpoint the state of this iteration boundary to ``path``. Every rank calls this (a
+        collective: each rank's RNG state, and rank 0's plan, go to every rank). Rank 0 takes the
+        state and its writer writes it atomically, points ``latest.pth`` at it and then runs the
+        ``then`` callables (e.g. pruning old files); with a background writer the state is copied
+        first and training goes on while the file is written (the writes of an earlier boundary
+        are waited for first: one checkpoint in flight at a time).
+
+        Returns the number of completed iterations from which every rank may take the file as
+        complete (the same number on every rank): the current one with a foreground writer; with
+        a background one rank 0's estimate of when the write ends. Whoever acts on the file then
+        (a report to Ray) calls :meth:`wait_for_checkpoints` first, which blocks rank 0 alone for
+        whatever of the write is left."""
+        _, done = self.progress()
+        boundary = (self._epoch, done, self._stage)
+        plan = None
         if is_main():
-            save_file(self.state_dict(save_optimizer, meta, rngs), path)
-            if create_symlink:
-                link_latest(path, os.path.join(os.path.dirname(path), "latest.pth"))
+            self.writer.begin(boundary)
+            nbytes = self.writer.last_bytes or tensor_bytes(
+                [self._module().state_dict(), self.optimizer.state_dict()["state"] if save_optimizer else {}])
+            plan = done + self.writer.iterations_needed(nbytes, self.step_seconds)
+        gathered = all_gather_objects((rng_state(), plan))
+        if is_main():
+            state = self.writer.snapshot(self.state_dict(save_optimizer, meta, [g[0] for g in gathered]))
+            link = os.path.join(os.path.dirname(path), "latest.pth")
+            self.writer.write(state, path, ([lambda: link_latest(path, link)] if create_symlink else []) + list(then))
+        return gathered[0][1]
+
+    def wait_for_checkpoints(self) -> None:
+        """Return once rank 0's checkpoint writes are complete (elsewhere at once); the error of
+        a failed write is raised here as :class:`CheckpointError`. Not a collective."""
+        self.writer.wait()
 
     def resume(self, path: str) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""

@@ -14,7 +14,7 @@ import ray.train
 import torch
 from mmengine import Config
 
-from ..engine.hooks import PRIORITIES, Hook
+from ..engine.hooks import Hook, ReportHook
 
 CKPT_FILE = "checkpoint.pth"
 
@@ -156,28 +156,24 @@ def restore_logs_from(checkpoint_path: str, work_dir: str) -> list[str]:
     return restored
 
 
-class RayReportHook(Hook):
-    """Reports each checkpoint to Ray Train, after the iteration's or epoch's log line is written.
+class RayReportHook(ReportHook):
+    """Reports each checkpoint to Ray Train once its file is complete, at the same iteration on
+    every rank (see :class:`ReportHook`: after that iteration's log line, at LOWEST priority, so a
+    worker killed while blocked in the report has already logged it).
 
-    The :class:`CheckpointHook` calls :meth:`on_saved` (on every rank); the report itself, a
-    barrier that blocks once the driver is gone, waits for this hook's turn at LOWEST priority, so
-    a worker killed while blocked there has already logged the checkpointed iteration. Every rank
-    reports once per checkpoint; rank 0 attaches the file, hard-linked into a directory of the
-    work_dir (no copy). ``upload``: ``'none'`` when the work_dir is Ray's run dir (the checkpoint
-    is already in place), else ``'sync'`` (the report returns once the copy in ``storage_path`` is
-    complete) or ``'async'`` (copied by a background thread while training goes on; Ray removes
-    the hard-linked directory afterwards, never the checkpoint file itself). The time each report
-    held up training is logged.
+    Every rank reports once per checkpoint; rank 0 attaches the file, hard-linked into a directory
+    of the work_dir (no copy). ``upload``: ``'none'`` when the work_dir is Ray's run dir (the
+    checkpoint is already in place), else ``'sync'`` (the report returns once the copy in
+    ``storage_path`` is complete) or ``'async'`` (copied by a background thread while training
+    goes on; Ray removes the hard-linked directory afterwards, never the checkpoint file itself).
+    The time each report held up training is logged, rank 0's wait for its file included.
     """
 
-    priority = PRIORITIES["LOWEST"]
-
     def __init__(self, upload: str, logs: "LogUploader | None" = None, taken=()):
+        super().__init__()
         if upload not in ("none", "sync", "async"):
             raise ValueError(f"upload must be none, sync or async, got {upload!r}")
-        self.upload, self.pending, self.logs = upload, [], logs
-        self.reported_iter = None
-        self.last_saved = None  # the newest periodic checkpoint of this attempt
+        self.upload, self.logs = upload, logs
         self.taken = set(taken)  # rank 0: directory names of the checkpoints Ray keeps
 
     def _unique(self, name: str) -> str:
@@ -192,17 +188,6 @@ class RayReportHook(Hook):
         self.taken.add(unique)
         return unique
 
-    def on_saved(self, runner, path):
-        self.pending.append(path)
-        self.last_saved = path
-
-    def _flush(self, runner):
-        for path in self.pending:
-            self.report(runner, path)
-        self.pending = []
-
-    after_train_iter = after_train_epoch = _flush
-
     def report(self, runner, path, metrics=None, name=None):
         """Report ``path`` (``None``: metrics only) as Ray checkpoint ``name``; every rank calls
         this (a barrier)."""
@@ -210,10 +195,9 @@ class RayReportHook(Hook):
 
         from ..engine.dist import get_rank
         start = time.perf_counter()
+        runner.wait_for_checkpoints()  # rank 0: the file is complete
         name = name or "checkpoint_" + os.path.basename(path)[: -len(".pth")]
-        epochs, iters = runner.progress()
-        metrics = metrics or dict(epoch=epochs, iter=iters, **{
-            k: v for k, v in runner.log_buffer.output.items() if isinstance(v, (int, float))})
+        metrics = metrics or self.metrics(runner)
         checkpoint = None
         if get_rank() == 0:  # Ray takes rank 0's directory name for every rank's report
             name = self._unique(name)
@@ -233,7 +217,7 @@ class RayReportHook(Hook):
         # after an upload the hard-linked directory goes, or it would keep every old checkpoint alive
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_mode=mode,
                          delete_local_checkpoint_after_upload=self.upload != "none")
-        self.reported_iter = iters
+        self.reported_iter = metrics["iter"]
         runner.logger.info(f"{name} reported to Ray in {time.perf_counter() - start:.3f} s (upload: {self.upload})")
         if self.logs is not None and get_rank() == 0:
             self.logs.sync(wait=self.upload == "sync")
@@ -350,11 +334,12 @@ class PreemptionHook(Hook):
         if info is None:
             return
         start = time.perf_counter()
+        self.reporter.flush(runner, force=True)  # checkpoints whose writes are still in flight
         _, iters = runner.progress()
         if self.reporter.reported_iter != iters:
             path = os.path.join(runner.work_dir, f"iter_{iters}.pth")
             runner.save_checkpoint(path)  # every rank: a collective
-            self.reporter.report(runner, path, name=f"checkpoint_iter_{iters}")
+            self.reporter.report(runner, path, name=f"checkpoint_iter_{iters}")  # waits for the file
         ray.train.get_all_reported_checkpoints()  # returns once Ray has committed every report
         deadline = info.deadline_ms / 1000 if info.deadline_ms else time.time() + 120
         runner.logger.info(

@@ -1,7 +1,7 @@
 """Typed hooks of the runner, in mmcv 1.x's priority order."""
 from .base import HOOKS, PRIORITIES, Hook, get_priority
 from .chaos import ChaosError, ChaosHook
-from .checkpoint import CheckpointHook
+from .checkpoint import CheckpointHook, ReportHook
 from .ema import BaseEMAHook, EMAHook, ExpMomentumEMAHook, LinearMomentumEMAHook
 from .evaluation import EvalHook
 from .logger import LogBuffer, LoggerHook, TensorboardLoggerHook, TextLoggerHook
@@ -18,5 +18,5 @@ __all__ = ["HOOKS", "PRIORITIES", "Hook", "get_priority", "CheckpointHook", "Eva
            "LrUpdaterHook", "MomentumUpdaterHook", "StepLrUpdaterHook", "CosineAnnealingLrUpdaterHook",
            "OneCycleLrUpdaterHook", "CosineAnnealingMomentumUpdaterHook", "CyclicMomentumUpdaterHook",
            "build_lr_hook", "OptimizerHook", "IterTimerHook", "DistSamplerSeedHook", "ChaosHook",
-           "ChaosError", "NumClassCheckHook", "BaseEMAHook", "EMAHook", "ExpMomentumEMAHook",
+           "ChaosError", "ReportHook", "NumClassCheckHook", "BaseEMAHook", "EMAHook", "ExpMomentumEMAHook",
            "LinearMomentumEMAHook", "ProfilerHook"]

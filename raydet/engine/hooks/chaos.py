@@ -2,7 +2,8 @@
 
 ``ChaosHook(at_iter=K, action='raise'|'sigkill'|'sigterm'|'corrupt', rank=0, marker=PATH,
 count_file=PATH)`` fails once, in ``after_train_iter`` of global iteration ``K`` (1-based) on rank
-``rank``, after that iteration's checkpoint (if any) was written. ``'corrupt'`` (on rank 0, which
+``rank``, after that iteration's checkpoint (if any) was taken (with a background writer its file
+may still be in flight: a kill then lands during the write). ``'corrupt'`` (on rank 0, which
 writes the checkpoints) first truncates the newest checkpoint file to half its size, as a disk
 that lost its last write would leave it, then raises. ``at_epoch=E`` instead fails at the end of epoch
 ``E``. The ``marker`` file is created just before failing and, while it exists, the hook never
@@ -47,6 +48,7 @@ class ChaosHook(Hook):
         with open(self.marker, "w") as f:
             f.write(f"{where}\n")
         if self.action == "corrupt":
+            runner.wait_for_checkpoints()  # the file it truncates is complete
             path = (runner.meta.get("hook_msgs") or {}).get("last_ckpt")
             if path is None:
                 raise ValueError("ChaosHook(action='corrupt'): no checkpoint has been written yet")

@@ -125,12 +125,13 @@ class EvalHook(Hook):
         path = os.path.join(runner.work_dir, f"best_{key}_epoch_{runner.epoch + 1}.pth")
         old = msgs.get("best_ckpt")
         msgs["best_ckpt"] = path
-        # only a best checkpoint of this work_dir goes: one named by a checkpoint this run resumed
-        # from may belong to another run
+        # only a best checkpoint of this work_dir goes, once the new one is complete: one named by a
+        # checkpoint this run resumed from may belong to another run
+        replaced = []
         if (is_main() and old and old != path and os.path.isfile(old)
                 and os.path.dirname(os.path.abspath(old)) == os.path.abspath(runner.work_dir)):
-            os.remove(old)
-        runner.save_checkpoint(path, create_symlink=False)  # every rank: it gathers their RNG states
+            replaced.append(lambda: os.path.isfile(old) and os.remove(old))
+        runner.save_checkpoint(path, create_symlink=False, then=replaced)  # every rank: a collective
         if is_main():
             runner.logger.info(f"Now best checkpoint is saved as {os.path.basename(path)}. "
                                f"Best {key} is {score:.4f} at epoch {runner.epoch + 1}.")
