@@ -1,69 +1,141 @@
-"""Checkpoint stall: how long training waits per checkpoint, sync vs async upload to storage_path.
+"""Checkpoint stall: what each checkpoint costs the training loop, written in the loop vs in the background.
 
-    .venv/bin/python benchmarks/checkpoint_stall.py [--repeats 2] [--iters 30] [--interval 5]
-                                                   [--storage-path DIR_OR_URI]
+    .venv/bin/python benchmarks/checkpoint_stall.py [--models default r50fpn] [--storages local s3]
+                                                   [--repeats 1] [--interval 5]
 
-raydet on local Ray (1 worker), the default config with a checkpoint every ``--interval``
-iterations and ``ray.storage_path`` set (default: a fresh temporary directory; pass an
-``s3://...`` URI to measure a bucket), once with ``checkpoint_upload_mode='sync'`` and once with
-``'async'``, alternating, each in a fresh process. The stall of one checkpoint is the time its
-``ray.train.report`` held up the training loop, as raydet logs it ("... reported to Ray in X s");
-writing the checkpoint file itself is the same in both modes and not included.
+raydet on local Ray, 2 workers x 1 CPU (DDP over gloo), on the shapes images, per model:
+
+* ``default``: the default detector (configs/fcos/fcos_gn_tiny_shapes.py), 8 images per worker step;
+* ``r50fpn``: Faster R-CNN R50-FPN (configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py, SGD with
+  momentum: its checkpoint holds ~2 x 160 MB of weights and momentum), 1 image per worker at 256x192;
+
+each run in a fresh process: once without checkpoints, then for each storage (``local``: the
+work_dir is Ray's run dir, the file is reported in place; ``s3``: ``ray.storage_path`` on a local S3
+server, moto, on 127.0.0.1, upload in the background as raydet's default) with
+``checkpoint_config.async_save=False`` (written in the loop, as mmcv does) and ``True`` (raydet's
+default), a checkpoint every ``--interval`` iterations.
+
+The stall of a checkpoint is the whole time it costs the slowest rank: every rank stamps the end
+of each iteration; an iteration ends when the last rank ends it; a checkpoint at iteration ``c``
+owns the window of iterations ``c .. c + interval - 1`` (its snapshot, the write's share of the
+CPU, the wait in the report, up to the next checkpoint), and its stall is that window's length
+minus the same window's length in the run without checkpoints (mean over the checkpoints).
 """
 import argparse
+import json
 import os
-import re
+import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import CONFIG, REPO, RAY_ENV, shapes_subset, summary  # noqa: E402
+from common import CONFIG, REPO, on_shapes, run_json, stamp_hook  # noqa: E402
 
-LINE = re.compile(r"checkpoint_iter_\d+ reported to Ray in ([\d.]+) s \(upload: (\w+)\)")
+MODELS = {
+    "default": dict(config=CONFIG, batch=8, iters=30, img_scale=None),
+    "r50fpn": dict(config=os.path.join(REPO, "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py"), batch=1,
+                   iters=20, img_scale=(256, 192)),
+}
+S3_ENV = dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
 
 
-def run(mode, args):
-    work_dir = tempfile.mkdtemp(prefix=f"bench-stall-{mode}-")
-    storage = args.storage_path or tempfile.mkdtemp(prefix="bench-stall-storage-")
-    code = (f"import raydet; raydet.train({CONFIG!r}, validate=False, work_dir={work_dir!r}, "
-            f"**{{'ray.num_workers': 1, 'ray.storage_path': {storage!r}, "
-            f"'ray.checkpoint_upload_mode': {mode!r}, 'data.samples_per_gpu': 16, 'runner.max_epochs': 1, "
-            f"'checkpoint_config': dict(interval={args.interval}, by_epoch=False), "
-            f"'log_config.interval': {args.interval}}}, **{shapes_subset(16 * args.iters)!r})")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=REPO, **RAY_ENV))
-    if proc.returncode != 0:
-        raise RuntimeError(f"{mode} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    stalls = [float(s) for s, m in LINE.findall(proc.stdout + proc.stderr) if m == mode]
-    if not stalls:
-        raise RuntimeError(f"no report timings in the {mode} run's output")
-    size = max(os.path.getsize(os.path.join(work_dir, f)) for f in os.listdir(work_dir) if f.startswith("iter_"))
-    return stalls, size
+def one_run(args):
+    """In a fresh process: train, and print the stamp file's path and the checkpoint size as JSON."""
+    import raydet
+    model = MODELS[args.model]
+    work_dir = tempfile.mkdtemp(prefix=f"bench-stall-{args.model}-{args.mode}-")
+    stamps = os.path.join(work_dir, "stamps.txt")
+    interval = args.interval if args.mode != "none" else 10 ** 6
+    overrides = {**on_shapes(model["config"], 2 * model["batch"] * model["iters"], model["img_scale"]),
+                 "seed": 0, "ray.num_workers": 2, "ray.resources_per_worker": {"CPU": 1},
+                 "data.samples_per_gpu": model["batch"], "data.workers_per_gpu": 0, "runner.max_epochs": 1,
+                 "checkpoint_config": dict(interval=interval, by_epoch=False, save_last=False,
+                                           async_save=args.mode == "async"),
+                 "log_config.interval": args.interval, "custom_hooks": [stamp_hook(stamps)]}
+    if args.storage_path:
+        overrides["ray.storage_path"] = args.storage_path
+    raydet.train(model["config"], validate=False, work_dir=work_dir, **overrides)
+    sizes = [os.path.getsize(os.path.join(work_dir, f)) for f in os.listdir(work_dir) if f.startswith("iter_")]
+    print(json.dumps(dict(stamps=stamps, size=max(sizes) if sizes else 0)))
+
+
+def iteration_ends(path):
+    """``{iteration: time the slowest rank ended it}`` from a stamp file."""
+    ends = {}
+    for line in open(path):
+        _, _, it, t = line.split()
+        ends[int(it)] = max(ends.get(int(it), 0.0), float(t))
+    return ends
+
+
+def windows(ends, interval):
+    """``{c: length of the window c .. c + interval - 1}`` for each checkpoint iteration ``c`` whose
+    window lies within the run."""
+    last = max(ends)
+    return {c: ends[c + interval - 1] - ends[c - 1] for c in range(interval, last - interval + 2, interval)}
+
+
+def s3_server():
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = fs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                         access_key="testing", secret_key="testing", allow_bucket_creation=True)
+    s3.create_dir("raydet-bench")
+    return server, f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--storages", nargs="+", default=["local", "s3"], choices=["local", "s3"])
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--interval", type=int, default=5)
-    parser.add_argument("--storage-path", default=None)
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--storage-path", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    results = {"sync": [], "async": []}
-    for _ in range(args.repeats):
-        for mode in results:
-            stalls, size = run(mode, args)
-            results[mode] += stalls
-            print(f"{mode}: {len(stalls)} checkpoints of {size / 2 ** 20:.1f} MiB, stall per checkpoint (s): "
-                  + " ".join(f"{s:.3f}" for s in stalls), flush=True)
-    where = args.storage_path or "a local temporary directory"
-    print(f"\nstall per checkpoint in seconds, upload to {where}:")
-    for mode, values in results.items():
-        print(f"  {mode:5s} {summary(values, '7.3f')}")
-    ratio = statistics.median(results["async"]) / statistics.median(results["sync"])
-    print(f"  ratio async / sync (medians): {ratio:.3f}  (goal <= 0.10)")
+    if args.one:
+        args.model, args.mode = args.one
+        one_run(args)
+        return
+    server, query = s3_server() if "s3" in args.storages else (None, "")
+    stalls = {}  # (model, storage, mode) -> [seconds per checkpoint]
+    try:
+        for model in args.models:
+            for repeat in range(args.repeats):
+                runs = {}
+
+                def run(mode, storage=None):
+                    passed = [__file__, "--one", model, mode, "--interval", str(args.interval)]
+                    if storage == "s3":
+                        passed += ["--storage-path", f"s3://raydet-bench/{model}-{mode}-{repeat}-{os.getpid()}{query}"]
+                    return run_json(passed, env=S3_ENV)
+
+                base = windows(iteration_ends(run("none")["stamps"]), args.interval)
+                for storage in args.storages:
+                    for mode in ("sync", "async"):
+                        info = run(mode, storage)
+                        mine = windows(iteration_ends(info["stamps"]), args.interval)
+                        per = [mine[c] - base[c] for c in mine]
+                        stalls.setdefault((model, storage, mode), []).extend(per)
+                        runs[(storage, mode)] = statistics.mean(per)
+                        print(f"{model} {storage} {mode}: checkpoint {info['size'] / 2 ** 20:.1f} MiB, stall per "
+                              f"checkpoint (s): " + " ".join(f"{s:.3f}" for s in per), flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    print(f"\nwhole stall per checkpoint, slowest of 2 ranks, seconds (mean over checkpoints and repeats):")
+    for model in args.models:
+        for storage in args.storages:
+            sync, asyn = (statistics.mean(stalls[(model, storage, m)]) for m in ("sync", "async"))
+            print(f"  {model:8s} {storage:6s} sync {sync:7.3f}  async {asyn:7.3f}  ratio async / sync "
+                  f"{asyn / sync:.3f}  (goal <= 0.10; n={len(stalls[(model, storage, 'sync')])})")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,30 @@ def shapes_subset(train: int, val: int = 16) -> dict:
             "data.val.root": root, "data.val.num_images": {"train": train, "val": val}}
 
 
+def on_shapes(config: str, images: int, img_scale=None) -> dict:
+    """Overrides that train any config on the first ``images`` shapes images: its train pipeline
+    kept (at ``img_scale`` (w, h) if given), no ImageNet weights to fetch (speed does not depend
+    on them), the heads predicting the data's 3 classes (raydet refuses another num_classes)."""
+    from raydet.config import load_config
+    cfg = load_config(config)
+    pipeline = [dict(step) for step in cfg.train_pipeline]
+    for step in pipeline:
+        if step["type"] == "Resize" and img_scale:
+            step["img_scale"] = tuple(img_scale)
+    subset = shapes_subset(images)
+    extra = {"data.train": dict(_delete_=True, type="ShapesDataset", split="train", pipeline=pipeline,
+                                root=subset["data.train.root"], num_images=subset["data.train.num_images"])}
+    if (cfg.model.get("backbone") or {}).get("init_cfg"):
+        extra["model.backbone.init_cfg"] = None
+    for head in ("model.bbox_head", "model.roi_head.bbox_head", "model.roi_head.mask_head"):
+        node = cfg
+        for part in head.split("."):
+            node = (node or {}).get(part)
+        if node is not None and "num_classes" in node:
+            extra[f"{head}.num_classes"] = 3
+    return extra
+
+
 def stamp_hook(path: str) -> dict:
     """A hook config that appends ``rank epoch iter unix_time`` after every training iteration
     (raydet's ChaosHook with nothing to inject): the images/s of a run, read from outside."""

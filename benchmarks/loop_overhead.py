@@ -41,7 +41,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import CONFIG, images_per_s, read_stamps, run_json, shapes_subset, stamp_hook, summary  # noqa: E402
+from common import CONFIG, images_per_s, on_shapes, read_stamps, run_json, stamp_hook, summary  # noqa: E402
 
 SKIP = 5
 
@@ -49,28 +49,11 @@ SKIP = 5
 def overrides(args, stamps):
     """The config changes of every side: the shapes images (any config: its train pipeline is
     kept, at ``--img-scale`` if given), batch, epochs, device, fp16, the stamp hook."""
-    from raydet.config import load_config
-    pipeline = [dict(step) for step in load_config(args.config).train_pipeline]
-    for step in pipeline:
-        if step["type"] == "Resize" and args.img_scale:
-            step["img_scale"] = tuple(args.img_scale)
-    subset = shapes_subset(args.batch * args.iters_per_epoch)
-    train = dict(_delete_=True, type="ShapesDataset", split="train", pipeline=pipeline,
-                 root=subset["data.train.root"], num_images=subset["data.train.num_images"])
     extra = {"device": args.device} if args.device else {}
-    cfg = load_config(args.config)
-    if (cfg.model.get("backbone") or {}).get("init_cfg"):
-        extra["model.backbone.init_cfg"] = None  # speed does not depend on the ImageNet weights
     if args.fp16:
         extra["fp16"] = dict(loss_scale="dynamic")
-    # the heads predict the shapes data's 3 classes (raydet refuses a num_classes other than the data's)
-    for head in ("model.bbox_head", "model.roi_head.bbox_head", "model.roi_head.mask_head"):
-        node = cfg
-        for part in head.split(".")[:-1] + [head.split(".")[-1]]:
-            node = (node or {}).get(part)
-        if node is not None and "num_classes" in node:
-            extra[f"{head}.num_classes"] = 3
-    return {"seed": 0, "data.train": train, "data.samples_per_gpu": args.batch, "runner.max_epochs": args.epochs,
+    return {"seed": 0, **on_shapes(args.config, args.batch * args.iters_per_epoch, args.img_scale),
+            "data.samples_per_gpu": args.batch, "runner.max_epochs": args.epochs,
             "custom_hooks": [stamp_hook(stamps)], **extra}
 
 
