@@ -7,6 +7,10 @@ os.environ["RAYDET_OFFLINE"] = "1"
 # Every Ray instance a test starts listens on 127.0.0.1 only. Ray reads this when it is imported,
 # so it is set before any test module imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray Train's controller looks at its workers (started? reported? finished?) every 2 s by default;
+# a report made while the one before is not yet collected waits for that look. The test runs'
+# steps are milliseconds, so the tests ask for 0.5 s: the same behaviour, ~6 s less per run.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 import pytest  # noqa: E402
 

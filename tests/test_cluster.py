@@ -61,7 +61,7 @@ def head(tmp_path):
     yield dict(env=env, gcs=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}")
     os.killpg(proc.pid, signal.SIGTERM)  # --block: the head takes its own processes down
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     shutil.rmtree(temp_dir, ignore_errors=True)
