@@ -17,18 +17,24 @@ default), a checkpoint every 10 (default) or 6 (R50-FPN) iterations: more than R
 between reports, as real intervals are (a report made sooner than that after the one before waits
 for the controller to collect it, up to 2 s, which is Ray's and no write's).
 
-The stall of a checkpoint is the whole time it costs the slowest rank: every rank stamps the end
-of each iteration; an iteration ends when the last rank ends it; a checkpoint at iteration ``c``
-owns the window of the half interval ``c .. c + interval/2 - 1`` (its snapshot, the file written
-in the loop or the writer thread's share of the CPU, rank 0's wait for the file in the report),
-and its stall is that window's time minus as many steps of the half interval before it (their
-median). Step times drift by tens of percent within a run and between runs on this machine, so
-each window is measured against its own neighbours, not against another run. The same measure on
-the run without checkpoints, at the same iterations, is printed as the noise floor.
+Two measures of the stall per checkpoint, as the slowest rank sees it:
+
+* **held**: the time rank 0 (the one that writes; the others wait for it at the next collective)
+  spends in the checkpoint and its report, from raydet's log: ``checkpoint iter_N.pth: the loop
+  held X s`` (gathering the RNG states, taking the state, and writing the file when it is written
+  in the loop, or copying the state when it is not) plus ``checkpoint_iter_N reported to Ray in Y
+  s`` (Ray's report, with rank 0's wait for a background write still in flight).
+* **window**: every rank stamps the end of each iteration, an iteration ends when the last rank
+  ends it; a checkpoint at iteration ``c`` owns the interval ``c .. c + interval - 1`` and its
+  stall is that interval's time beyond the run's median step. It catches what ``held`` cannot
+  (the writer thread's or Ray's upload thread's share of the CPU) but is noisy: step times drift
+  by tens of percent within a run here, so the same measure on the run without checkpoints is
+  printed as its noise floor.
 """
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import sys
@@ -63,7 +69,7 @@ def one_run(args):
         overrides["ray.storage_path"] = args.storage_path
     raydet.train(model["config"], validate=False, work_dir=work_dir, **overrides)
     sizes = [os.path.getsize(os.path.join(work_dir, f)) for f in os.listdir(work_dir) if f.startswith("iter_")]
-    print(json.dumps(dict(stamps=stamps, size=max(sizes) if sizes else 0)))
+    print(json.dumps(dict(stamps=stamps, held=held(work_dir), size=max(sizes) if sizes else 0)))
 
 
 def iteration_ends(path):
@@ -75,21 +81,34 @@ def iteration_ends(path):
     return ends
 
 
-def stalls(ends, interval):
-    """``{c: seconds the window of checkpoint iteration c took beyond its neighbours' pace}`` (see
-    the module docstring), for each ``c`` whose window and neighbours lie within the run."""
-    half = interval // 2
+def windows(ends, interval):
+    """``{c: seconds the interval of checkpoint iteration c took beyond the run's median step}``,
+    for each ``c`` whose interval lies within the run."""
     step = {i: ends[i] - ends[i - 1] for i in ends if i - 1 in ends}
+    median = statistics.median(step.values())
+    return {c: sum(step[i] - median for i in range(c, c + interval))
+            for c in range(interval, max(ends) + 1, interval) if all(i in step for i in range(c, c + interval))}
+
+
+HELD = re.compile(r"checkpoint iter_(\d+)\.pth: the loop held ([\d.]+) s")
+REPORTED = re.compile(r"checkpoint_iter_(\d+) reported to Ray in ([\d.]+) s")
+
+
+def held(work_dir):
+    """``{c: seconds rank 0 spent in checkpoint c and its report}`` from the run's log file."""
+    text = "".join(open(os.path.join(work_dir, n)).read() for n in os.listdir(work_dir) if n.endswith(".log"))
     out = {}
-    for c in range(interval, max(ends) + 1, interval):
-        window, before = range(c, c + half), range(c - half, c)
-        if all(i in step for i in (*window, *before)):
-            out[c] = sum(step[i] for i in window) - half * statistics.median(step[i] for i in before)
+    for pattern in (HELD, REPORTED):
+        for c, seconds in pattern.findall(text):
+            out[int(c)] = out.get(int(c), 0.0) + float(seconds)
     return out
 
 
 def s3_server():
+    import logging
+
     from moto.server import ThreadedMotoServer
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     from pyarrow import fs
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,7 +134,7 @@ def main():
         one_run(args)
         return
     server, query = s3_server() if "s3" in args.storages else (None, "")
-    stalls_of = {}  # (model, storage, mode) or (model, "none") -> [seconds per checkpoint]
+    held_of, window_of = {}, {}  # (model, storage, mode) or (model, "none") -> [seconds per checkpoint]
     try:
         for model in args.models:
             for repeat in range(args.repeats):
@@ -127,27 +146,31 @@ def main():
                     return run_json(passed, env=S3_ENV)
 
                 interval = MODELS[model]["interval"]
-                noise = list(stalls(iteration_ends(run("none")["stamps"]), interval).values())
-                stalls_of.setdefault((model, "none"), []).extend(noise)
-                print(f"{model} without checkpoints, the same measure (noise): "
-                      + " ".join(f"{s:.3f}" for s in noise), flush=True)
+                noise = list(windows(iteration_ends(run("none")["stamps"]), interval).values())
+                window_of.setdefault((model, "none"), []).extend(noise)
+                print(f"{model} without checkpoints, window (noise floor): " + " ".join(f"{s:.3f}" for s in noise),
+                      flush=True)
                 for storage in args.storages:
                     for mode in ("sync", "async"):
                         info = run(mode, storage)
-                        per = list(stalls(iteration_ends(info["stamps"]), interval).values())
-                        stalls_of.setdefault((model, storage, mode), []).extend(per)
-                        print(f"{model} {storage} {mode}: checkpoint {info['size'] / 2 ** 20:.1f} MiB, stall per "
-                              f"checkpoint (s): " + " ".join(f"{s:.3f}" for s in per), flush=True)
+                        per = list(windows(iteration_ends(info["stamps"]), interval).values())
+                        window_of.setdefault((model, storage, mode), []).extend(per)
+                        held_of.setdefault((model, storage, mode), []).extend(info["held"].values())
+                        print(f"{model} {storage} {mode}: checkpoint {info['size'] / 2 ** 20:.1f} MiB; per checkpoint, "
+                              f"held (s): " + " ".join(f"{s:.3f}" for s in info["held"].values())
+                              + "; window (s): " + " ".join(f"{s:.3f}" for s in per), flush=True)
     finally:
         if server is not None:
             server.stop()
-    print(f"\nwhole stall per checkpoint, slowest of 2 ranks, seconds (mean over checkpoints and repeats):")
+    print("\nstall per checkpoint, slowest of 2 ranks, seconds (mean over checkpoints and repeats):")
     for model in args.models:
-        print(f"  {model:8s} no checkpoints (noise floor) {statistics.mean(stalls_of[(model, 'none')]):7.3f}")
+        print(f"  {model:8s} no checkpoints: window (noise floor) {statistics.mean(window_of[(model, 'none')]):7.3f}")
         for storage in args.storages:
-            sync, asyn = (statistics.mean(stalls_of[(model, storage, m)]) for m in ("sync", "async"))
-            print(f"  {model:8s} {storage:6s} sync {sync:7.3f}  async {asyn:7.3f}  ratio async / sync "
-                  f"{asyn / sync:.3f}  (goal <= 0.10; n={len(stalls_of[(model, storage, 'sync')])})")
+            for name, table in (("held", held_of), ("window", window_of)):
+                sync, asyn = (statistics.mean(table[(model, storage, m)]) for m in ("sync", "async"))
+                ratio = f"{asyn / sync:.3f}" if sync > 0 else "n/a"
+                print(f"  {model:8s} {storage:6s} {name:6s} written in the loop {sync:7.3f}  in the background "
+                      f"{asyn:7.3f}  ratio {ratio}  (goal <= 0.10; n={len(table[(model, storage, 'sync')])})")
 
 
 if __name__ == "__main__":

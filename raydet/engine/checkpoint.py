@@ -146,6 +146,7 @@ class CheckpointWriter:
         self.background = background
         self.bytes_per_s = None  # measured by the last write
         self.last_bytes = None  # tensor bytes of the last state written
+        self.seconds: dict[str, float] = {}  # path -> how long its write took
         self.pinned: list = []  # page-locked buffers of CUDA tensors, reused (see to_cpu)
         self._queue: list = []
         self._thread = None
@@ -194,6 +195,7 @@ class CheckpointWriter:
         for action in then:
             action()
         seconds = time.perf_counter() - start
+        self.seconds[path] = seconds
         self.last_bytes = tensor_bytes(state)
         self.bytes_per_s = max(self.last_bytes, 1) / max(seconds, 1e-6)
 
@@ -213,8 +215,10 @@ class CheckpointWriter:
             with self._lock:
                 self._queued_bytes = sum(tensor_bytes(j[0]) for j in self._queue)
 
-    def wait(self) -> None:
-        """Block until no write is in flight; raise the error of a failed one."""
+    def wait(self) -> float:
+        """Block until no write is in flight; raise the error of a failed one. Returns the
+        seconds spent waiting."""
+        start = time.perf_counter()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -223,6 +227,7 @@ class CheckpointWriter:
         if error is not None:
             path, exc = error
             raise CheckpointError(f"writing checkpoint {path} failed: {type(exc).__name__}: {exc}") from exc
+        return time.perf_counter() - start
 
     def iterations_needed(self, nbytes: int, step_seconds: float | None) -> int:
         """How many training iterations a write of ``nbytes`` will likely take (at least 1: the

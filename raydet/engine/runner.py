@@ -292,6 +292,7 @@ class Runner:
         a background one rank 0's estimate of when the write ends. Whoever acts on the file then
         (a report to Ray) calls :meth:`wait_for_checkpoints` first, which blocks rank 0 alone for
         whatever of the write is left."""
+        start = time.perf_counter()
         _, done = self.progress()
         boundary = (self._epoch, done, self._stage)
         plan = None
@@ -305,12 +306,16 @@ class Runner:
             state = self.writer.snapshot(self.state_dict(save_optimizer, meta, [g[0] for g in gathered]))
             link = os.path.join(os.path.dirname(path), "latest.pth")
             self.writer.write(state, path, ([lambda: link_latest(path, link)] if create_symlink else []) + list(then))
+            how = "the state copied, the file written in the background" if self.writer.background else "written"
+            self.logger.info(f"checkpoint {os.path.basename(path)}: the loop held {time.perf_counter() - start:.3f} s "
+                             f"({how})", extra=FILE_ONLY)
         return gathered[0][1]
 
-    def wait_for_checkpoints(self) -> None:
-        """Return once rank 0's checkpoint writes are complete (elsewhere at once); the error of
-        a failed write is raised here as :class:`CheckpointError`. Not a collective."""
-        self.writer.wait()
+    def wait_for_checkpoints(self) -> float:
+        """Return once rank 0's checkpoint writes are complete (elsewhere at once), with the
+        seconds waited; the error of a failed write is raised here as :class:`CheckpointError`.
+        Not a collective."""
+        return self.writer.wait()
 
     def resume(self, path: str) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""

@@ -195,7 +195,7 @@ class RayReportHook(ReportHook):
 
         from ..engine.dist import get_rank
         start = time.perf_counter()
-        runner.wait_for_checkpoints()  # rank 0: the file is complete
+        waited = runner.wait_for_checkpoints()  # rank 0: the file is complete
         name = name or "checkpoint_" + os.path.basename(path)[: -len(".pth")]
         metrics = metrics or self.metrics(runner)
         checkpoint = None
@@ -218,7 +218,10 @@ class RayReportHook(ReportHook):
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_mode=mode,
                          delete_local_checkpoint_after_upload=self.upload != "none")
         self.reported_iter = metrics["iter"]
-        runner.logger.info(f"{name} reported to Ray in {time.perf_counter() - start:.3f} s (upload: {self.upload})")
+        written = runner.writer.seconds.get(path) if get_rank() == 0 and path else None
+        runner.logger.info(f"{name} reported to Ray in {time.perf_counter() - start:.3f} s (upload: {self.upload})"
+                           + (f", its file took {written:.3f} s to write, {waited:.3f} s of it waited for here"
+                              if written is not None else ""))
         if self.logs is not None and get_rank() == 0:
             self.logs.sync(wait=self.upload == "sync")
 
