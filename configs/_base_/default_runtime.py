@@ -1,3 +1,5 @@
+# raydet's key checkpoint_config.async_save (default True): rank 0 copies the state at the checkpoint
+# and a background thread writes the file while training goes on; False writes it in the loop.
 checkpoint_config = dict(interval=1)
 log_config = dict(interval=50, hooks=[dict(type='TextLoggerHook'), dict(type='TensorboardLoggerHook')])
 custom_hooks = [dict(type='NumClassCheckHook')]

@@ -78,25 +78,26 @@ def to_cpu(state, copy: bool = False, buffers: list | None = None):
 
     ``copy=False``: CUDA tensors are copied, CPU tensors are the live ones (a write that finishes
     before training goes on). ``copy=True``: no tensor shares memory with the live state, so
-    training may change it while a background thread writes the copy; CUDA tensors go into
-    page-locked buffers (``buffers``, reused from one checkpoint to the next when given: pinning
-    memory costs more than copying into it), with one device sync for all of them."""
-    pinned = iter(buffers) if buffers is not None and copy else None
-    fresh, used_cuda = [], [False]
+    training may change it while a background thread writes the copy. The copies go into
+    ``buffers`` when given (page-locked for CUDA tensors), reused from one checkpoint to the next
+    where shape and dtype agree: fresh memory costs a page fault per page, page-locked memory far
+    more, and both more than the copy itself; the CUDA copies are asynchronous, with one device
+    sync for all of them."""
+    reuse = iter(buffers) if buffers is not None and copy else iter(())
+    kept, used_cuda = [], [False]
 
     def convert(obj):
         if isinstance(obj, torch.Tensor):
             obj = obj.detach()
-            if obj.device.type == "cpu":
-                return obj.clone() if copy else obj
-            if not copy or buffers is None:
-                return obj.to("cpu", copy=True)
-            buf = next(pinned, None)
-            if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype:
-                buf = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True)
-            fresh.append(buf)
-            buf.copy_(obj, non_blocking=True)
-            used_cuda[0] = True
+            if not copy:
+                return obj if obj.device.type == "cpu" else obj.to("cpu", copy=True)
+            cuda = obj.device.type == "cuda"
+            buf = next(reuse, None)
+            if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype or buf.is_pinned() != cuda:
+                buf = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=cuda)
+            kept.append(buf)
+            buf.copy_(obj, non_blocking=cuda)
+            used_cuda[0] |= cuda
             return buf
         if isinstance(obj, dict):
             return {k: convert(v) for k, v in obj.items()}
@@ -108,7 +109,7 @@ def to_cpu(state, copy: bool = False, buffers: list | None = None):
     if used_cuda[0]:
         torch.cuda.synchronize()  # the non-blocking copies have landed before anyone reads them
     if buffers is not None and copy:
-        buffers[:] = fresh
+        buffers[:] = kept
     return out
 
 
@@ -147,7 +148,7 @@ class CheckpointWriter:
         self.bytes_per_s = None  # measured by the last write
         self.last_bytes = None  # tensor bytes of the last state written
         self.seconds: dict[str, float] = {}  # path -> how long its write took
-        self.pinned: list = []  # page-locked buffers of CUDA tensors, reused (see to_cpu)
+        self.buffers: list = []  # the last snapshot's tensors, reused by the next one (see to_cpu)
         self._queue: list = []
         self._thread = None
         self._running = False
@@ -164,9 +165,9 @@ class CheckpointWriter:
 
     def snapshot(self, state):
         """``state`` as :meth:`write` needs it: copied off the live tensors when writing in the
-        background, else the tensors moved to the CPU. Pinned buffers are reused only by the
-        first snapshot of a boundary (the one before it is written by then)."""
-        return to_cpu(state, copy=self.background, buffers=self.pinned if not self.busy else None)
+        background, else the tensors moved to the CPU. The last snapshot's memory is reused, but
+        not while a write is in flight (a second file of the same boundary)."""
+        return to_cpu(state, copy=self.background, buffers=self.buffers if not self.busy else None)
 
     def begin(self, boundary) -> None:
         """Start the checkpoint files of iteration boundary ``boundary`` (any comparable value):
