@@ -23,6 +23,7 @@ from . import dist_workers
 from .conftest import tiny_config
 
 ITERS = dict(interval=2, by_epoch=False)
+ONE_EPOCH = dict(type="EpochBasedRunner", max_epochs=1)  # 13 iterations
 
 
 def _slow_writes(monkeypatch, seconds):
@@ -49,7 +50,7 @@ class _Watch(Hook):
 def sync_run(shapes_root, tmp_path_factory):
     from raydet.config import load_config
     work = tmp_path_factory.mktemp("sync")
-    cfg = tiny_config(shapes_root, work, checkpoint_config=dict(ITERS, async_save=False))
+    cfg = tiny_config(shapes_root, work, checkpoint_config=dict(ITERS, async_save=False), runner=ONE_EPOCH)
     runner = train_from_config(load_config(cfg), validate=False)
     return work, runner
 
@@ -63,8 +64,8 @@ def test_training_goes_on_during_a_slow_write_and_each_file_holds_its_own_iterat
     sync_work, sync_runner = sync_run
     _slow_writes(monkeypatch, 0.5)
     watch = _Watch()
-    runner = train_from_config(make_cfg(tmp_path / "async", checkpoint_config=dict(ITERS)), validate=False,
-                               extra_hooks=[watch])
+    runner = train_from_config(make_cfg(tmp_path / "async", checkpoint_config=dict(ITERS), runner=ONE_EPOCH),
+                               validate=False, extra_hooks=[watch])
     assert runner.writer.background and not runner.writer.busy
     assert sum(watch.busy) >= 2  # iterations ran while a file was being written
     names = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "async" / "iter_*.pth")))
@@ -88,7 +89,7 @@ def test_a_kill_during_a_background_write_resumes_exactly_from_the_checkpoint_be
     work = tmp_path / "killed"
     k = 6  # the write of iter_6.pth is in flight (slow fsync) when the next iteration kills the process
     chaos = dict(type="ChaosHook", marker=str(tmp_path / "marker"), at_iter=k + 1, action="sigkill")
-    cfg = tiny_config(shapes_root, work, checkpoint_config=dict(ITERS), custom_hooks=[chaos])
+    cfg = tiny_config(shapes_root, work, checkpoint_config=dict(ITERS), custom_hooks=[chaos], runner=ONE_EPOCH)
     script = (
         "import os, pickle, sys, threading, time\n"
         "fsync = os.fsync\n"
@@ -109,7 +110,7 @@ def test_a_kill_during_a_background_write_resumes_exactly_from_the_checkpoint_be
     assert glob.glob(str(work / ".tmp-*.pth"))  # the write's temp file
     previous = find_latest_checkpoint(str(work))
     assert os.path.basename(previous) == f"iter_{k - 2}.pth"
-    runner = train_from_config(make_cfg(work, checkpoint_config=dict(ITERS), custom_hooks=[chaos],
+    runner = train_from_config(make_cfg(work, checkpoint_config=dict(ITERS), custom_hooks=[chaos], runner=ONE_EPOCH,
                                         resume_from=previous), validate=False)
     assert runner.resumed_from == previous
     assert not glob.glob(str(work / ".tmp-*"))  # the killed write's temp file is cleared
@@ -119,7 +120,7 @@ def test_a_kill_during_a_background_write_resumes_exactly_from_the_checkpoint_be
 
 def test_every_rank_reports_each_complete_checkpoint_at_the_same_iteration(shapes_root, tmp_path, monkeypatch):
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    cfg = tiny_config(shapes_root, tmp_path / "run", checkpoint_config=dict(ITERS),
+    cfg = tiny_config(shapes_root, tmp_path / "run", checkpoint_config=dict(ITERS), runner=ONE_EPOCH,
                       data=dict(tiny_config(shapes_root, tmp_path)["data"], samples_per_gpu=2))
     mp.spawn(dist_workers.train_reporting, args=(2, str(tmp_path / "init"), cfg, str(tmp_path), 0.6),
              nprocs=2, join=True)
