@@ -146,7 +146,6 @@ class CheckpointWriter:
     def __init__(self, background: bool = True):
         self.background = background
         self.bytes_per_s = None  # measured by the last write
-        self.last_bytes = None  # tensor bytes of the last state written
         self.seconds: dict[str, float] = {}  # path -> how long its write took
         self.buffers: list = []  # the last snapshot's tensors, reused by the next one (see to_cpu)
         self._queue: list = []
@@ -177,28 +176,27 @@ class CheckpointWriter:
             self._boundary = boundary
 
     def write(self, state: dict, path: str, then: Iterable[Callable[[], None]] = ()) -> None:
-        job = (state, path, list(then))
+        job = (state, path, list(then), tensor_bytes(state))
         if not self.background:
             self._write(*job)
             return
         with self._lock:
             self._queue.append(job)
-            self._queued_bytes += tensor_bytes(state)
+            self._queued_bytes += job[3]
             if self._running:
                 return
             self._running = True
         self._thread = threading.Thread(target=self._run, daemon=False, name="raydet-checkpoint-writer")
         self._thread.start()
 
-    def _write(self, state, path, then):
+    def _write(self, state, path, then, nbytes):
         start = time.perf_counter()
         save_file(state, path)
         for action in then:
             action()
         seconds = time.perf_counter() - start
         self.seconds[path] = seconds
-        self.last_bytes = tensor_bytes(state)
-        self.bytes_per_s = max(self.last_bytes, 1) / max(seconds, 1e-6)
+        self.bytes_per_s = max(nbytes, 1) / max(seconds, 1e-6)
 
     def _run(self):
         while True:
@@ -214,7 +212,7 @@ class CheckpointWriter:
                     self._error = (job[1], exc)
                     self._queue.clear()
             with self._lock:
-                self._queued_bytes = sum(tensor_bytes(j[0]) for j in self._queue)
+                self._queued_bytes = sum(j[3] for j in self._queue)
 
     def wait(self) -> float:
         """Block until no write is in flight; raise the error of a failed one. Returns the

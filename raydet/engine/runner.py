@@ -295,15 +295,15 @@ class Runner:
         start = time.perf_counter()
         _, done = self.progress()
         boundary = (self._epoch, done, self._stage)
-        plan = None
+        state = plan = None
         if is_main():
             self.writer.begin(boundary)
-            nbytes = self.writer.last_bytes or tensor_bytes(
-                [self._module().state_dict(), self.optimizer.state_dict()["state"] if save_optimizer else {}])
-            plan = done + self.writer.iterations_needed(nbytes, self.step_seconds)
+            state = self.state_dict(save_optimizer, meta, rng=[])  # the live tensors; every rank's RNG below
+            plan = done + self.writer.iterations_needed(tensor_bytes(state), self.step_seconds)
         gathered = all_gather_objects((rng_state(), plan))
         if is_main():
-            state = self.writer.snapshot(self.state_dict(save_optimizer, meta, [g[0] for g in gathered]))
+            state["rng"] = [g[0] for g in gathered]
+            state = self.writer.snapshot(state)
             link = os.path.join(os.path.dirname(path), "latest.pth")
             self.writer.write(state, path, ([lambda: link_latest(path, link)] if create_symlink else []) + list(then))
             how = "the state copied, the file written in the background" if self.writer.background else "written"
