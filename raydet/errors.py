@@ -13,6 +13,18 @@ class DataError(RaydetError):
     """An image or annotation file is missing, unreadable or malformed; the message names the file."""
 
 
+class MissingFileError(DataError):
+    """A dataset's annotation file (or VOC image list or XML file) does not exist here; ``path``
+    names it. A launcher whose driver does not see the data tells this apart from bad data."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.path))
+
+
 class CheckpointError(RaydetError):
     """A checkpoint is missing, truncated, corrupt or does not match the run it is loaded into."""
 

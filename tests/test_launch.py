@@ -520,3 +520,29 @@ def test_infer_over_a_directory_and_a_bucket_prefix_writes_what_inference_detect
     assert main(["infer", cfg_path, ckpt, uri_of(prefix), "--out", out]) == 2  # never over an existing file
     assert "exists" in capsys.readouterr().err
     assert not glob.glob(str(tmp_path / ".preds*"))  # no temporary file left behind
+
+
+def test_the_drivers_annotation_index_is_mapped_zero_copy_by_each_worker(ray_local, shapes_root, tmp_path):
+    from raydet.config import load_config
+    from raydet.data import build_dataset
+    from raydet.launch.driver import share_indexes
+    cfg = load_config(ray_config(shapes_root, tmp_path / "w"))
+    ref = share_indexes(cfg)  # train and val sets
+    assert ref is not None and len(ray.get(ref)) == 2
+
+    @ray.remote(num_cpus=0)
+    def build_there(refs, data_cfg):  # in a list: a nested ref reaches the task unresolved, as in the launcher
+        from raydet.data.index import provide
+        provide(ray.get(refs[0]))
+        ds = build_dataset(data_cfg)
+        return (ds.index_source, [not a.flags.writeable and not a.flags.owndata for a in ds.index.arrays.values()],
+                [ds.get_ann_info(i)["bboxes"].tolist() for i in range(len(ds))], ds.data_infos[3])
+
+    here = build_dataset(cfg.data.train)
+    for source, mapped, boxes, info in ray.get([build_there.remote([ref], cfg.data.train) for _ in range(2)]):
+        assert source == "shared" and all(mapped)  # read-only views of the object store's memory
+        assert boxes == [here.get_ann_info(i)["bboxes"].tolist() for i in range(len(here))] and info == here.data_infos[3]
+    # a driver that does not see the annotation file (a notebook attached to a remote cluster)
+    # leaves each worker to build its own
+    assert share_indexes(load_config(dict(cfg.to_dict(), data=dict(cfg.data.to_dict(), train=dict(
+        type="CocoDataset", ann_file=str(tmp_path / "missing.json"), img_prefix=str(tmp_path)))))) is None

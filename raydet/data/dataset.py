@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, MissingFileError
 from ..registry import Registry
+from .index import AnnIndex, IndexBuilder, InfoView, file_stamp, index_key, load_or_build
 from .pipelines import Compose
 from . import shapes
 
@@ -116,26 +117,32 @@ def as_key(key) -> SampleKey:
 
 
 class ImageSet:
-    """What the COCO and VOC datasets share once loaded: ``data_infos`` (``filename``, ``width``,
-    ``height`` per image), ``ann_infos`` (``bboxes``, ``labels``, ...), ``img_prefix``,
-    ``test_mode``, ``seed`` and ``pipeline``; indexing by a :class:`SampleKey`."""
+    """What the COCO and VOC datasets share once loaded: ``index`` (an :class:`AnnIndex`),
+    ``data_infos`` and ``ann_infos`` (read-only views of it: ``filename``, ``width``, ``height``
+    per image; ``bboxes``, ``labels``, ...), ``img_prefix``, ``test_mode``, ``seed`` and
+    ``pipeline``; indexing by a :class:`SampleKey`."""
 
     def __len__(self):
-        return len(self.data_infos)
+        return len(self.index)
 
     def get_cat_ids(self, idx: int) -> list[int]:
         """The labels (0-based, in ``CLASSES`` order) of image ``idx``'s boxes."""
-        return self.ann_infos[idx]["labels"].tolist()
+        return self.index.labels_of(idx).tolist()
+
+    def get_ann_info(self, idx: int) -> dict:
+        """Image ``idx``'s ``ann_info`` (a fresh copy)."""
+        return self.index.ann(idx)
 
     def __getitem__(self, key):
         key = as_key(key)
+        info = self.index.info(key.index)
 
         def results(rng):
-            out = dict(img_info=self.data_infos[key.index], img_prefix=self.img_prefix, rng=rng)
+            out = dict(img_info=dict(info), img_prefix=self.img_prefix, rng=rng)
             if not self.test_mode:
-                out["ann_info"] = self.ann_infos[key.index]
+                out["ann_info"] = self.index.ann(key.index)
             return out
-        return run_pipeline(self.pipeline, results, self.seed, key, self.data_infos[key.index]["filename"])
+        return run_pipeline(self.pipeline, results, self.seed, key, info["filename"])
 
 
 @DATASETS.register()
@@ -165,46 +172,93 @@ class CocoDataset(ImageSet):
             img_prefix = osp.join(data_root, img_prefix) if img_prefix and not osp.isabs(img_prefix) else img_prefix
         self.ann_file, self.img_prefix = ann_file, img_prefix
         self.test_mode, self.filter_empty_gt, self.seed = test_mode, filter_empty_gt, seed
-        self.coco = self._load_coco(ann_file)
-        cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
-        if classes is None:
-            self.CLASSES = tuple(c["name"] for c in cats)
-        else:
-            self.CLASSES = tuple(classes) if not isinstance(classes, str) else (classes,)
+        if not osp.isfile(ann_file):
+            raise MissingFileError(f"annotation file not found: {ann_file}", ann_file)
+        classes = None if classes is None else (classes,) if isinstance(classes, str) else tuple(classes)
+        key = index_key("coco", ann=file_stamp(ann_file), classes=classes, test_mode=bool(test_mode),
+                        filter_empty_gt=bool(filter_empty_gt), min_size=min_size,
+                        img_prefix=osp.abspath(img_prefix) if img_prefix else "")
+        self.index, self.index_source = load_or_build(
+            key, lambda: self._build_index(ann_file, classes, img_prefix, test_mode, filter_empty_gt, min_size), ann_file)
+        meta = self.index.meta
+        warn_problems(meta["problems"], ann_file)
+        self.CLASSES, self.cat_ids = tuple(meta["classes"]), list(meta["cat_ids"])
+        self.cat2label = {cat: i for i, cat in enumerate(self.cat_ids)}
+        self.filtered = meta["filtered"]
+        self.data_infos, self.ann_infos = InfoView(self.index), InfoView(self.index, "ann")
+        self.flag = self.index.flag()
+        self.pipeline = Compose(pipeline)
+
+    @property
+    def img_ids(self) -> list[int]:
+        """The COCO image ids of this dataset's images, in order."""
+        return self.index.image_ids()
+
+    @property
+    def coco(self):
+        """The annotation file as a pycocotools ``COCO`` (evaluation's ground truth), read when
+        first asked for, once: training never needs it."""
+        if getattr(self, "_coco", None) is None:
+            from pycocotools.coco import COCO
+            coco = COCO()
+            coco.dataset = self._load_json(self.ann_file)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    coco.createIndex()
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"malformed annotation json {self.ann_file}: {type(exc).__name__}: {exc}") from None
+            self._coco = coco
+        return self._coco
+
+    def __getstate__(self):  # the ground truth of evaluation stays where it was read
+        return {k: v for k, v in self.__dict__.items() if k not in ("_coco", "_fast_coco")}
+
+    @classmethod
+    def _build_index(cls, ann_file, classes, img_prefix, test_mode, filter_empty_gt, min_size) -> AnnIndex:
+        """Parse and check ``ann_file`` into an :class:`AnnIndex` (what the cache holds): images in
+        id order, boxes repaired or dropped (the reasons in ``meta['problems']``), training-mode
+        filtering, and every kept image's header checked."""
+        data = cls._load_json(ann_file)
+        cats = sorted((c for c in data["categories"] if isinstance(c, dict)), key=lambda c: c["id"])
+        names = tuple(c["name"] for c in cats) if classes is None else classes
         name_to_id = {c["name"]: c["id"] for c in cats}
-        missing = [c for c in self.CLASSES if c not in name_to_id]
+        missing = [c for c in names if c not in name_to_id]
         if missing:
             raise DataError(f"{ann_file}: classes {missing} are not among its categories "
                             f"{sorted(name_to_id)}")
-        self.cat_ids = [name_to_id[c] for c in self.CLASSES]
-        self.cat2label = {cat: i for i, cat in enumerate(self.cat_ids)}
-        infos = []
-        for img_id in sorted(self.coco.getImgIds()):
-            info = dict(self.coco.loadImgs([img_id])[0])
-            info["filename"] = info["file_name"]
-            infos.append(info)
-        problems = []
-        anns = [self._parse_ann(info, problems) for info in infos]
-        warn_problems(problems, ann_file)
-        self.filtered = {}
-        if not test_mode:
-            small = [min(info["width"], info["height"]) < min_size for info in infos]
-            empty = [filter_empty_gt and len(ann["labels"]) == 0 for ann in anns]
-            keep = [i for i in range(len(infos)) if not (small[i] or empty[i])]
-            self.filtered = {"images": len(infos), f"smaller than min_size={min_size}": sum(small),
-                             "without boxes (filter_empty_gt)": sum(e and not s for e, s in zip(empty, small))}
-            infos, anns = [infos[i] for i in keep], [anns[i] for i in keep]
-        check_images(infos, img_prefix, ann_file)
-        self.data_infos, self.ann_infos = infos, anns
-        self.img_ids = [info["id"] for info in infos]
-        self.flag = np.array([1 if i["width"] / i["height"] > 1 else 0 for i in infos], dtype=np.uint8)
-        self.pipeline = Compose(pipeline)
+        cat_ids = [name_to_id[c] for c in names]
+        cat2label = {cat: i for i, cat in enumerate(cat_ids)}
+        anns_of: dict = {}
+        for ann in data["annotations"]:
+            anns_of.setdefault(ann["image_id"], []).append(ann)
+        images = {img["id"]: img for img in data["images"]}
+        builder = IndexBuilder(masks=True)
+        problems, kept, small_count, empty_count = [], [], 0, 0
+        for img_id in sorted(images):
+            info = images[img_id]
+            w, h = int(info["width"]), int(info["height"])
+            ann = cls._parse_ann(anns_of.get(img_id, ()), cat2label, w, h,
+                                 osp.join(img_prefix, info["file_name"]), problems)
+            if not test_mode:
+                small = min(w, h) < min_size
+                empty = filter_empty_gt and len(ann[1]) == 0
+                small_count += small
+                empty_count += empty and not small
+                if small or empty:
+                    continue
+            builder.add(img_id, info["file_name"], w, h, *ann)
+            kept.append(dict(filename=info["file_name"], width=w, height=h))
+        check_images(kept, img_prefix, ann_file)
+        filtered = {} if test_mode else {"images": len(images), f"smaller than min_size={min_size}": small_count,
+                                         "without boxes (filter_empty_gt)": empty_count}
+        return builder.build(dict(classes=list(names), cat_ids=cat_ids, problems=problems, filtered=filtered))
 
     @staticmethod
-    def _load_coco(ann_file):
-        from pycocotools.coco import COCO
+    def _load_json(ann_file) -> dict:
+        """The annotation json, checked for what training and evaluation rely on; raises
+        :class:`DataError` naming the file (and image or annotation) otherwise."""
         if not osp.isfile(ann_file):
-            raise DataError(f"annotation file not found: {ann_file}")
+            raise MissingFileError(f"annotation file not found: {ann_file}", ann_file)
         try:
             with open(ann_file) as f:
                 data = json.load(f)
@@ -227,12 +281,20 @@ class CocoDataset(ImageSet):
                 raise DataError(f"{ann_file}: image {img['file_name']}: width={img['width']!r}, height={img['height']!r} "
                                 "must be positive whole numbers")
         images = {img["id"]: img for img in data["images"]}
-        categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+        if len(images) != len(data["images"]):
+            seen = set()
+            dup = next(img["id"] for img in data["images"] if img["id"] in seen or seen.add(img["id"]))
+            raise DataError(f"malformed annotation json {ann_file}: image id {dup!r} appears more than once")
+        categories = set()
+        for c in data["categories"]:
+            if not isinstance(c, dict) or "id" not in c or "name" not in c:
+                raise DataError(f"malformed annotation json {ann_file}: category {c!r} needs 'id' and 'name'")
+            categories.add(c["id"])
         for ann in data["annotations"]:
             if not isinstance(ann, dict):
                 raise DataError(f"{ann_file}: an annotation is a {type(ann).__name__}, not an object")
             where = f"{ann_file}: annotation {ann.get('id', '?')}"
-            for key in ("image_id", "category_id", "bbox"):
+            for key in ("id", "image_id", "category_id", "bbox"):
                 if key not in ann:
                     raise DataError(f"{where} has no '{key}'")
             if ann["image_id"] not in images:
@@ -245,22 +307,17 @@ class CocoDataset(ImageSet):
             if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)):
                 raise DataError(f"{where} (image {name}): bbox {box!r} must be 4 finite numbers [x, y, w, h]")
-        coco = COCO()
-        coco.dataset = data
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                coco.createIndex()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"malformed annotation json {ann_file}: {type(exc).__name__}: {exc}") from None
-        return coco
+        return data
 
-    def _parse_ann(self, info, problems: list) -> dict:
-        """Boxes ``[x1, y1, x2, y2]`` clipped to the image; negative, zero-area and out-of-image
-        boxes are dropped; each image with such boxes adds a line naming it to ``problems``."""
-        w_img, h_img = info["width"], info["height"]
+    @staticmethod
+    def _parse_ann(anns, cat2label, w_img, h_img, path, problems: list) -> tuple[list, list, list]:
+        """``(bboxes, labels, masks)`` of one image's annotations: boxes ``[x1, y1, x2, y2]``
+        clipped to the image; crowd, ignored and other categories' boxes skipped; negative,
+        zero-area and out-of-image boxes dropped; masks the polygons (the box's outline when an
+        annotation has none). An image with such boxes adds a line naming ``path`` to ``problems``."""
         bboxes, labels, masks, mine = [], [], [], []
-        for ann in self.coco.imgToAnns.get(info["id"], []):
-            if ann.get("ignore", False) or ann["category_id"] not in self.cat2label:
+        for ann in anns:
+            if ann.get("ignore", False) or ann["category_id"] not in cat2label:
                 continue
             x, y, w, h = (float(v) for v in ann["bbox"])
             if ann.get("iscrowd", 0):
@@ -272,19 +329,17 @@ class CocoDataset(ImageSet):
             x2, y2 = min(x + w, float(w_img)), min(y + h, float(h_img))
             if x2 <= x1 or y2 <= y1:
                 mine.append(f"annotation {ann.get('id')} box {ann['bbox']} has zero area inside "
-                                f"the {w_img}x{h_img} image")
+                            f"the {w_img}x{h_img} image")
                 continue
             if (x1, y1, x2, y2) != (x, y, x + w, y + h):
                 mine.append(f"annotation {ann.get('id')} box {ann['bbox']} clipped to the image")
             bboxes.append([x1, y1, x2, y2])
-            labels.append(self.cat2label[ann["category_id"]])
+            labels.append(cat2label[ann["category_id"]])
             seg = ann.get("segmentation")
-            masks.append([np.asarray(p, np.float64) for p in seg] if isinstance(seg, list) and seg
-                         else [np.array([x1, y1, x2, y1, x2, y2, x1, y2], np.float64)])
+            masks.append(seg if isinstance(seg, list) and seg else [[x1, y1, x2, y1, x2, y2, x1, y2]])
         if mine:
-            problems.append(f"{osp.join(self.img_prefix, info['filename'])}: " + "; ".join(mine))
-        return dict(bboxes=np.array(bboxes, dtype=np.float32).reshape(-1, 4),
-                    labels=np.array(labels, dtype=np.int64), masks=masks)
+            problems.append(f"{path}: " + "; ".join(mine))
+        return bboxes, labels, masks
 
     # ------------------------------------------------------------------ evaluation
     def _to_coco_json(self, results, metric):
@@ -307,13 +362,11 @@ class CocoDataset(ImageSet):
         return self._to_coco_json(results, "segm" if with_masks else "bbox")
 
     def _fast_gt(self):
-        """faster-coco-eval's view of the ground truth, built once."""
+        """faster-coco-eval's view of the ground truth, read from the annotation file where
+        evaluation runs, once."""
         if getattr(self, "_fast_coco", None) is None:
-            import copy
-
             from faster_coco_eval import COCO
-            # one copy of the ground truth here; use_deepcopy would also copy every loadRes input
-            self._fast_coco = COCO(copy.deepcopy(self.coco.dataset))
+            self._fast_coco = COCO(self._load_json(self.ann_file))
         return self._fast_coco
 
     def evaluate(self, results, metric=("bbox",), logger=None, classwise=False, **_):

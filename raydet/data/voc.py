@@ -8,14 +8,17 @@ smaller than 32 pixels and, with ``filter_empty_gt``, images with no object of `
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os.path as osp
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, MissingFileError
 from .dataset import DATASETS, ImageSet, check_images
+from .index import AnnIndex, IndexBuilder, InfoView, file_stamp, index_key, load_or_build
 from .mean_ap import eval_map
 from .pipelines import Compose
 
@@ -48,28 +51,51 @@ class XMLDataset(ImageSet):
         self.ann_file, self.img_prefix, self.test_mode, self.seed = ann_file, img_prefix, test_mode, seed
         self.img_subdir, self.ann_subdir, self.min_size = img_subdir, ann_subdir, min_size
         self.cat2label = {c: i for i, c in enumerate(self.CLASSES)}
-        infos = self._load_list(ann_file)
+        ids = self._read_list(ann_file)
+        key = index_key(type(self).__name__, ann=file_stamp(ann_file), classes=self.CLASSES, test_mode=bool(test_mode),
+                        filter_empty_gt=bool(filter_empty_gt), min_size=min_size, img_subdir=img_subdir,
+                        ann_subdir=ann_subdir,
+                        # every XML file's version: editing one must not leave a stale index
+                        xml=hashlib.sha256(json.dumps([self._stamp(self._xml_path(i)) for i in ids]).encode()).hexdigest(),
+                        img_prefix=osp.abspath(self.img_prefix) if self.img_prefix else "")
+        self.index, self.index_source = load_or_build(key, lambda: self._build_index(ids, filter_empty_gt), ann_file)
+        self.data_infos, self.ann_infos = InfoView(self.index), InfoView(self.index, "ann")
+        self.flag = self.index.flag()
+        self.pipeline = Compose(pipeline)
+
+    @staticmethod
+    def _stamp(path):
+        try:
+            return file_stamp(path)[1]
+        except FileNotFoundError:
+            return None  # the build names the missing file
+
+    def _build_index(self, ids, filter_empty_gt) -> AnnIndex:
+        infos = self._load_list(ids)
         anns = [self._parse(info) for info in infos]
-        if not test_mode:
+        if not self.test_mode:
             keep = [i for i, (info, ann) in enumerate(zip(infos, anns))
                     if min(info["width"], info["height"]) >= 32
                     and (not filter_empty_gt or ann["has_class"])]
             infos, anns = [infos[i] for i in keep], [anns[i] for i in keep]
-        for ann in anns:
-            ann.pop("has_class")
-        check_images(infos, self.img_prefix, ann_file)
-        self.data_infos, self.ann_infos = infos, anns
-        self.flag = np.array([1 if i["width"] / i["height"] > 1 else 0 for i in infos], dtype=np.uint8)
-        self.pipeline = Compose(pipeline)
+        check_images(infos, self.img_prefix, self.ann_file)
+        builder = IndexBuilder(ignore=True)
+        for info, ann in zip(infos, anns):
+            builder.add(info["id"], info["filename"], info["width"], info["height"], ann["bboxes"], ann["labels"],
+                        bboxes_ignore=ann["bboxes_ignore"], labels_ignore=ann["labels_ignore"])
+        return builder.build(dict(classes=list(self.CLASSES)))
 
     def _xml_path(self, img_id):
         return osp.join(self.img_prefix, self.ann_subdir, f"{img_id}.xml")
 
-    def _load_list(self, ann_file):
+    @staticmethod
+    def _read_list(ann_file) -> list[str]:
         if not osp.isfile(ann_file):
-            raise DataError(f"image list not found: {ann_file}")
+            raise MissingFileError(f"image list not found: {ann_file}", ann_file)
         with open(ann_file) as f:
-            ids = [line.strip() for line in f if line.strip()]
+            return [line.strip() for line in f if line.strip()]
+
+    def _load_list(self, ids):
         infos = []
         for img_id in ids:
             root = self._xml(img_id)
@@ -89,7 +115,7 @@ class XMLDataset(ImageSet):
     def _xml(self, img_id):
         path = self._xml_path(img_id)
         if not osp.isfile(path):
-            raise DataError(f"annotation file not found: {path}")
+            raise MissingFileError(f"annotation file not found: {path}", path)
         try:
             return ET.parse(path).getroot()
         except ET.ParseError as exc:
@@ -112,12 +138,8 @@ class XMLDataset(ImageSet):
             small = self.min_size is not None and (bbox[2] - bbox[0] < self.min_size or bbox[3] - bbox[1] < self.min_size)
             (ignored if difficult or small else bboxes).append(bbox)
             (ignored_labels if difficult or small else labels).append(self.cat2label[name])
-        return dict(bboxes=np.array(bboxes, np.float32).reshape(-1, 4), labels=np.array(labels, np.int64),
-                    bboxes_ignore=np.array(ignored, np.float32).reshape(-1, 4),
-                    labels_ignore=np.array(ignored_labels, np.int64), has_class=has_class)
-
-    def get_ann_info(self, idx):
-        return self.ann_infos[idx]
+        return dict(bboxes=bboxes, labels=labels, bboxes_ignore=ignored, labels_ignore=ignored_labels,
+                    has_class=has_class)
 
     ap_mode = "area"
     METRICS = ("mAP",)

@@ -135,11 +135,15 @@ class ClassBalancedDataset(_Wrapper):
         super().__init__(dataset)
         self.oversample_thr, self.filter_empty_gt = float(oversample_thr), filter_empty_gt
         self.repeat_factors = self._repeat_factors(dataset, self.oversample_thr)
-        self.repeat_indices = [i for i, r in enumerate(self.repeat_factors) for _ in range(math.ceil(r))]
-        self.copy_of = [c for r in self.repeat_factors for c in range(math.ceil(r))]
-        self._copies = max(math.ceil(r) for r in self.repeat_factors) if self.repeat_factors else 1
-        flag = np.asarray(dataset.flag)
-        self.flag = flag[np.asarray(self.repeat_indices, dtype=np.int64)] if self.repeat_indices else flag[:0]
+        # arrays, not lists of python ints: loader processes share them with their parent (no
+        # reference counts to write)
+        self.repeat_factors = np.asarray(self.repeat_factors, np.float64)
+        copies = np.ceil(self.repeat_factors).astype(np.int64)
+        self.repeat_indices = np.repeat(np.arange(len(copies), dtype=np.int64), copies)
+        starts = np.repeat(np.cumsum(copies) - copies, copies)
+        self.copy_of = np.arange(len(self.repeat_indices), dtype=np.int64) - starts
+        self._copies = int(copies.max()) if len(copies) else 1
+        self.flag = np.asarray(dataset.flag)[self.repeat_indices]
 
     def _cats(self, dataset, idx):
         cats = {int(c) for c in dataset.get_cat_ids(idx)}
@@ -162,10 +166,10 @@ class ClassBalancedDataset(_Wrapper):
 
     def __getitem__(self, key):
         index = _key(key).index
-        return self._child(key, self.repeat_indices[index], self.copy_of[index], self._copies)
+        return self._child(key, int(self.repeat_indices[index]), int(self.copy_of[index]), self._copies)
 
     def get_cat_ids(self, idx):
-        return self.dataset.get_cat_ids(self.repeat_indices[idx])
+        return self.dataset.get_cat_ids(int(self.repeat_indices[idx]))
 
 
 WRAPPERS = {"RepeatDataset": "dataset", "ClassBalancedDataset": "dataset", "ConcatDataset": "datasets"}

@@ -161,8 +161,41 @@ def _fresh_start(cfg) -> None:
     set_aside(work_dir)
 
 
-def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | None = None, meta=None) -> TorchTrainer:
-    """The ``TorchTrainer`` of a resolved config: run dir = ``cfg.work_dir``."""
+def share_indexes(cfg, validate: bool = True):
+    """Build on the driver (or load from the index cache) the annotation index of every dataset
+    the run reads, and put them into Ray's object store once: each node then holds one copy,
+    which all its workers and their loader processes map zero-copy (see
+    :mod:`raydet.data.index`). Returns the ``ObjectRef`` of ``{key: AnnIndex}``, or ``None``
+    when the driver does not see an annotation file (a notebook attached to a remote cluster):
+    then each worker builds its own. Bad data raises here, before any worker starts."""
+    from ..config.loader import import_custom_modules
+    from ..data import build_dataset
+    from ..data.index import collecting
+    import_custom_modules(cfg)
+    start = time.perf_counter()
+    try:
+        with collecting() as got:
+            build_dataset(cfg.data.train)
+            if len(cfg.get("workflow") or ()) == 2:  # the workflow's val set: training mode (filtering as in training)
+                build_dataset(dict(cfg.data.val, test_mode=False))
+            if validate and cfg.data.get("val") is not None:
+                build_dataset(cfg.data.val, test_mode=True)
+    except errors.MissingFileError as exc:
+        logger.info(f"the driver does not see {exc.path}: each worker builds its own annotation index")
+        return None
+    if not got:
+        return None
+    ref = ray.put(got)
+    size = sum(index.nbytes for index in got.values())
+    logger.info(f"{len(got)} annotation index(es), {size / 2**20:.1f} MiB, shared with the workers through Ray's "
+                f"object store ({time.perf_counter() - start:.2f} s on the driver)")
+    return ref
+
+
+def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | None = None, meta=None,
+                  indexes=None) -> TorchTrainer:
+    """The ``TorchTrainer`` of a resolved config: run dir = ``cfg.work_dir``; ``indexes``: what
+    :func:`share_indexes` returned."""
     rc = dict(cfg.get("ray") or {})
     workers = _num_workers(rc.get("num_workers", 2))
     use_gpu = bool(rc.get("use_gpu", False))
@@ -176,6 +209,7 @@ def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | Non
     # before its first checkpoint then draws no other (later restarts take the checkpoint's).
     drawn = None if cfg.get("seed") is not None else int(np.random.SeedSequence().generate_state(1)[0] >> 1)
     loop_config = dict(cfg=cfg.to_dict(), filename=cfg.filename, validate=validate, objects=objects, seed=drawn,
+                       indexes=indexes,
                        timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta,
                        upload=upload if storage else "none", run_dir=run_dir(cfg) if storage else None,
                        preemption_check_interval=rc.get("preemption_check_interval", 10))
@@ -232,7 +266,7 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
     elif cfg.get("resume_from") is None:
         _fresh_start(cfg)
     _init_ray(address or (cfg.get("ray") or {}).get("address"))
-    return _fit(build_trainer(cfg, validate=validate))
+    return _fit(build_trainer(cfg, validate=validate, indexes=share_indexes(cfg, validate)))
 
 
 def train_detector_on_ray(model, dataset, cfg, validate=False, timestamp=None, meta=None):

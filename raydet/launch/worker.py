@@ -364,6 +364,9 @@ def train_loop(config: dict) -> dict:
     log.info(f"worker group of {ctx.get_world_size()} started (rank {rank} here, pid {os.getpid()}, "
              f"node {ray.get_runtime_context().get_node_id()})")
     cfg = Config(config["cfg"])  # a plain dict: the config file need not exist on this node
+    if config.get("indexes") is not None:  # the driver's annotation indexes, mapped from the object store
+        from ..data.index import provide
+        provide(ray.get(config["indexes"]))
     if cfg.get("device") == "cuda" or (cfg.get("device") is None and torch.cuda.is_available()):
         from ray.train.torch import get_device
         torch.cuda.set_device(get_device())
