@@ -15,8 +15,9 @@
    private memory (pages it copied or allocated itself) and PSS (shared pages split among sharers).
 3. A node of 2 Ray workers x 2 loader processes (Ray actors, on a local Ray instance), each
    serving ``--samples`` samples per loader process: the sum of PSS over every process of the
-   machine (Ray's own included) after minus before the datasets were built: the node's annotation
-   memory. Two sides: every worker builds its dataset itself (from the index cache), and the driver
+   machine (Ray's own included), and the machine's memory in use (``MemTotal - MemAvailable``,
+   which also counts object-store pages no process has mapped), after minus before the datasets
+   were built: the node's annotation memory. Two sides: every worker builds its dataset itself (from the index cache), and the driver
    shares one index through Ray's object store (raydet's launcher: ``share_indexes``).
 
 Run at an older commit it measures what that commit does (sides it lacks print ``n/a``).
@@ -98,8 +99,10 @@ def build(ann_file: str):
 
 
 class Probe:
-    """The dataset behind a loader: ``[-1]`` in the sampler makes the worker that draws it report
-    its pid (the samples' arrays are dropped: nothing of them accumulates)."""
+    """The dataset behind a loader: ``-1`` in the sampler makes the worker that draws it report
+    its pid, ``-2`` makes it run a full garbage collection first (which visits every python
+    object, as one does sooner or later in a long epoch: in a forked process that writes to every
+    page that holds python objects); the samples' arrays are dropped: nothing accumulates."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -108,17 +111,22 @@ class Probe:
         return len(self.dataset)
 
     def __getitem__(self, i):
-        if i == -1:
+        if i < 0:
+            if i == -2:
+                import gc
+                gc.collect()
             return ("pid", os.getpid())
         return ("boxes", len(self.dataset[i]["gt_labels"]))
 
 
-def serve(dataset, samples: int, workers: int = 2, seed: int = 0):
-    """A loader of ``workers`` fork workers serving ``samples`` random samples each; returns the
-    live iterator (keeping the workers alive) and the workers' pids."""
+def serve(dataset, samples: int, workers: int = 2, seed: int = 0, collect: bool = False):
+    """A loader of ``workers`` fork workers serving ``samples`` random samples each (then, with
+    ``collect``, a full garbage collection each); returns the live iterator (keeping the workers
+    alive) and the workers' pids."""
     import numpy as np
     import torch
-    order = np.random.default_rng(seed).permutation(len(dataset))[:samples * workers].tolist() + [-1] * workers
+    order = np.random.default_rng(seed).permutation(len(dataset))[:samples * workers].tolist()
+    order += [-2 if collect else -1] * workers
     loader = torch.utils.data.DataLoader(Probe(dataset), batch_size=None, sampler=order, num_workers=workers,
                                          persistent_workers=True, multiprocessing_context="fork")
     it = iter(loader)
@@ -126,9 +134,22 @@ def serve(dataset, samples: int, workers: int = 2, seed: int = 0):
     return it, pids
 
 
+class Null:
+    """No annotations: what a loader process costs without a dataset (the baseline)."""
+
+    def __len__(self):
+        return 1_000_000
+
+    def __getitem__(self, i):
+        return dict(gt_labels=())
+
+
 def child_build(ann_file: str, samples: int) -> dict:
     import raydet.data.dataset  # noqa: F401  (imports are not the dataset's memory)
     import torch.utils.data  # noqa: F401
+    it, pids = serve(Null(), samples, collect=True)
+    baseline = [smaps(p)["private"] for p in pids]
+    del it
     rss0 = smaps(os.getpid())["rss"]
     peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
@@ -137,27 +158,36 @@ def child_build(ann_file: str, samples: int) -> dict:
     rss1 = smaps(os.getpid())["rss"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pickled = len(pickle.dumps(ds, protocol=pickle.HIGHEST_PROTOCOL)) / 2**20
-    it, pids = serve(ds, samples)
-    workers = [smaps(p) for p in pids]
-    del it
-    return dict(build_s=seconds, added_rss=rss1 - rss0, peak_added=max(0.0, peak - max(peak0, rss0)),
-                pickled_mib=pickled, loader_private=[w["private"] for w in workers],
-                loader_pss=[w["pss"] for w in workers], images=len(ds))
+    out = dict(build_s=seconds, added_rss=rss1 - rss0, peak_added=max(0.0, peak - max(peak0, rss0)),
+               pickled_mib=pickled, images=len(ds), baseline=baseline)
+    for collect in (False, True):
+        it, pids = serve(ds, samples, collect=collect)
+        workers = [smaps(p) for p in pids]
+        del it
+        out["gc" if collect else "served"] = dict(private=[w["private"] for w in workers], pss=[w["pss"] for w in workers])
+    return out
 
 
-def node(ann_file: str, samples: int, shared: bool) -> dict:
-    """2 Ray actors x 2 loader processes; the node's PSS added by the datasets."""
+def used_mib() -> float:
+    """The machine's memory in use (MiB): ``MemTotal - MemAvailable`` (page cache not counted;
+    shared memory such as Ray's object store is)."""
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":")
+            info[key] = int(value.split()[0]) / 1024
+    return info["MemTotal"] - info["MemAvailable"]
+
+
+def node(ann_file: str, samples: int, mode: str) -> dict:
+    """2 Ray actors x 2 loader processes; the node's memory added by the datasets (the driver's
+    build and put included, where it shares the index). ``mode``: ``own`` (each worker builds its
+    dataset), ``shared`` (the driver shares one index), ``none`` (no dataset: the loader processes'
+    own cost)."""
     import ray
     from raydet.launch.driver import _init_ray
     _init_ray(None, num_cpus=4)
     try:
-        ref = None
-        if shared:
-            from raydet.data.index import collecting
-            with collecting() as got:
-                build(ann_file)
-            ref = ray.put(got)
-
         @ray.remote(num_cpus=1)
         class Worker:
             def __init__(self):
@@ -165,6 +195,9 @@ def node(ann_file: str, samples: int, shared: bool) -> dict:
                 import torch.utils.data  # noqa: F401
 
             def build(self, refs):  # in a list: Ray passes a top-level ObjectRef resolved, not zero-copy mapped
+                if isinstance(refs[0], str):
+                    self.ds = Null()
+                    return "no dataset"
                 if refs[0] is not None:
                     from raydet.data.index import provide
                     provide(ray.get(refs[0]))
@@ -177,13 +210,20 @@ def node(ann_file: str, samples: int, shared: bool) -> dict:
 
         workers = [Worker.remote() for _ in range(2)]
         ray.get([w.__ray_ready__.remote() for w in workers])
+        import raydet.data.dataset  # noqa: F401
         time.sleep(2)
-        before = node_pss()
+        pss0, used0 = node_pss(), used_mib()
+        ref = "none" if mode == "none" else None
+        if mode == "shared":  # what raydet's launcher does (share_indexes): the driver keeps no copy
+            from raydet.data.index import collecting
+            with collecting() as got:
+                build(ann_file)
+            ref = ray.put(got)
+            del got
         sources = ray.get([w.build.remote([ref]) for w in workers])
         ray.get([w.serve.remote() for w in workers])
         time.sleep(1)
-        after = node_pss()
-        return dict(added_pss=after - before, sources=sources)
+        return dict(added_pss=node_pss() - pss0, added_used=used_mib() - used0, sources=sources)
     finally:
         ray.shutdown()
 
@@ -195,12 +235,12 @@ def main():
     ap.add_argument("--samples", type=int, default=300, help="samples each loader process serves")
     ap.add_argument("--root", default=None)
     ap.add_argument("--no-ray", action="store_true")
-    ap.add_argument("--child", choices=["build", "node-own", "node-shared"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["build", "node-own", "node-shared", "node-none"], help=argparse.SUPPRESS)
     ap.add_argument("--ann", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         out = child_build(args.ann, args.samples) if args.child == "build" else \
-            node(args.ann, args.samples, shared=args.child == "node-shared")
+            node(args.ann, args.samples, mode=args.child[len("node-"):])
         print(json.dumps(out))
         return
     base = os.environ.get("RAYDET_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "raydet")
@@ -224,19 +264,25 @@ def main():
             raise RuntimeError(f"{kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    print(f"{'':28} {'build s':>8} {'+RSS MiB':>9} {'+peak MiB':>9} {'pickled MiB':>11} "
-          f"{'loader private MiB':>19} {'loader PSS MiB':>15}")
+    print(f"{'':28} {'build s':>8} {'+RSS MiB':>9} {'+peak MiB':>9} {'pickled MiB':>11}   "
+          f"each loader process, MiB: private (PSS) after {args.samples} samples | after a full gc")
     for kind in ("cold", "warm"):
         r = run("build")
+        if kind == "cold":
+            print(f"(a loader process over no dataset: private {', '.join(f'{v:.1f}' for v in r['baseline'])} MiB after a full gc)")
+        loaders = " | ".join(", ".join(f"{p:.1f} ({q:.1f})" for p, q in zip(r[k]["private"], r[k]["pss"]))
+                             for k in ("served", "gc"))
         print(f"training process, {kind:<10} {r['build_s']:8.2f} {r['added_rss']:9.1f} {r['peak_added']:9.1f} "
-              f"{r['pickled_mib']:11.1f} {' '.join(f'{v:.1f}' for v in r['loader_private']):>19} "
-              f"{' '.join(f'{v:.1f}' for v in r['loader_pss']):>15}")
+              f"{r['pickled_mib']:11.1f}   {loaders}")
     if not args.no_ray:
-        own, shared = run("node-own"), run("node-shared")
-        print(f"node, 2 Ray workers x 2 loader processes, PSS added: each worker its own dataset "
-              f"{own['added_pss']:.1f} MiB ({', '.join(own['sources'])})")
-        print("node, ... one index shared through the object store: "
-              + ("n/a" if shared is None else f"{shared['added_pss']:.1f} MiB ({', '.join(shared['sources'])})"))
+        none, own, shared = run("node-none"), run("node-own"), run("node-shared")
+        print("node, 2 Ray workers x 2 loader processes, memory added: sum of PSS / MemTotal - MemAvailable")
+        print(f"  no dataset (what the loader processes cost): {none['added_pss']:.1f} / {none['added_used']:.1f} MiB")
+        print(f"  each worker builds its own dataset: {own['added_pss']:.1f} / {own['added_used']:.1f} MiB "
+              f"({', '.join(own['sources'])})")
+        print("  the driver shares one index through the object store: "
+              + ("n/a" if shared is None else f"{shared['added_pss']:.1f} / {shared['added_used']:.1f} MiB "
+                                              f"({', '.join(shared['sources'])})"))
 
 
 if __name__ == "__main__":

@@ -129,12 +129,14 @@ def test_the_cache_serves_the_second_build_and_is_refused_after_the_json_changes
     build = lambda: CocoDataset(path, PIPELINE, img_prefix=str(tmp_path))  # noqa: E731
     with pytest.warns(UserWarning, match="clipped"):
         first = build()
-    assert first.index_source == "built" and len(list(cache.glob("*.npz"))) == 1
+    assert first.index_source == "built" and len(list(cache.glob("*.idx"))) == 1
     with monkeypatch.context() as m:  # the second build does not read the json at all
         m.setattr(CocoDataset, "_load_json", lambda *a: pytest.fail("the json was parsed again"))
         with pytest.warns(UserWarning, match="clipped"):  # its warnings are given again
             second = build()
     assert second.index_source == "cache" and samples_digest(second) == samples_digest(first)
+    # the file is mapped, not read: the page cache's copy is shared by every process that loads it
+    assert all(not a.flags.writeable and not a.flags.owndata for a in second.index.arrays.values())
     # the same length, one box moved: a size and modification time could miss this rewrite
     text = open(path).read()
     assert text.count('"bbox": [2, 3, 20, 10]') == 1
@@ -144,8 +146,10 @@ def test_the_cache_serves_the_second_build_and_is_refused_after_the_json_changes
         third = build()
     assert third.index_source == "built" and third.ann_infos[0]["bboxes"][0].tolist() == [4, 3, 24, 13]
     # a damaged cache file is rebuilt, with a warning in the log naming it
-    (newest,) = [p for p in cache.glob("*.npz") if p.stat().st_mtime == max(q.stat().st_mtime for q in cache.glob("*.npz"))]
-    newest.write_bytes(newest.read_bytes()[:100])
+    (newest,) = [p for p in cache.glob("*.idx") if p.stat().st_mtime == max(q.stat().st_mtime for q in cache.glob("*.idx"))]
+    damaged = newest.read_bytes()[:100]
+    newest.unlink()  # a new file: the datasets above map the old one (raydet replaces, never rewrites, a cache file)
+    newest.write_bytes(damaged)
     with caplog.at_level(logging.WARNING, logger="raydet"), pytest.warns(UserWarning):
         fourth = build()
     assert fourth.index_source == "built" and f"index cache {newest}" in caplog.text
