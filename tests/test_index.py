@@ -91,6 +91,12 @@ def samples_digest(ds) -> str:
     return hashlib.sha256(repr([sample(ds, i) for i in range(len(ds))]).encode()).hexdigest()
 
 
+def mapped(ds) -> bool:
+    """Whether every array of the dataset's index is a read-only view of a mapped file."""
+    return all(not a.flags.writeable and not a.flags.owndata for a in ds.index.arrays.values()) and \
+        ds.index.path is not None
+
+
 def check_against_json(ds, ann_file, **kwargs):
     want = expected(ann_file, **kwargs)
     assert len(ds) == len(want)
@@ -186,7 +192,10 @@ def test_a_pickled_dataset_gives_identical_samples_in_another_process_and_wrappe
     with pytest.warns(UserWarning):
         ds = CocoDataset(path, PIPELINE, img_prefix=str(tmp_path), filter_empty_gt=False)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
+        # multiprocessing (a spawn loader's workers) passes the index as its cache file: mapped there too
         assert pool.apply(samples_digest, (ds,)) == samples_digest(ds)
+        assert pool.apply(mapped, (ds,)) is True
+    assert mapped(pickle.loads(pickle.dumps(ds))) is False  # plain pickle (and Ray) carry the arrays
     assert ds.coco is not None and "_coco" not in pickle.loads(pickle.dumps(ds)).__dict__  # evaluation's stays here
     repeated = RepeatDataset(ds, 50)
     assert repeated.dataset is ds

@@ -9,7 +9,8 @@ levels of offsets, file names in one byte buffer — so that
 - a forked dataloader worker shares them with its parent page for page (numpy never writes to an
   array's data when reading it);
 - pickling moves a dozen buffers, which Ray's object store maps zero-copy into every worker of a
-  node (:func:`provide` installs what the launcher put there);
+  node (:func:`provide` installs what the launcher put there); :mod:`multiprocessing` (a
+  ``spawn`` dataloader's workers) passes an index mapped from its cache file as the file's path;
 - it is saved once as a file of raw arrays in the dataset cache directory (``$RAYDET_DATA/index`` or
   ``~/.cache/raydet/index``), keyed by what it was built from (the annotation file's path and
   content hash, and the dataset's arguments), so a restarted or second worker group
@@ -29,9 +30,12 @@ import mmap
 import os
 import tempfile
 from collections.abc import Sequence
+from multiprocessing.reduction import ForkingPickler
 from typing import Callable
 
 import numpy as np
+
+from ..errors import DataError
 
 logger = logging.getLogger("raydet")
 
@@ -122,8 +126,9 @@ class AnnIndex:
     ``mask_off[j]:mask_off[j+1]``, part ``p`` is ``coords[part_off[p]:part_off[p+1]]``) and
     ``ign_off``/``bboxes_ignore``/``labels_ignore``. ``meta``: json-able facts of the build."""
 
-    def __init__(self, arrays: dict, meta: dict):
+    def __init__(self, arrays: dict, meta: dict, path: str | None = None):
         self.arrays, self.meta = arrays, meta
+        self.path = path  # the cache file the arrays map, if they do
         self._int_ids = "ids" in arrays
 
     def __reduce__(self):  # only the arrays travel: Ray's pickle moves them out of band, zero-copy
@@ -236,7 +241,29 @@ class AnnIndex:
             dtype = np.dtype(e["dtype"])
             count = int(np.prod(e["shape"], dtype=np.int64))
             arrays[e["name"]] = np.frombuffer(mapped, dtype, count, start + e["offset"]).reshape(e["shape"])
-        return cls(arrays, header["meta"])
+        return cls(arrays, header["meta"], path)
+
+    @classmethod
+    def _remap(cls, path: str, key: str) -> "AnnIndex":
+        try:
+            index = cls.load(path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"the annotation index cache {path} went away while the run used it ({exc})") from None
+        if index.meta.get("key") != key:
+            raise DataError(f"the annotation index cache {path} was replaced by another index while the run used it")
+        return index
+
+
+def _reduce_for_processes(index: AnnIndex):
+    """How :mod:`multiprocessing` (a ``spawn`` dataloader's workers) pickles an index: one mapped
+    from a cache file travels as the file's path, and the other process maps the same pages.
+    Ray and plain ``pickle`` move the arrays (a node elsewhere has no such file)."""
+    if index.path is not None and index.meta.get("key"):
+        return AnnIndex._remap, (index.path, index.meta["key"])
+    return index.__reduce__()
+
+
+ForkingPickler.register(AnnIndex, _reduce_for_processes)
 
 
 class InfoView(Sequence):
