@@ -240,7 +240,7 @@ def cmd_train(args) -> int:
     if cfg.get("auto_resume") is None:
         cfg.auto_resume = True
     if cfg.auto_resume and cfg.get("resume_from") is None:  # an explicit resume_from comes first (mmdet)
-        done = finished_meta(checkpoint_dirs_of(cfg), cfg.runner.max_epochs)
+        done = finished_meta(checkpoint_dirs_of(cfg), cfg.runner)
         if done is not None:
             print(f"raydet: {cfg.work_dir} is already complete ({done['iter']}/{done['max_iters']} iterations)")
             print(f"checkpoint: {os.path.join(cfg.work_dir, 'latest.pth')}")

@@ -99,7 +99,7 @@ def test_out_dir_keeps_mmcvs_layout_and_a_resume_looks_there(make_cfg, tmp_path,
     from raydet.apis.train import checkpoint_dirs_of
     from raydet.engine.checkpoint import finished_meta
     cfg = make_cfg(work, checkpoint_config=ckpt, runner=dict(max_epochs=2))
-    assert finished_meta(checkpoint_dirs_of(cfg), 2)["epoch"] == 2
+    assert finished_meta(checkpoint_dirs_of(cfg), dict(type="EpochBasedRunner", max_epochs=2))["epoch"] == 2
 
 
 def test_lines_of_a_later_attempt_that_died_before_its_first_checkpoint_are_cut(make_cfg, tmp_path):

@@ -13,7 +13,7 @@ import torch
 
 from ..data import build_dataloader, build_dataset
 from ..data.loader import batch_to_device
-from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterTimerHook, OptimizerHook,
+from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterBasedRunner, IterTimerHook, OptimizerHook,
                       Precision, Runner, TensorboardLoggerHook, TextLoggerHook, build_lr_hook,
                       build_optimizer, find_latest_checkpoint, load_file)
 from ..engine.checkpoint import CheckpointWriter, checkpoint_dirs
@@ -316,8 +316,11 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     ckpt_cfg = dict(cfg.get("checkpoint_config") or {})
     # raydet's key: rank 0 writes checkpoint files in a background thread unless it is False
     writer = CheckpointWriter(background=ckpt_cfg.pop("async_save", True))
-    runner = Runner(model, batch_processor, optimizer, cfg.work_dir, cfg.runner.max_epochs, logger=logger,
-                    meta=meta, autocast=precision.autocast, timestamp=timestamp, checkpoint_writer=writer)
+    common = dict(logger=logger, meta=meta, autocast=precision.autocast, timestamp=timestamp, checkpoint_writer=writer)
+    if cfg.runner.type == "IterBasedRunner":
+        runner = IterBasedRunner(model, batch_processor, optimizer, cfg.work_dir, cfg.runner.max_iters, **common)
+    else:
+        runner = Runner(model, batch_processor, optimizer, cfg.work_dir, cfg.runner.max_epochs, **common)
 
     # mmcv's register_training_hooks, in its order
     if lr_cfg:

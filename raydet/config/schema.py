@@ -105,6 +105,7 @@ _LOADER = {"samples_per_gpu": Expect.int(1), "workers_per_gpu": Expect.int(0), "
 VALUES = {
     "total_epochs": Expect.int(1),
     "runner.max_epochs": Expect.int(1),
+    "runner.max_iters": Expect.int(1),
     "seed": Expect.int(0),
     "deterministic": BOOL, "find_unused_parameters": BOOL, "cudnn_benchmark": BOOL, "auto_resume": BOOL,
     "log_level": Expect.of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
@@ -168,7 +169,8 @@ def check_values(cfg) -> None:
     if workflow is not None and not (isinstance(workflow, (list, tuple)) and workflow and all(
             isinstance(w, (list, tuple)) and len(w) == 2 and isinstance(w[0], str) and Expect.int(1).check(w[1])
             for w in workflow)):
-        raise ConfigError(f"workflow={workflow!r}: expected a list of (phase, epochs) pairs, e.g. [('train', 1)]")
+        raise ConfigError(f"workflow={workflow!r}: expected a list of (phase, epochs) pairs (iterations with "
+                          "IterBasedRunner), e.g. [('train', 1)]")
 
 
 def normalize_config(cfg: Config) -> Config:
@@ -186,9 +188,13 @@ def normalize_config(cfg: Config) -> Config:
         cfg.runner = dict(type="EpochBasedRunner", max_epochs=int(total))
     else:
         runner.setdefault("type", "EpochBasedRunner")
+        if runner.get("type") == "IterBasedRunner":
+            _iter_based(cfg, runner, total)
+            cfg.workflow = [tuple(w) for w in cfg.get("workflow", [("train", 1)])]
+            return cfg
         if runner.get("type") != "EpochBasedRunner":
-            raise ConfigError(f"runner.type='{runner['type']}' is not supported; raydet's runner is "
-                              "EpochBasedRunner (set runner.max_epochs)")
+            raise ConfigError(f"runner.type='{runner['type']}' is not supported; raydet's runners are "
+                              "EpochBasedRunner (runner.max_epochs) and IterBasedRunner (runner.max_iters)")
         if "max_iters" in runner:
             raise ConfigError("runner.max_iters belongs to IterBasedRunner; use runner.max_epochs")
         if "max_epochs" not in runner:
@@ -202,6 +208,41 @@ def normalize_config(cfg: Config) -> Config:
         cfg.pop("total_epochs")
     cfg.workflow = [tuple(w) for w in cfg.get("workflow", [("train", 1)])]
     return cfg
+
+
+#: custom hooks that act at epoch ends only, so never under IterBasedRunner
+EPOCH_ONLY_HOOKS = ("ExpMomentumEMAHook", "LinearMomentumEMAHook", "EMAHook")
+
+
+def _iter_based(cfg, runner, total) -> None:
+    """``runner = dict(type='IterBasedRunner', max_iters=N)``: hooks act by iteration, as mmcv's
+    ``IterBasedRunner.register_training_hooks`` (checkpoint, LR, momentum, logger hooks) and mmdet's
+    ``train_detector`` (evaluation) make them: ``by_epoch`` defaults to False there, and an
+    explicit True is refused (no epoch ends: it would never act), as are hooks that act only at
+    epoch ends."""
+    if "max_epochs" in runner:
+        raise ConfigError("runner.max_epochs belongs to EpochBasedRunner; IterBasedRunner takes runner.max_iters")
+    if total is not None:
+        raise ConfigError("total_epochs does not apply to IterBasedRunner; set runner.max_iters")
+    if "max_iters" not in runner:
+        raise ConfigError("runner.max_iters is missing (IterBasedRunner)")
+    places = [(name, cfg.get(name)) for name in ("checkpoint_config", "lr_config", "momentum_config", "evaluation")]
+    places += [(f"log_config.hooks.{i}", h) for i, h in enumerate((cfg.get("log_config") or {}).get("hooks") or [])]
+    places += [(f"custom_hooks.{i}", h) for i, h in enumerate(cfg.get("custom_hooks") or [])
+               if isinstance(h, dict) and h.get("type") == "ProfilerHook"]
+    for where, section in places:
+        if not isinstance(section, dict):
+            continue
+        if section.get("by_epoch") is True:
+            raise ConfigError(f"{where}.by_epoch=True: IterBasedRunner has no epoch ends, it would never act; "
+                              "use by_epoch=False (the default under IterBasedRunner)")
+        section["by_epoch"] = False
+    if (cfg.get("lr_config") or {}).get("warmup_by_epoch"):
+        raise ConfigError("lr_config.warmup_by_epoch=True: IterBasedRunner has no epochs; give warmup_iters")
+    for i, hook in enumerate(cfg.get("custom_hooks") or []):
+        if isinstance(hook, dict) and hook.get("type") in EPOCH_ONLY_HOOKS:
+            raise ConfigError(f"custom_hooks.{i}: {hook['type']} evaluates and saves its averaged weights at epoch "
+                              "ends, which IterBasedRunner does not have; use EpochBasedRunner")
 
 
 def _check_dataset(ds, where: str, datasets, pipelines) -> None:

@@ -480,13 +480,17 @@ def set_aside(work_dir: str) -> str | None:
     return old
 
 
-def finished_meta(dirs: list[str], max_epochs: int) -> dict | None:
+def finished_meta(dirs: list[str], runner: dict) -> dict | None:
     """Meta of the newest checkpoint in ``dirs`` (:func:`checkpoint_dirs`) when that run already
-    reached ``max_epochs``."""
+    reached the end ``runner`` (the config's ``runner`` dict) sets: ``max_epochs``, or
+    ``max_iters`` for ``IterBasedRunner``."""
     latest = find_latest_checkpoint(*dirs)
     if latest is None:
         return None
     meta = load_file(latest, mmap=True)["meta"]
-    done = meta["iter"] >= meta.get("max_iters", float("inf")) and meta.get("max_epochs") == max_epochs
+    if runner.get("type") == "IterBasedRunner":
+        done = meta.get("max_epochs") is None and meta["iter"] >= meta.get("max_iters", float("inf")) == runner["max_iters"]
+    else:
+        done = meta["iter"] >= meta.get("max_iters", float("inf")) and meta.get("max_epochs") == runner["max_epochs"]
     return meta if done else None
 

@@ -104,24 +104,19 @@ class Runner:
             if phase == "train":
                 sampler = getattr(loader, "sampler", None)
                 self.iters_per_epoch = sampler.num_batches() if hasattr(sampler, "num_batches") else len(loader)
-        self._max_iters = self._max_epochs * self.iters_per_epoch
+        self._set_length()
         self.call_hook("before_run")  # first: the text logger hook opens the run's log file here
         self.logger.info(f"Start running, work_dir: {self.work_dir}")
         self.logger.info(self.hook_order(), extra=FILE_ONLY)
         self.logger.info(f"{len(self._hooks)} hooks: " + ", ".join(type(h).__name__ for h in self._hooks)
                          + " (the order at each stage: in the log file)")
-        self.logger.info(f"workflow: {workflow}, max: {self._max_epochs} epochs, world size {get_world_size()}: "
+        self.logger.info(f"workflow: {workflow}, max: {self._length()}, world size {get_world_size()}: "
                          f"{self.iters_per_epoch} iterations per epoch")
         if self.resumed_from:
             self.logger.info(f"resumed from {self.resumed_from} at epoch {self._epoch + 1}, iter {self._iter + 1} "
                              f"(completed: {self._epoch} epochs, {self._iter} iterations)")
         try:
-            while self._epoch < self._max_epochs:
-                for (phase, epochs), loader in zip(workflow, data_loaders):
-                    for _ in range(epochs):
-                        if phase == "train" and self._epoch >= self._max_epochs:
-                            break
-                        getattr(self, phase)(loader)
+            self._loop(data_loaders, workflow)
         except BaseException:
             # a checkpoint taken before the failure is still written: a retry in this process (a
             # notebook, auto_resume) finds it
@@ -132,6 +127,20 @@ class Runner:
             raise
         self.wait_for_checkpoints()  # the last checkpoint is complete before after_run and the return
         self.call_hook("after_run")
+
+    def _set_length(self) -> None:
+        self._max_iters = self._max_epochs * self.iters_per_epoch
+
+    def _length(self) -> str:
+        return f"{self._max_epochs} epochs"
+
+    def _loop(self, data_loaders: list, workflow: list[tuple[str, int]]) -> None:
+        while self._epoch < self._max_epochs:
+            for (phase, epochs), loader in zip(workflow, data_loaders):
+                for _ in range(epochs):
+                    if phase == "train" and self._epoch >= self._max_epochs:
+                        break
+                    getattr(self, phase)(loader)
 
     def run_iter(self, data_batch: dict, train_mode: bool) -> None:
         with self.autocast():
@@ -202,18 +211,22 @@ class Runner:
         return (self._epoch + int(self._stage == "after_train_epoch"),
                 self._iter + int(self._stage == "after_train_iter"))
 
+    def _sampler_position(self, done_epochs: int) -> dict:
+        """The training sampler's position at this boundary: its epoch and the global batches of
+        it already trained."""
+        if self._stage in ("after_train_iter", "before_train_iter"):
+            first, start_batch = self._epoch_start
+            steps = self._inner_iter + int(self._stage == "after_train_iter") - first
+            return dict(epoch=self._epoch, start_batch=start_batch + steps * get_world_size())
+        return dict(epoch=done_epochs, start_batch=0)
+
     def state_dict(self, save_optimizer: bool = True, meta: dict | None = None, rng: list | None = None) -> dict:
         """Everything a resume needs, tensors as the live ones (on their devices). Called from a
         hook, it counts the iteration or epoch that just finished as done (in
         ``before_train_iter``: the iterations before this one). ``rng``: every rank's generator
         states in rank order (default: this process's alone)."""
         done_epochs, done_iters = self.progress()
-        if self._stage in ("after_train_iter", "before_train_iter"):
-            first, start_batch = self._epoch_start
-            steps = self._inner_iter + int(self._stage == "after_train_iter") - first
-            sampler = dict(epoch=self._epoch, start_batch=start_batch + steps * get_world_size())
-        else:
-            sampler = dict(epoch=done_epochs, start_batch=0)
+        sampler = self._sampler_position(done_epochs)
         full_meta = dict(self.meta)
         full_meta.update(meta or {})
         full_meta.update(epoch=done_epochs, iter=done_iters, max_epochs=self._max_epochs, max_iters=self._max_iters,

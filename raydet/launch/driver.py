@@ -256,7 +256,7 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
     check_work_dir(cfg.work_dir)
     cfg.setdefault("auto_resume", True)
     if cfg.auto_resume and cfg.get("resume_from") is None:  # an explicit resume_from comes first (mmdet)
-        done = finished_meta(checkpoint_dirs_of(cfg), cfg.runner.max_epochs)
+        done = finished_meta(checkpoint_dirs_of(cfg), cfg.runner)
         if done is not None:
             logger.info(f"the run in {cfg.work_dir} is complete ({done['iter']}/{done['max_iters']} iterations)")
             result = ray.train.Result.from_path(run_dir(cfg))

@@ -36,7 +36,8 @@ def check_metrics(dataset, metric, model=None, save_best=None, key: str = "evalu
 
 
 class EvalHook(Hook):
-    """Evaluate on ``dataloader`` every ``interval`` epochs (from ``start``), on all ranks.
+    """Evaluate on ``dataloader`` every ``interval`` epochs (from ``start``), on all ranks; by
+    iterations (``by_epoch=False``, ``best_{key}_iter_{n}.pth``) under ``IterBasedRunner``.
 
     Metrics go into the log buffer (logged as ``Epoch(val)`` lines). ``save_best`` (``'auto'``
     = the first metric, e.g. ``bbox_mAP``) keeps ``best_{key}_epoch_{n}.pth`` and records
@@ -55,14 +56,12 @@ class EvalHook(Hook):
     def __init__(self, dataloader, start=None, interval=1, by_epoch=True, save_best=None, rule=None,
                  metric="bbox", classwise=False, gpu_collect=False, tmpdir=None, greater_keys=None,
                  less_keys=None, autocast=None):
-        if not by_epoch:
-            raise ConfigError("evaluation.by_epoch=False is not supported by the epoch-based runner")
         if rule not in (None, "greater", "less"):
             raise ConfigError(f"evaluation.rule must be 'greater' or 'less', got {rule!r}")
         if start is not None and start < 0:
             raise ConfigError(f"evaluation.start must be >= 0, got {start}")
         check_metrics(dataloader.dataset, metric, save_best=save_best)
-        self.dataloader, self.start, self.interval = dataloader, start, interval
+        self.dataloader, self.start, self.interval, self.by_epoch = dataloader, start, interval, by_epoch
         self.save_best, self.rule = save_best, rule
         self.greater_keys = tuple(greater_keys or GREATER_KEYS)
         self.less_keys = tuple(less_keys or LESS_KEYS)
@@ -70,15 +69,27 @@ class EvalHook(Hook):
         self.autocast = autocast
         self.last_metrics: dict = {}
 
+    def before_run(self, runner):
+        if self.by_epoch != (runner.max_epochs is not None):
+            raise ConfigError(f"evaluation.by_epoch={self.by_epoch}: "
+                              + ("the epoch-based runner evaluates at epoch ends" if runner.max_epochs is not None
+                                 else "IterBasedRunner has no epoch ends"))
+
     def _should_evaluate(self, runner) -> bool:
-        current = runner.epoch + 1
+        current = runner.epoch + 1 if self.by_epoch else runner.iter + 1
         if self.start is None:
-            return self.every_n_epochs(runner, self.interval)
+            return (self.every_n_epochs if self.by_epoch else self.every_n_iters)(runner, self.interval)
         return current >= self.start and (current - self.start) % self.interval == 0
 
     def after_train_epoch(self, runner):
-        if not self._should_evaluate(runner):
-            return
+        if self.by_epoch and self._should_evaluate(runner):
+            self._evaluate(runner)
+
+    def after_train_iter(self, runner):
+        if not self.by_epoch and self._should_evaluate(runner):
+            self._evaluate(runner)
+
+    def _evaluate(self, runner):
         # the evaluator's tables (COCO's 12 lines, per-class APs) to the log file; the console gets
         # the epoch's one Epoch(val) line from the logger hook
         # progress: a bar on a terminal, else a line per 10% in the log file
@@ -87,14 +98,18 @@ class EvalHook(Hook):
                                           autocast=self.autocast, progress=True, progress_log=runner.logger)
         runner.model.train()
         self.last_metrics = metrics
-        for key, value in metrics.items():
-            runner.log_buffer.output[key] = value
-        runner.log_buffer.ready = True
-        # in the epoch's checkpoint, written next: a resume from it writes the epoch's val record
-        # if a kill came before the logger did
+        if self.by_epoch:  # the logger's after_train_epoch writes the val record
+            runner.log_buffer.output.update(metrics)
+            runner.log_buffer.ready = True
+        else:  # the loggers' after_train_iter write it, before the iteration's own line
+            runner.log_buffer.eval_output.update(metrics)
+        # in the checkpoint written next (the checkpoint hook runs after this one): a resume from it
+        # writes this val record if a kill came before the logger did
         runner.meta.setdefault("hook_msgs", {})["last_eval"] = dict(
-            epoch=runner.epoch + 1, iter=runner.inner_iter + 1, lr=runner.optimizer.param_groups[0]["lr"],
-            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+            epoch=runner.epoch + 1, iter=runner.inner_iter + 1 if self.by_epoch else runner.iter + 1,
+            lr=runner.optimizer.param_groups[0]["lr"],
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+            **({} if self.by_epoch else {"by_iter": True}))
         if self.save_best:
             self._save_best(runner, metrics)
 
@@ -122,7 +137,8 @@ class EvalHook(Hook):
         if best is not None and not (score > best if rule == "greater" else score < best):
             return
         msgs["best_score"] = score
-        path = os.path.join(runner.work_dir, f"best_{key}_epoch_{runner.epoch + 1}.pth")
+        at = f"epoch_{runner.epoch + 1}" if self.by_epoch else f"iter_{runner.iter + 1}"
+        path = os.path.join(runner.work_dir, f"best_{key}_{at}.pth")
         old = msgs.get("best_ckpt")
         msgs["best_ckpt"] = path
         # only a best checkpoint of this work_dir goes, once the new one is complete: one named by a
@@ -134,4 +150,4 @@ class EvalHook(Hook):
         runner.save_checkpoint(path, create_symlink=False, then=replaced)  # every rank: a collective
         if is_main():
             runner.logger.info(f"Now best checkpoint is saved as {os.path.basename(path)}. "
-                               f"Best {key} is {score:.4f} at epoch {runner.epoch + 1}.")
+                               f"Best {key} is {score:.4f} at {at.replace('_', ' ')}.")

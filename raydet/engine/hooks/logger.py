@@ -59,6 +59,7 @@ class LogBuffer:
     def __init__(self):
         self.val_history, self.n_history = OrderedDict(), OrderedDict()
         self.output, self.ready = OrderedDict(), False
+        self.eval_output = OrderedDict()  # an evaluation's metrics within an iteration (by_epoch=False)
 
     def clear(self):
         self.val_history.clear()
@@ -67,6 +68,7 @@ class LogBuffer:
 
     def clear_output(self):
         self.output.clear()
+        self.eval_output.clear()
         self.ready = False
 
     def update(self, vars: dict, count: int = 1):
@@ -96,6 +98,8 @@ class LoggerHook(Hook):
         runner.log_buffer.clear()
 
     def after_train_iter(self, runner):
+        if runner.log_buffer.eval_output:  # an evaluation by iteration: its val record comes first
+            self.log_eval(runner)
         if self.by_epoch and self.every_n_inner_iters(runner, self.interval):
             runner.log_buffer.average(self.interval)
         elif not self.by_epoch and self.every_n_iters(runner, self.interval):
@@ -113,6 +117,16 @@ class LoggerHook(Hook):
         runner.log_buffer.average()
         self.log(runner)
 
+    def log_eval(self, runner):
+        """Log ``log_buffer.eval_output`` as a val record (what :meth:`log` does with ``output``)."""
+        buffer, mode = runner.log_buffer, runner.mode
+        output, ready = buffer.output, buffer.ready
+        buffer.output, runner.mode = OrderedDict(buffer.eval_output), "val"
+        try:
+            self.log(runner)
+        finally:
+            buffer.output, buffer.ready, runner.mode = output, ready, mode
+
     @staticmethod
     def current_lr(runner) -> float:
         return runner.optimizer.param_groups[0]["lr"]
@@ -129,6 +143,7 @@ class TextLoggerHook(LoggerHook):
     ``{timestamp}.log.json`` (first line: the run's meta). Rank 0 only writes files."""
 
     TEXT_ITER = re.compile(r"Epoch \[(\d+)\]\[(\d+)/(\d+)\]")
+    TEXT_RUN_ITER = re.compile(r"Iter \[(\d+)/\d+\]\t")  # by_epoch=False
 
     def __init__(self, interval=10, ignore_last=True, reset_flag=False, by_epoch=True):
         super().__init__(interval, ignore_last, reset_flag, by_epoch)
@@ -161,13 +176,23 @@ class TextLoggerHook(LoggerHook):
         if not os.path.exists(json_path) or os.path.getsize(json_path) == 0:
             self._dump_json(json_path, {k: v for k, v in runner.meta.items() if k in ("env_info", "seed", "exp_name")})
         last = (runner.meta.get("hook_msgs") or {}).get("last_eval")
-        if (val_epochs is not None and last and runner.start_batch == 0 and last["epoch"] == runner.epoch
-                and last["epoch"] not in val_epochs):
-            self._write(runner, dict(mode="val", epoch=last["epoch"], iter=last["iter"], lr=last["lr"]),
-                        last["metrics"])
+        if val_epochs is not None and last:
+            if last.get("by_iter"):  # the evaluation at the checkpoint's iteration
+                missing = last["iter"] == runner.iter and last["iter"] not in val_epochs
+            else:  # the evaluation at the end of the checkpoint's epoch
+                missing = runner.start_batch == 0 and last["epoch"] == runner.epoch and last["epoch"] not in val_epochs
+            if missing:
+                self._write(runner, dict(mode="val", epoch=last["epoch"], iter=last["iter"], lr=last["lr"]),
+                            last["metrics"])
         # A checkpoint of an epoch's last iteration comes before that epoch's evaluation, which a
         # resume from it runs again; its record is written once.
         self.logged_val = set(val_epochs or ())
+
+    @staticmethod
+    def _val_key(runner, record) -> int:
+        """What tells val records apart: the epoch (one evaluation per epoch), or the iteration
+        under ``IterBasedRunner`` (no epochs: ``max_epochs`` is None)."""
+        return record.get("epoch") if runner.max_epochs is not None else record.get("iter")
 
     @staticmethod
     def _cut(path, past, start=0) -> None:
@@ -195,6 +220,9 @@ class TextLoggerHook(LoggerHook):
             val_epochs = set()
 
             def text_after(line):
+                if not self.by_epoch:
+                    m = self.TEXT_RUN_ITER.search(line)
+                    return m is not None and int(m[1]) > done
                 m = self.TEXT_ITER.search(line)
                 return m is not None and (int(m[1]) - 1) * int(m[3]) + int(m[2]) > done
 
@@ -204,7 +232,9 @@ class TextLoggerHook(LoggerHook):
                 except ValueError:
                     return True  # a torn last line
                 if rec.get("mode") == "val":
-                    val_epochs.add(rec.get("epoch"))
+                    val_epochs.add(self._val_key(runner, rec))
+                if not self.by_epoch:
+                    return rec.get("mode") == "train" and rec["iter"] > done
                 return rec.get("mode") == "train" and ipe is not None and (rec["epoch"] - 1) * ipe + rec["iter"] > done
 
             self._cut(text_path, text_after, text_size)
@@ -263,7 +293,9 @@ class TextLoggerHook(LoggerHook):
     def log(self, runner):
         out = runner.log_buffer.output
         mode = "train" if runner.mode == "train" and "time" in out else "val"
-        record = OrderedDict(mode=mode, epoch=runner.epoch + 1, iter=runner.inner_iter + 1)
+        # by_epoch=False: mmcv's iteration count of the run, not of the epoch
+        record = OrderedDict(mode=mode, epoch=runner.epoch + 1,
+                             iter=runner.inner_iter + 1 if self.by_epoch else runner.progress()[1])
         record["lr"] = self.current_lr(runner)
         if torch.cuda.is_available() and mode == "train":
             mem = torch.cuda.max_memory_allocated()
@@ -274,22 +306,25 @@ class TextLoggerHook(LoggerHook):
         """One record: a text line through the runner's logger, a json line on rank 0."""
         record = OrderedDict(record)
         record.update(out)
-        if record["mode"] == "val" and record["epoch"] in self.logged_val:
-            self.logged_val.discard(record["epoch"])
+        val_key = self._val_key(runner, record)
+        if record["mode"] == "val" and val_key in self.logged_val:
+            self.logged_val.discard(val_key)
             return
         if record["mode"] == "train":
             self.time_sec_tot += out["time"] * self.interval
             done = runner.iter - self.start_iter + 1
             eta_sec = self.time_sec_tot / done * (runner.max_iters - runner.iter - 1)
             eta = str(datetime.timedelta(seconds=int(eta_sec)))
-            head = (f"Epoch [{record['epoch']}][{record['iter']}/{runner.iters_per_epoch}]\t"
-                    f"lr: {record['lr']:.3e}, eta: {eta}, time: {out['time']:.3f}, "
+            where = (f"Epoch [{record['epoch']}][{record['iter']}/{runner.iters_per_epoch}]" if self.by_epoch
+                     else f"Iter [{record['iter']}/{runner.max_iters}]")
+            head = (f"{where}\tlr: {record['lr']:.3e}, eta: {eta}, time: {out['time']:.3f}, "
                     f"data_time: {out['data_time']:.3f}, ")
             if "memory" in record:
                 head += f"memory: {record['memory']}, "
             skip = {"time", "data_time"}
         else:
-            head = f"Epoch(val) [{record['epoch']}][{record['iter']}]\t"
+            head = (f"Epoch(val) [{record['epoch']}][{record['iter']}]\t" if self.by_epoch
+                    else f"Iter(val) [{record['iter']}]\t")
             skip = set()
         items = [f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
                  for k, v in out.items() if k not in skip]
@@ -327,7 +362,7 @@ class TensorboardLoggerHook(LoggerHook):
     def log(self, runner):
         if self.writer is None:
             return
-        step = runner.iter + 1 if runner.mode == "train" else runner.iter
+        step = runner.progress()[1]  # iterations done; in after_train_iter the one that just ended counts
         for key, value in self.tag_values(runner).items():
             self.writer.add_scalar(f"{runner.mode}/{key}", value, step)
         self.writer.add_scalar("learning_rate", self.current_lr(runner), step)

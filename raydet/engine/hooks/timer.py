@@ -11,6 +11,9 @@ class IterTimerHook(Hook):
 
     priority = PRIORITIES["LOW"]
 
+    def before_run(self, runner):  # IterBasedRunner has no epoch starts
+        self.t = time.time()
+
     def before_train_epoch(self, runner):
         self.t = time.time()
 
