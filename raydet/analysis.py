@@ -11,9 +11,10 @@ import numpy as np
 
 def load_json_log(path: str) -> dict:
     """``{'train': {key: [(iteration, value)]}, 'val': {key: [(epoch, value)]}, 'time':
-    {epoch: [seconds per iteration]}}`` from one raydet/mmdet ``.log.json`` (the first line, the
-    run's meta, and torn lines are skipped). A train record's iteration counts from the start of
-    the run, with the log's own iterations per epoch."""
+    {epoch: [seconds per iteration]}, 'val_x': 'epoch'}`` from one raydet/mmdet ``.log.json``
+    (the first line, the run's meta, and torn lines are skipped). A train record's iteration counts
+    from the start of the run, with the log's own iterations per epoch; in a log by iteration
+    (``IterBasedRunner``) val records are placed by iteration too (``val_x='iter'``)."""
     records = []
     with open(path) as f:
         for line in f:
@@ -26,9 +27,15 @@ def load_json_log(path: str) -> dict:
     train = [r for r in records if r["mode"] == "train"]
     # the epoch's length, as its val record or its last train record gives it
     per_epoch = max([r["iter"] for r in records if r["mode"] == "val"] or [r["iter"] for r in train] or [1])
-    out = {"train": defaultdict(list), "val": defaultdict(list), "time": defaultdict(list)}
+    # a log by iteration (IterBasedRunner, by_epoch=False) counts on where an epoch log restarts
+    by_iter = any(b["epoch"] > a["epoch"] and b["iter"] > a["iter"] for a, b in zip(train, train[1:]))
+    out = {"train": defaultdict(list), "val": defaultdict(list), "time": defaultdict(list),
+           "val_x": "iter" if by_iter else "epoch"}
     for rec in records:
-        step = (rec["epoch"] - 1) * per_epoch + rec["iter"] if rec["mode"] == "train" else rec["epoch"]
+        if by_iter:
+            step = rec["iter"]
+        else:
+            step = (rec["epoch"] - 1) * per_epoch + rec["iter"] if rec["mode"] == "train" else rec["epoch"]
         for key, value in rec.items():
             if key not in ("mode", "epoch", "iter") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[rec["mode"]][key].append((step, value))
@@ -62,7 +69,7 @@ def plot_curves(logs: list[str], keys: list[str], out: str | None = None, legend
             found = True
             xs, ys = zip(*log[mode][key])
             ax.plot(xs, ys, label=name, marker="o" if mode == "val" else None, linewidth=1 if mode == "val" else 0.5)
-            ax.set_xlabel("epoch" if mode == "val" else "iter")
+            ax.set_xlabel(log["val_x"] if mode == "val" else "iter")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.25"
         if not found:
             plt.close(fig)

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from raydet.analysis import load_json_log
 from raydet.apis import train_from_config
 from raydet.config import load_config
 from raydet.engine import ChaosError, load_file
@@ -65,6 +66,9 @@ def test_the_iteration_runner_trains_the_epoch_runners_batches_and_acts_by_itera
     assert val["iter"] == EPOCH and val["bbox_mAP"] == epoch_val["bbox_mAP"]
     log = open(glob.glob(str(work / "*.log"))[0]).read()
     assert f"Iter [{ITERS}/{ITERS}]\t" in log and f"Iter(val) [{EPOCH}]\t" in log
+    curves = load_json_log(glob.glob(str(work / "*.log.json"))[0])  # the run's curves.png: by iteration
+    assert [x for x, _ in curves["train"]["loss"]] == list(range(1, ITERS + 1)) and curves["val_x"] == "iter"
+    assert curves["val"]["bbox_mAP"] == [(EPOCH, val["bbox_mAP"])]
 
 
 def test_a_kill_mid_data_epoch_resumes_bitwise_and_logs_each_iteration_once(iter_run, shapes_root, tmp_path):

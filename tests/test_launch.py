@@ -106,11 +106,11 @@ def test_two_workers_learn_and_match_single_process_eval(ray_local, tmp_path_fac
     assert metrics["bbox_mAP"] == pytest.approx(result.metrics["bbox_mAP"], abs=1e-3)
 
 
-def _chaos_run(shapes_root, tmp_path, ckpt, chaos):
+def _chaos_run(shapes_root, tmp_path, ckpt, chaos, **overrides):
     import raydet
     work = tmp_path / "run"
     hook = dict(type="ChaosHook", marker=str(tmp_path / "marker"), count_file=str(tmp_path / "count"), **chaos)
-    result = raydet.train(ray_config(shapes_root, work, checkpoint_config=ckpt, custom_hooks=[hook]))
+    result = raydet.train(ray_config(shapes_root, work, checkpoint_config=ckpt, custom_hooks=[hook], **overrides))
     return work, result
 
 
@@ -127,10 +127,22 @@ def _check_recovery(work, tmp_path, baseline_work, interval):
     assert schedule < len(executed) <= schedule + interval
 
 
-def test_worker_exception_mid_epoch_recovers_exactly(baseline, shapes_root, tmp_path):
-    work, result = _chaos_run(shapes_root, tmp_path, dict(interval=4, by_epoch=False),
-                              dict(at_iter=7, action="raise", rank=1))
-    assert result.metrics["done"]
+def test_worker_exception_in_an_iteration_based_run_recovers_exactly(baseline, shapes_root, tmp_path):
+    """IterBasedRunner on Ray, as long as the epoch baseline and with its LR (the baseline's step at
+    epoch 2 is never reached): a worker's exception in the second data epoch, a restart from the
+    last iter_N.pth, and the final weights equal the epoch runner's bitwise."""
+    from raydet.engine import load_file
+    meta = load_file(str(baseline[0] / "latest.pth"))["meta"]
+    total, per_epoch = meta["max_iters"], meta["max_iters"] // meta["max_epochs"]
+    work, result = _chaos_run(shapes_root, tmp_path, dict(interval=4), dict(at_iter=per_epoch + 3, action="raise",
+                                                                            rank=1),
+                              runner=dict(type="IterBasedRunner", max_iters=total),
+                              lr_config=dict(policy="step", step=[10 ** 6], by_epoch=False, warmup="linear",
+                                             warmup_iters=3, warmup_ratio=0.1),
+                              evaluation=dict(interval=per_epoch, metric="bbox"))
+    assert result.metrics["done"] and result.metrics["iter"] == total
+    assert (work / f"iter_{total}.pth").exists() and not glob.glob(str(work / "epoch_*.pth"))
+    assert [r["iter"] for r in _records(work) if r.get("mode") == "val"] == [per_epoch, 2 * per_epoch]
     _check_recovery(work, tmp_path, baseline[0], 4)
 
 
