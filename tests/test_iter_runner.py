@@ -84,9 +84,10 @@ def test_a_kill_mid_data_epoch_resumes_bitwise_and_logs_each_iteration_once(iter
     records = _records(work)
     assert [r["iter"] for r in records if r["mode"] == "train"] == list(range(1, ITERS + 1))
     assert [r["iter"] for r in records if r["mode"] == "val"] == [EPOCH]
-    # a finished run is not trained again
-    again = train_from_config(_cfg(shapes_root, work, True, custom_hooks=chaos, auto_resume=True), validate=True)
-    assert again.iter == ITERS
+    # the launchers see that the run is complete (and would not train it again), by max_iters
+    from raydet.engine.checkpoint import finished_meta
+    assert finished_meta([str(work)], dict(type="IterBasedRunner", max_iters=ITERS))["iter"] == ITERS
+    assert finished_meta([str(work)], dict(type="IterBasedRunner", max_iters=ITERS + 1)) is None
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -99,3 +100,10 @@ def test_a_kill_mid_data_epoch_resumes_bitwise_and_logs_each_iteration_once(iter
 def test_iteration_runner_keys_are_checked(shapes_root, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _cfg(shapes_root, tmp_path, True, **overrides)
+
+
+def test_an_iteration_run_without_an_evaluation_interval_is_refused_before_training(shapes_root, tmp_path):
+    cfg = _cfg(shapes_root, tmp_path / "w", True)
+    cfg.pop("evaluation")
+    with pytest.raises(ConfigError, match="set evaluation=dict\\(interval=N\\)"):
+        train_from_config(cfg, validate=True)

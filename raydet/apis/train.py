@@ -331,11 +331,14 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
                                        cumulative_iters=opt_cfg.get("cumulative_iters", 1)))
     ckpt_cfg["meta"] = dict(ckpt_cfg.get("meta") or {}, config=cfg.pretty_text,
                             CLASSES=list(getattr(datasets[0], "CLASSES", None) or []))
+    by_iter = cfg.runner.type == "IterBasedRunner"  # sections the config leaves out act by iteration too
+    if by_iter:
+        ckpt_cfg.setdefault("by_epoch", False)
     runner.register_hook(CheckpointHook(**ckpt_cfg, on_saved=on_checkpoint))
     runner.register_hook(IterTimerHook())
     log_cfg = dict(cfg.get("log_config") or dict(interval=50, hooks=[dict(type="TextLoggerHook")]))
     for info in log_cfg.get("hooks", []):
-        info = dict(info)
+        info = dict(info, **({"by_epoch": False} if by_iter else {}))
         kind = {"TextLoggerHook": TextLoggerHook, "TensorboardLoggerHook": TensorboardLoggerHook}[info.pop("type")]
         info.setdefault("interval", log_cfg.get("interval", 50))
         runner.register_hook(kind(**info))
@@ -347,6 +350,9 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         if len(val_ds) == 0:
             raise DataError(f"data.val is empty, nothing to evaluate on: {_describe(val_ds)} (or use --no-validate)")
         eval_cfg = dict(cfg.get("evaluation") or {})
+        if by_iter and "interval" not in eval_cfg:  # mmdet's default would evaluate every iteration
+            raise ConfigError("IterBasedRunner evaluates every evaluation.interval iterations: set "
+                              "evaluation=dict(interval=N) (or use --no-validate)")
         check_metrics(val_ds, eval_cfg.get("metric", "bbox"), model, save_best=eval_cfg.get("save_best"))
         val_loader_cfg = dict(cfg.data.get("val_dataloader", {}))
         val_loader = build_dataloader(val_ds, val_loader_cfg.get("samples_per_gpu", 1),
