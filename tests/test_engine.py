@@ -34,7 +34,7 @@ def test_hook_order_is_mmcv_priority_order_and_logged(make_cfg, caplog):
                      ("DistSamplerSeedHook", 50), ("IterTimerHook", 70), ("TextLoggerHook", 90), ("ChaosHook", 100)]
     with caplog.at_level(logging.INFO, logger="raydet"):
         runner.logger.info(runner.hook_order())
-    assert "after_train_iter:\n(40 ) OptimizerHook\n(50 ) CheckpointHook\n(70 ) IterTimerHook" in caplog.text
+    assert "after_train_iter:\n(40 ) OptimizerHook\n(49 ) EvalHook\n(50 ) CheckpointHook\n(70 ) IterTimerHook" in caplog.text
 
 
 def _linear_runner(tmp_path, processor, grad_clip=None, precision=None, lr=1.0):
