@@ -243,8 +243,8 @@ def main():
             node(args.ann, args.samples, mode=args.child[len("node-"):])
         print(json.dumps(out))
         return
-    base = os.environ.get("RAYDET_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "raydet")
-    root = args.root or os.path.join(base, "bench")
+    from raydet.data.index import data_home
+    root = args.root or os.path.join(data_home(), "bench")
     os.makedirs(root, exist_ok=True)
     ann = os.path.join(root, f"instances_synthetic_{args.images}_{args.boxes}.json")
     if not os.path.isfile(ann):

@@ -286,10 +286,15 @@ class InfoView(Sequence):
         return self._get(i % n)
 
 
+def data_home() -> str:
+    """raydet's dataset cache directory: ``$RAYDET_DATA`` or ``~/.cache/raydet`` (the shapes
+    dataset, the index cache, the benchmarks' generated files)."""
+    return os.environ.get("RAYDET_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "raydet")
+
+
 def cache_dir() -> str:
     """Where indexes are cached: ``$RAYDET_DATA/index`` or ``~/.cache/raydet/index``."""
-    base = os.environ.get("RAYDET_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "raydet")
-    return os.path.join(base, "index")
+    return os.path.join(data_home(), "index")
 
 
 def file_stamp(path: str) -> list:

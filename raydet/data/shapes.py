@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..progress import ProgressBar
+from .index import data_home
 
 VERSION = 1
 CLASSES = ("rectangle", "ellipse", "triangle")
@@ -65,7 +66,7 @@ def sizes(num_images: dict | None = None) -> dict:
 def default_root(seed: int = 0, num_images: dict | None = None) -> str:
     """Cache directory of the dataset (``$RAYDET_DATA`` or ``~/.cache/raydet``), keyed by
     everything that shapes it: the version, ``seed`` and the split sizes (when not the default)."""
-    base = os.environ.get("RAYDET_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "raydet")
+    base = data_home()
     counts = sizes(num_images)
     tail = "" if counts == NUM_IMAGES else "-" + "-".join(f"{k}{v}" for k, v in counts.items())
     return os.path.join(base, f"shapes-v{VERSION}-seed{seed}{tail}")
