@@ -42,7 +42,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import CONFIG, REPO, on_shapes, run_json, stamp_hook  # noqa: E402
+from common import CONFIG, REPO, on_shapes, run_json, scratch, stamp_hook  # noqa: E402
 
 MODELS = {
     "default": dict(config=CONFIG, batch=8, iters=60, interval=10, img_scale=None),
@@ -174,4 +174,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

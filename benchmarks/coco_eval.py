@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import scratch  # noqa: E402
 
 W, H, CATS = 640, 480, 80
 
@@ -137,4 +138,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

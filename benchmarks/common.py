@@ -1,8 +1,10 @@
 """Helpers shared by the benchmark scripts (not a benchmark itself)."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -14,10 +16,34 @@ CONFIG = os.path.join(REPO, "configs/fcos/fcos_gn_tiny_shapes.py")
 RAY_ENV = dict(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TRAIN_ENABLE_PRINT_PATCH="0")
 
 
+def scratch() -> str:
+    """Point this process's temporary files at one directory that is removed when the benchmark
+    exits: work dirs, stamp files, Ray's session directory of a Ray it starts (``TMPDIR``, which
+    Ray reads too), and the same for the benchmark processes it starts, which inherit it. The
+    first benchmark process makes it; a child benchmark finds it in ``RAYDET_BENCH_SCRATCH`` and
+    leaves it to its parent. Files kept for the next run (generated datasets) live under
+    :func:`bench_home` instead. Returns the directory."""
+    path = os.environ.get("RAYDET_BENCH_SCRATCH")
+    if not path:
+        path = tempfile.mkdtemp(prefix="rdb-")  # short: socket paths under it end at 108 bytes
+        os.environ["RAYDET_BENCH_SCRATCH"] = path
+        atexit.register(shutil.rmtree, path, True)  # after Ray's own exit handler (registered later)
+    os.environ["TMPDIR"] = tempfile.tempdir = path
+    return path
+
+
+def bench_home(*parts: str) -> str:
+    """A path under ``$RAYDET_DATA/bench`` (default ``~/.cache/raydet/bench``): generated inputs
+    the benchmarks reuse from run to run."""
+    sys.path.insert(0, REPO)
+    from raydet.data.index import data_home
+    return os.path.join(data_home(), "bench", *parts)
+
+
 def shapes_subset(train: int, val: int = 16) -> dict:
     """Dataset keys for the first ``train``/``val`` images of the shapes set (same images as the
-    full set's first ones), generated once into a temp directory of their own."""
-    root = os.path.join(tempfile.gettempdir(), f"raydet-bench-shapes-{train}-{val}")
+    full set's first ones), generated once into a directory of their own under :func:`bench_home`."""
+    root = bench_home(f"shapes-{train}-{val}")
     return {"data.train.root": root, "data.train.num_images": {"train": train, "val": val},
             "data.val.root": root, "data.val.num_images": {"train": train, "val": val}}
 

@@ -36,6 +36,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from benchmarks.common import scratch  # noqa: E402
 PIPELINE = [dict(type="LoadAnnotations", with_bbox=True, with_mask=True)]
 SIZES = [(640, 480), (480, 640), (640, 427), (427, 640), (640, 360), (500, 375), (612, 612)]
 
@@ -286,4 +287,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

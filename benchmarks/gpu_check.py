@@ -33,7 +33,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import CONFIG, REPO, images_per_s, read_stamps, run_json, shapes_subset  # noqa: E402
+from common import CONFIG, REPO, images_per_s, read_stamps, run_json, scratch, shapes_subset  # noqa: E402
 
 RCNN = os.path.join(REPO, "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py")
 
@@ -171,4 +171,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import CONFIG, RAY_ENV, REPO, run_json  # noqa: E402
+from benchmarks.common import CONFIG, RAY_ENV, REPO, bench_home, run_json, scratch  # noqa: E402
 
 
 def loop_side(config: str, checkpoint: str, images: list[str], batch_size: int) -> dict:
@@ -47,12 +47,12 @@ def loop_side(config: str, checkpoint: str, images: list[str], batch_size: int) 
 
 
 def prepare(args) -> tuple[str, str, list[str]]:
-    """``(config, checkpoint, image paths)``, generated once into the temp directory."""
+    """``(config, checkpoint, image paths)``, generated once under ``bench_home()``."""
     import torch
 
     from raydet.apis import init_detector
     from raydet.data.shapes import generate
-    base = os.path.join(tempfile.gettempdir(), f"raydet-bench-infer-{args.images}")
+    base = bench_home(f"infer-{args.images}")
     root = generate(os.path.join(base, "shapes"), seed=0, num_images=dict(train=1, val=args.images))
     images = sorted(os.path.join(root, "val", n) for n in os.listdir(os.path.join(root, "val")))
     checkpoint = args.checkpoint
@@ -116,4 +116,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import bench_home, scratch  # noqa: E402
 from raydet.config import load_config  # noqa: E402
 from raydet.data import build_dataset  # noqa: E402
 from raydet.data.loader import GroupSampler, collate  # noqa: E402
@@ -108,7 +109,7 @@ def torchvision_side(dataset, batches):
 
 def _subset(n):
     """The first ``n`` train images of the shapes set, in a directory of their own."""
-    root = os.path.join(tempfile.gettempdir(), f"raydet-bench-shapes-{n}")
+    root = bench_home(f"shapes-{n}-{BATCH}")
     return dict(root=root, num_images={"train": n, "val": BATCH})
 
 
@@ -170,4 +171,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

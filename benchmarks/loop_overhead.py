@@ -41,7 +41,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import CONFIG, images_per_s, on_shapes, read_stamps, run_json, stamp_hook, summary  # noqa: E402
+from common import CONFIG, images_per_s, on_shapes, read_stamps, run_json, scratch, stamp_hook, summary  # noqa: E402
 
 SKIP = 5
 
@@ -241,4 +241,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RAY_ENV, summary  # noqa: E402
+from common import RAY_ENV, scratch, summary  # noqa: E402
 
 
 def loop(config):
@@ -65,4 +65,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

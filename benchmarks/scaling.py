@@ -23,7 +23,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import CONFIG, images_per_s, read_stamps, run_json, shapes_subset, stamp_hook, summary  # noqa: E402
+from common import CONFIG, images_per_s, read_stamps, run_json, scratch, shapes_subset, stamp_hook, summary  # noqa: E402
 
 PER_WORKER, SKIP = 8, 3
 
@@ -126,4 +126,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

@@ -25,6 +25,8 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from benchmarks.common import bench_home, scratch  # noqa: E402
 
 
 def bare_side(out_dir: str) -> dict:
@@ -73,7 +75,7 @@ def _tiny_config(out_dir, **overrides):
     sys.path.insert(0, REPO)
     from raydet.data.shapes import generate
     from tests.conftest import tiny_config
-    root = generate(os.path.join(tempfile.gettempdir(), "raydet-bench-shapes"), 0, dict(train=48, val=16))
+    root = generate(bench_home("shapes-48-16"), 0, dict(train=48, val=16))
     return tiny_config(root, os.path.join(out_dir, "run"), runner=dict(max_epochs=2),
                        checkpoint_config=dict(interval=4, by_epoch=False), auto_resume=True, **overrides)
 
@@ -164,4 +166,5 @@ def main():
 
 
 if __name__ == "__main__":
+    scratch()
     main()

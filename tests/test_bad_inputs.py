@@ -248,6 +248,16 @@ def test_work_dir_that_is_a_file_or_unwritable(base, tmp_path, capsys):
         os.chmod(locked, 0o755)
 
 
+def test_a_temp_dir_too_long_for_loader_workers_is_named(base, tmp_path, capsys, monkeypatch):
+    """Loader workers would hang on their first batch (their socket cannot bind): refused first."""
+    import tempfile
+    long = tmp_path / ("t" * 80)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    failed(run(capsys, "train", base["config"], "--launcher", "none", "--work-dir", tmp_path / "w",
+               "--cfg-options", "data.workers_per_gpu=1"), str(long), "TMPDIR", "workers_per_gpu")
+
+
 def test_unknown_subcommand_and_flag(capsys):
     assert run(capsys, "trian", "x.py")[0] == 2
     assert run(capsys, "train", "x.py", "--lanucher", "none")[0] == 2

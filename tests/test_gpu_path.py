@@ -258,15 +258,27 @@ def test_gpu_workers_get_nccl_for_cuda_and_gloo_for_host_tensors(shapes_root, tm
     assert isinstance(drawn, int) and 0 <= drawn < 2 ** 31
 
 
-def test_gpu_check_runs_its_logic_on_cpu():
-    """``benchmarks/gpu_check.py --device cpu --quick``: the three parts of the GPU check, small."""
+def test_gpu_check_runs_its_logic_on_cpu(tmp_path):
+    """``benchmarks/gpu_check.py --device cpu --quick``: the three parts of the GPU check, small;
+    its work dirs and stamp files go to a scratch directory it removes (only the generated data,
+    for the next run, stays)."""
+    import shutil
     import subprocess
     import sys
+    import tempfile
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, os.path.join(repo, "benchmarks/gpu_check.py"), "--device", "cpu", "--quick"],
-                          capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, PYTHONPATH=repo, GLOO_SOCKET_IFNAME="lo"))
+    # short: the data loader's fd-passing socket lives in $TMPDIR, and a socket path ends at 108 bytes
+    tmp, data = tempfile.mkdtemp(prefix="gc-", dir="/tmp"), tmp_path / "data"
+    try:
+        proc = subprocess.run([sys.executable, os.path.join(repo, "benchmarks/gpu_check.py"), "--device", "cpu",
+                               "--quick"], capture_output=True, text=True, timeout=900,
+                              env=dict(os.environ, PYTHONPATH=repo, GLOO_SOCKET_IFNAME="lo", TMPDIR=tmp,
+                                       RAYDET_DATA=str(data)))
+        left = os.listdir(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert left == [] and "bench" in os.listdir(data) and set(os.listdir(data)) <= {"bench", "index"}
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     a = info["worker_path"]
     assert a["ok"] and a["backend"] == "cuda:gloo" and a["resumed_from"] == "iter_2.pth"

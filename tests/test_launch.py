@@ -437,10 +437,13 @@ def test_a_local_instance_is_kept_on_loopback_unless_ray_would_join_a_cluster(tm
     assert setting() == "None"
 
 
-def test_test_sharded_over_two_workers_gives_the_single_process_results(baseline, shapes_root, tmp_path, capsys):
+def test_test_sharded_over_two_workers_gives_the_single_process_results(baseline, shapes_root, tmp_path, capsys,
+                                                                         monkeypatch):
     """raydet test --num-workers 2: each worker predicts a contiguous half; gathered in dataset
-    order, the results and the mAP are those of one process."""
+    order, the results and the mAP are those of one process; Ray's run record, in a temporary
+    directory, is removed afterwards."""
     import pickle
+    import tempfile
 
     from raydet.cli import main
     from raydet.config import dump_config, load_config
@@ -450,7 +453,10 @@ def test_test_sharded_over_two_workers_gives_the_single_process_results(baseline
     ckpt = str(work / "latest.pth")
     assert main(["test", cfg_path, ckpt, "--eval", "bbox", "--out", str(tmp_path / "one.pkl")]) == 0
     one = re.search(r"metrics: (\{.*\})", capsys.readouterr().out).group(1)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     assert main(["test", cfg_path, ckpt, "--eval", "bbox", "--num-workers", "2", "--out", str(tmp_path / "two.pkl")]) == 0
+    assert os.listdir(tmp_path / "tmp") == []
     two = re.search(r"metrics: (\{.*\})", capsys.readouterr().out).group(1)
     assert one == two and "bbox_mAP" in one
     a, b = (pickle.load(open(tmp_path / n, "rb")) for n in ("one.pkl", "two.pkl"))

@@ -189,6 +189,28 @@ def _worker_init(_, opencv_threads=None):
         cv2.setNumThreads(opencv_threads)
 
 
+#: the longest path a unix socket can bind (``sun_path`` is 108 bytes with its terminating NUL)
+SOCKET_PATH_MAX = 107
+
+
+def _check_socket_room() -> None:
+    """Loader workers hand batches back as file descriptors through a unix socket that
+    multiprocessing makes at ``$TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX``; when that path is longer
+    than a socket path may be, the socket cannot bind, in a thread of the worker, and the loader
+    waits for a batch forever instead of failing."""
+    import tempfile
+
+    from torch.multiprocessing import get_sharing_strategy
+
+    from ..errors import ConfigError
+    base = tempfile.gettempdir()
+    if get_sharing_strategy() == "file_descriptor" and len(base) + 32 > SOCKET_PATH_MAX:
+        raise ConfigError(f"data.workers_per_gpu > 0 with the temp directory {base!r} ({len(base)} characters): "
+                          f"its loader workers' sockets would be longer than {SOCKET_PATH_MAX} characters; "
+                          f"set TMPDIR to a path of at most {SOCKET_PATH_MAX - 32} characters, or "
+                          f"data.workers_per_gpu=0")
+
+
 def build_dataloader(dataset, samples_per_gpu: int, workers_per_gpu: int, num_replicas: int = 1,
                      rank: int = 0, shuffle: bool = True, seed: int = 0,
                      persistent_workers: bool = True, pin_memory: bool = False,
@@ -199,9 +221,12 @@ def build_dataloader(dataset, samples_per_gpu: int, workers_per_gpu: int, num_re
     creating an iterator never consumes the global torch RNG (which would break exact resume).
     ``mp_start_method`` and ``opencv_num_threads`` are mmdet's keys of the same names: the loader
     workers' start method and each worker's OpenCV thread count (``None``: torch's and OpenCV's
-    defaults)."""
+    defaults). Raises :class:`~raydet.errors.ConfigError` when loader workers could not pass
+    batches back (a temp directory path too long for a socket)."""
     import functools
     workers = workers_per_gpu > 0
+    if workers:
+        _check_socket_room()
     common = dict(num_workers=workers_per_gpu, collate_fn=collate, pin_memory=pin_memory,
                   persistent_workers=persistent_workers and workers,
                   multiprocessing_context=mp_start_method if workers else None,

@@ -286,17 +286,23 @@ def test_on_ray(cfg, checkpoint: str, num_workers: int, use_gpu: bool = False, a
     """``raydet test --num-workers``: the test set of ``cfg`` sharded over ``num_workers`` Ray
     workers (one image per batch, as in one process, so the results are the same), gathered in
     dataset order. ``checkpoint`` and the data must be readable on every worker's node; Ray's run
-    record goes to ``ray.storage_path`` or a temporary directory. Raises the worker's raydet
-    error, or Ray's ``TrainingFailedError``."""
+    record goes to ``ray.storage_path`` or a temporary directory, removed afterwards. Raises the
+    worker's raydet error, or Ray's ``TrainingFailedError``."""
+    import shutil
     import tempfile
     rc = dict(cfg.get("ray") or {})
-    storage = rc.get("storage_path") or tempfile.mkdtemp(prefix="raydet-test-")
+    scratch = None if rc.get("storage_path") else tempfile.mkdtemp(prefix="raydet-test-")
     _init_ray(address or rc.get("address"))
     trainer = TorchTrainer(
         test_loop,
         train_loop_config=dict(cfg=cfg.to_dict(), checkpoint=os.path.abspath(checkpoint), use_gpu=use_gpu),
         torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(name=f"raydet-test-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}", storage_path=storage,
+        run_config=RunConfig(name=f"raydet-test-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}",
+                             storage_path=rc.get("storage_path") or scratch,
                              failure_config=FailureConfig(max_failures=0), callbacks=[FailFast()]))
-    return _fit(trainer).return_value
+    try:
+        return _fit(trainer).return_value
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
