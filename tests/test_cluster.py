@@ -59,11 +59,14 @@ def head(tmp_path):
         proc.kill()
         pytest.fail("ray head did not start: " + proc.stdout.read().decode()[-2000:])
     yield dict(env=env, gcs=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}")
-    os.killpg(proc.pid, signal.SIGTERM)  # --block: the head takes its own processes down
+    # --block: the head takes its own processes down on SIGTERM, but waits ~10 s for them; the
+    # whole group is this test's own, so after a moment it is killed outright
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=2)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
