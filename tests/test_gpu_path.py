@@ -287,4 +287,4 @@ def test_gpu_check_runs_its_logic_on_cpu(tmp_path):
     b = info["loop_cost"]
     assert b["plain"]["images_per_s"] > 0 and b["none"]["images_per_s"] > 0 and b["ratio"] > 0
     assert 0.0 <= info["demo"]["bbox_mAP"] <= 1.0 and info["demo"]["epochs"] == 1
-    assert "(a) worker path on cpu" in proc.stdout and "(b) Faster R-CNN" in proc.stdout and "(c) default demo" in proc.stdout
+    assert "(a) worker path on cpu" in proc.stdout and "(b) the default FCOS" in proc.stdout and "(c) default demo" in proc.stdout

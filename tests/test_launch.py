@@ -423,18 +423,20 @@ def test_a_local_instance_is_kept_on_loopback_unless_ray_would_join_a_cluster(tm
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
     base.update(PYTHONPATH=REPO, RAY_TMPDIR=str(tmp_path))
 
-    def setting(pre="", **env):
-        out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], env=dict(base, **env),
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return out.stdout.split()[-1]
+    def start(pre="", tmp=tmp_path, **env):  # the four interpreters start at once: each import is seconds
+        return subprocess.Popen([sys.executable, "-c", code.format(pre=pre)], env=dict(base, RAY_TMPDIR=str(tmp), **env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    assert setting() == "0"
-    assert setting(RAY_ADDRESS="10.0.0.5:6379") == "None"
-    assert setting(pre="import ray;") == "None"
-    (tmp_path / "ray").mkdir()
-    (tmp_path / "ray" / "ray_current_cluster").write_text("10.0.0.5:6379")  # `ray start` ran on this node
-    assert setting() == "None"
+    def setting(proc):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        return out.split()[-1]
+
+    (tmp_path / "recorded" / "ray").mkdir(parents=True)
+    # `ray start` ran on this node: it recorded the cluster's address
+    (tmp_path / "recorded" / "ray" / "ray_current_cluster").write_text("10.0.0.5:6379")
+    cases = [start(), start(RAY_ADDRESS="10.0.0.5:6379"), start(pre="import ray;"), start(tmp=tmp_path / "recorded")]
+    assert [setting(p) for p in cases] == ["0", "None", "None", "None"]
 
 
 def test_test_sharded_over_two_workers_gives_the_single_process_results(baseline, shapes_root, tmp_path, capsys,
