@@ -35,7 +35,8 @@ def scratch() -> str:
 def bench_home(*parts: str) -> str:
     """A path under ``$RAYDET_DATA/bench`` (default ``~/.cache/raydet/bench``): generated inputs
     the benchmarks reuse from run to run."""
-    sys.path.insert(0, REPO)
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
     from raydet.data.index import data_home
     return os.path.join(data_home(), "bench", *parts)
 

@@ -191,6 +191,8 @@ def _worker_init(_, opencv_threads=None):
 
 #: the longest path a unix socket can bind (``sun_path`` is 108 bytes with its terminating NUL)
 SOCKET_PATH_MAX = 107
+#: what multiprocessing adds to the temp dir for a loader worker's socket
+SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 
 
 def _check_socket_room() -> None:
@@ -204,10 +206,10 @@ def _check_socket_room() -> None:
 
     from ..errors import ConfigError
     base = tempfile.gettempdir()
-    if get_sharing_strategy() == "file_descriptor" and len(base) + 32 > SOCKET_PATH_MAX:
+    if get_sharing_strategy() == "file_descriptor" and len(base) + SOCKET_SUFFIX > SOCKET_PATH_MAX:
         raise ConfigError(f"data.workers_per_gpu > 0 with the temp directory {base!r} ({len(base)} characters): "
                           f"its loader workers' sockets would be longer than {SOCKET_PATH_MAX} characters; "
-                          f"set TMPDIR to a path of at most {SOCKET_PATH_MAX - 32} characters, or "
+                          f"set TMPDIR to a path of at most {SOCKET_PATH_MAX - SOCKET_SUFFIX} characters, or "
                           f"data.workers_per_gpu=0")
 
 
