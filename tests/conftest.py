@@ -11,6 +11,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # a report made while the one before is not yet collected waits for that look. The test runs'
 # steps are milliseconds, so the tests ask for 0.5 s: the same behaviour, ~6 s less per run.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Ray runs its workers at niceness 15; beside the other pytest-xdist worker (scripts/test.sh), the
+# Ray tests, the suite's longest stretch, would get the CPU last.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import pytest  # noqa: E402
 
@@ -120,8 +123,15 @@ def make_cfg(shapes_root, tmp_path):
     return make
 
 
+#: torch threads of a test process: the cores shared by the pytest-xdist workers (one thread each
+#: on 2 cores: more would have their OpenMP threads spin against each other). Tests that compare a
+#: subprocess's training with this process's give it the same (``RAYDET_TEST_THREADS``).
+THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ["RAYDET_TEST_THREADS"] = str(THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     import torch
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(THREADS)
     yield

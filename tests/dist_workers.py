@@ -102,7 +102,7 @@ def train_reporting(rank, world, init_file, cfg_dict, out_dir, write_delay_s):
     seen = []
 
     class Recorder(ReportHook):
-        def report(self, runner, path, metrics=None, name=None):
+        def report(self, runner, path, metrics=None, name=None, validation=None):
             runner.wait_for_checkpoints()
             complete = None
             if rank == 0:

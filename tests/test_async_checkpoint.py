@@ -97,7 +97,7 @@ def test_a_kill_during_a_background_write_resumes_exactly_from_the_checkpoint_be
         "    if threading.current_thread().name == 'raydet-checkpoint-writer': time.sleep(1.0)\n"
         "    fsync(fd)\n"
         "os.fsync = slow\n"
-        "import torch; torch.set_num_threads(min(2, os.cpu_count() or 1))\n"  # as the tests' (conftest)
+        "import torch; torch.set_num_threads(int(os.environ['RAYDET_TEST_THREADS']))\n"  # as the tests' (conftest)
         "from raydet.apis import train_from_config\n"
         "from raydet.config import load_config\n"
         "train_from_config(load_config(pickle.load(open(sys.argv[1], 'rb'))), validate=False)\n")

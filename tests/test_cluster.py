@@ -18,6 +18,7 @@ import pytest
 from .test_launch import ray_config
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time on this host (see test_launch)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 

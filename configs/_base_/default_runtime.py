@@ -19,6 +19,14 @@ workflow = [('train', 1)]
 # max_failures counts crashes; max_preemption_failures (-1: unlimited) counts spot reclaims, on
 #   which raydet checkpoints before the next iteration (checked every preemption_check_interval
 #   iterations: each check is a Ray collective of ~8 ms).
+# validation_resources / validation_shards / validation_timeout_s: for evaluation=dict(...,
+#   async_eval=True), which evaluates each evaluation point's checkpoint in a Ray validation task
+#   while training goes on: the task's resources (dict(num_cpus=0) by default; dict(num_gpus=1) for
+#   a GPU the workers do not use; other keys are custom resources), how many tasks of those
+#   resources predict a part of the val set each (1: the task alone), and how long one may take
+#   (None: no limit). They must be free while the workers hold theirs: the run waits for its last
+#   evaluation before it ends.
 ray = dict(num_workers=2, use_gpu=False, resources_per_worker=None, max_failures=3, num_to_keep=2,
            storage_path=None, checkpoint_upload_mode='async', elastic_resize_monitor_interval_s=None,
-           max_preemption_failures=-1, preemption_check_interval=10)
+           max_preemption_failures=-1, preemption_check_interval=10, validation_resources=None,
+           validation_shards=1, validation_timeout_s=None)

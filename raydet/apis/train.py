@@ -261,12 +261,14 @@ def check_training_inputs(model, datasets, cfg) -> None:
 
 
 def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=None, on_checkpoint=None,
-                   extra_hooks=()):
+                   extra_hooks=(), async_eval=False):
     """Everything ``train_detector`` runs, in this process (rank ``get_rank()`` of the initialised
     process group, or alone): loaders, DDP, optimizer, precision, hooks, resume/load. Returns the
     runner and its loaders; ``runner.run(loaders, cfg.workflow)`` trains. ``on_checkpoint(runner,
     path, ready_at)`` runs on every rank after each periodic checkpoint (see :class:`ReportHook`); ``extra_hooks`` are registered after
-    mmdet's training hooks and before ``custom_hooks``."""
+    mmdet's training hooks and before ``custom_hooks``. ``async_eval``: the caller evaluates
+    checkpoints off the loop (the Ray launcher, for ``evaluation.async_eval=True``), so no
+    :class:`EvalHook` is registered; without it that key is a :class:`ConfigError`."""
     import_custom_modules(cfg)  # custom hooks may live in the user's modules
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
     check_training_inputs(model, datasets, cfg)
@@ -350,10 +352,14 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         if len(val_ds) == 0:
             raise DataError(f"data.val is empty, nothing to evaluate on: {_describe(val_ds)} (or use --no-validate)")
         eval_cfg = dict(cfg.get("evaluation") or {})
+        if eval_cfg.pop("async_eval", False) and not async_eval:
+            raise ConfigError("evaluation.async_eval=True evaluates each checkpoint as a Ray validation task: it "
+                              "needs the Ray launcher (not --launcher none, nor train_detector in this process)")
         if by_iter and "interval" not in eval_cfg:  # mmdet's default would evaluate every iteration
             raise ConfigError("IterBasedRunner evaluates every evaluation.interval iterations: set "
                               "evaluation=dict(interval=N) (or use --no-validate)")
         check_metrics(val_ds, eval_cfg.get("metric", "bbox"), model, save_best=eval_cfg.get("save_best"))
+    if validate and not async_eval:
         val_loader_cfg = dict(cfg.data.get("val_dataloader", {}))
         val_loader = build_dataloader(val_ds, val_loader_cfg.get("samples_per_gpu", 1),
                                       val_loader_cfg.get("workers_per_gpu", loader_cfg["workers_per_gpu"]),
@@ -366,7 +372,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         hook_cfg = dict(hook_cfg)
         priority = hook_cfg.pop("priority", None)  # default: the hook class's own (NORMAL for most)
         runner.register_hook(HOOKS.build(hook_cfg, f"custom_hooks.{i}"), priority=priority)
-    if validate:
+    if validate and not async_eval:
         # after the custom hooks: one of the evaluation's priority (49, mmdet's choice for its EMA
         # hooks, to come before evaluation) then acts first, as it does in mmdet (EvalHook at 70)
         runner.register_hook(eval_hook)
@@ -413,7 +419,7 @@ def env_info() -> dict:
 
 
 def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, deterministic=None, extra_hooks=(),
-                      exp_name=None, drawn_seed=None, source=None):
+                      exp_name=None, drawn_seed=None, source=None, async_eval=False):
     """Build the detector and datasets from ``cfg`` in this process and train (the body of
     ``raydet train --launcher none`` and of every Ray worker; every rank of the process group
     calls it). ``source``: the config file's path where this process sees it (to never write the
@@ -440,7 +446,7 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
     model.CLASSES = datasets[0].CLASSES
     saved = copy.deepcopy(cfg)  # as given: build_training adds nothing a re-run would not
     runner, loaders = build_training(model, datasets, cfg, validate=validate, timestamp=timestamp, meta=meta,
-                                     on_checkpoint=on_checkpoint, extra_hooks=extra_hooks)
+                                     on_checkpoint=on_checkpoint, extra_hooks=extra_hooks, async_eval=async_eval)
     if get_rank() == 0:  # once every input has proven usable
         save_run_config(saved, cfg.work_dir, meta["exp_name"], logger, source=source or cfg.filename)
     runner.run(loaders, cfg.workflow)

@@ -34,7 +34,7 @@ SECTIONS = {
                           "save_last", "meta", "create_symlink", "async_save"},
     "log_config": {"interval", "hooks"},
     "evaluation": {"interval", "start", "by_epoch", "metric", "save_best", "rule", "classwise",
-                   "gpu_collect", "tmpdir", "greater_keys", "less_keys"},
+                   "gpu_collect", "tmpdir", "greater_keys", "less_keys", "async_eval"},
     "optimizer_config": {"type", "grad_clip", "loss_scale", "distributed", "coalesce", "bucket_size_mb",
                          "cumulative_iters"},
     "fp16": {"loss_scale", "dtype", "max_consecutive_nonfinite"},
@@ -42,7 +42,8 @@ SECTIONS = {
     "dist_params": {"backend", "port"},
     "ray": {"num_workers", "use_gpu", "resources_per_worker", "max_failures", "num_to_keep",
             "checkpoint_upload_mode", "address", "storage_path", "elastic_resize_monitor_interval_s",
-            "max_preemption_failures", "preemption_check_interval"},
+            "max_preemption_failures", "preemption_check_interval", "validation_resources",
+            "validation_timeout_s", "validation_shards"},
 }
 #: mmcv 1.x's optimizer hook types (``optimizer_config.type``) raydet honours
 #: (see :func:`raydet.apis.train.optimizer_hook_config`).
@@ -132,7 +133,7 @@ VALUES = {
     "evaluation.interval": Expect.int(1),
     "evaluation.start": Expect.int(0),
     "evaluation.rule": Expect.of("greater", "less"),
-    "evaluation.by_epoch": BOOL, "evaluation.classwise": BOOL,
+    "evaluation.by_epoch": BOOL, "evaluation.classwise": BOOL, "evaluation.async_eval": BOOL,
     "evaluation.metric": Expect(lambda v: isinstance(v, str) or (
         isinstance(v, (list, tuple)) and v and all(isinstance(m, str) for m in v)), "a metric name or a list of them"),
     "auto_scale_lr.enable": BOOL,
@@ -147,6 +148,11 @@ VALUES = {
     "ray.num_to_keep": Expect.int(1),
     "ray.checkpoint_upload_mode": Expect.of("sync", "async"),
     "ray.preemption_check_interval": Expect.int(1),
+    "ray.validation_resources": Expect(lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and Expect.num(0).check(x) for k, x in v.items()),
+        "a dict of Ray resources, e.g. dict(num_cpus=1) or dict(num_gpus=1)"),
+    "ray.validation_timeout_s": Expect.num(0, strict=True),
+    "ray.validation_shards": Expect.int(1),
     "ray.elastic_resize_monitor_interval_s": Expect.num(0, strict=True),
 }
 

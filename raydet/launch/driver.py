@@ -17,6 +17,7 @@ from .. import errors
 from ..config import load_config
 from ..engine.checkpoint import check_work_dir, finished_meta, set_aside
 from ..apis.train import checkpoint_dirs_of
+from . import validation
 from .worker import test_loop, train_loop
 
 logger = logging.getLogger("raydet")
@@ -213,6 +214,14 @@ def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | Non
                        timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta,
                        upload=upload if storage else "none", run_dir=run_dir(cfg) if storage else None,
                        preemption_check_interval=rc.get("preemption_check_interval", 10))
+    evaluation = validation.plan(cfg, validate) if objects is None else None
+    if objects is not None and validate and (cfg.get("evaluation") or {}).get("async_eval"):
+        raise errors.ConfigError("evaluation.async_eval=True is for configs raydet builds (raydet.train); "
+                                 "train_detector(model, dataset, cfg) evaluates in the loop")
+    loop_config["async_eval"] = evaluation
+    score = {} if not (evaluation and evaluation["best"]) else dict(
+        checkpoint_score_attribute=evaluation["best"]["key"],
+        checkpoint_score_order="max" if evaluation["best"]["rule"] == "greater" else "min")
     elastic = {} if rc.get("elastic_resize_monitor_interval_s") is None else dict(
         elastic_resize_monitor_interval_s=float(rc["elastic_resize_monitor_interval_s"]))
     return TorchTrainer(
@@ -227,8 +236,10 @@ def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | Non
             name=os.path.basename(work_dir), storage_path=storage or os.path.dirname(work_dir),
             failure_config=FailureConfig(max_failures=rc.get("max_failures", 3),
                                          max_preemption_failures=rc.get("max_preemption_failures", -1)),
-            checkpoint_config=CheckpointConfig(num_to_keep=rc.get("num_to_keep")),
-            callbacks=[FailFast()]))
+            checkpoint_config=CheckpointConfig(num_to_keep=rc.get("num_to_keep"), **score),
+            callbacks=[FailFast()]),
+        validation_config=None if evaluation is None else validation.validation_config(
+            dict(cfg=cfg.to_dict(), run_dir=run_dir(cfg)), evaluation))
 
 
 def _fit(trainer: TorchTrainer):

@@ -126,6 +126,8 @@ def _link_or_copy(src: str, dst: str) -> None:
     """``dst`` as a hard link to ``src`` (no copy), or a copy where they are on different
     filesystems (``checkpoint_config.out_dir`` on another volume)."""
     if os.path.exists(dst):
+        if os.path.samefile(src, dst):  # Ray's own directory of the checkpoint, reported again
+            return
         os.remove(dst)
     try:
         os.link(src, dst)
@@ -167,14 +169,27 @@ class RayReportHook(ReportHook):
     ``storage_path`` is complete) or ``'async'`` (copied by a background thread while training
     goes on; Ray removes the hard-linked directory afterwards, never the checkpoint file itself).
     The time each report held up training is logged, rank 0's wait for its file included.
+
+    With ``validation`` (a :class:`~raydet.launch.validation.ValidationHook`), a checkpoint of an
+    evaluation point is reported for Ray to evaluate (``report(..., validation=...)``);
+    ``score`` (``dict(key, rule)`` of ``save_best``) puts the worst value of that key into the
+    metrics of every report until its evaluation replaces it, so that Ray's score-ordered
+    retention has a number for each checkpoint.
     """
 
-    def __init__(self, upload: str, logs: "LogUploader | None" = None, taken=()):
+    def __init__(self, upload: str, logs: "LogUploader | None" = None, taken=(), validation=None,
+                 score: dict | None = None, validation_timeout_s: float | None = None):
         super().__init__()
         if upload not in ("none", "sync", "async"):
             raise ValueError(f"upload must be none, sync or async, got {upload!r}")
         self.upload, self.logs = upload, logs
         self.taken = set(taken)  # rank 0: directory names of the checkpoints Ray keeps
+        self.validation, self.score, self.validation_timeout_s = validation, score, validation_timeout_s
+
+    def on_saved(self, runner, path, ready_at):
+        super().on_saved(runner, path, ready_at)
+        if self.validation is not None and self.validation.due(runner):  # the evaluation point's record, now
+            self.pending[-1]["validation"] = dict(record=self.validation.record(runner), step=runner.progress()[1])
 
     def _unique(self, name: str) -> str:
         """``name``, or ``name-2``, ``-3``, ... if a checkpoint Ray keeps has it: an attempt that
@@ -188,10 +203,11 @@ class RayReportHook(ReportHook):
         self.taken.add(unique)
         return unique
 
-    def report(self, runner, path, metrics=None, name=None):
+    def report(self, runner, path, metrics=None, name=None, validation=None):
         """Report ``path`` (``None``: metrics only) as Ray checkpoint ``name``; every rank calls
-        this (a barrier)."""
-        from ray.train import Checkpoint, CheckpointUploadMode
+        this (a barrier). ``validation`` (``dict(record, step)`` of an evaluation point): Ray is
+        to evaluate it."""
+        from ray.train import Checkpoint, CheckpointUploadMode, ValidationTaskConfig
 
         from ..engine.dist import get_rank
         start = time.perf_counter()
@@ -214,12 +230,21 @@ class RayReportHook(ReportHook):
             checkpoint = Checkpoint.from_directory(directory)
         mode = {"none": CheckpointUploadMode.NO_UPLOAD, "sync": CheckpointUploadMode.SYNC,
                 "async": CheckpointUploadMode.ASYNC}[self.upload]
+        if self.score is not None and self.score["key"] not in metrics:  # the worst, until evaluated
+            metrics = dict(metrics, **{self.score["key"]: float("-inf" if self.score["rule"] == "greater" else "inf")})
+        task = False
+        if validation is not None and checkpoint is not None:  # Ray takes rank 0's
+            at = self.validation.at(validation["record"])
+            task = ValidationTaskConfig(fn_kwargs=dict(name=name, at=at), timeout_s=self.validation_timeout_s)
         # after an upload the hard-linked directory goes, or it would keep every old checkpoint alive
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_mode=mode,
-                         delete_local_checkpoint_after_upload=self.upload != "none")
+                         delete_local_checkpoint_after_upload=self.upload != "none", validation=task)
+        if validation is not None:
+            self.validation.sent(name, validation["record"], validation["step"])
         self.reported_iter = metrics["iter"]
         written = runner.writer.seconds.get(path) if get_rank() == 0 and path else None
-        runner.logger.info(f"{name} reported to Ray in {time.perf_counter() - start:.3f} s (upload: {self.upload})"
+        runner.logger.info(f"{name} reported to Ray in {time.perf_counter() - start:.3f} s (upload: {self.upload}"
+                           + (", to be evaluated" if task else "") + ")"
                            + (f", its file took {written:.3f} s to write, {waited:.3f} s of it waited for here"
                               if written is not None else ""))
         if self.logs is not None and get_rank() == 0:
@@ -232,12 +257,13 @@ class LogUploader:
     (``ray.storage_path``, a bucket work_dir), so that a run's logs and its best model outlive
     its nodes. Periodic checkpoints are Ray's to upload and are skipped; a file unchanged since
     its last upload is not sent again; a best checkpoint the run replaced (and so deleted
-    locally) is deleted from there too. One copy runs at a time in a background thread; a
+    locally) is deleted from there too, unless the evaluation tasks keep the best checkpoint
+    there themselves (``owns_best=False``, see :mod:`raydet.launch.validation`). One copy runs at a time in a background thread; a
     request made while one runs is served by the next one."""
 
-    def __init__(self, work_dir: str, run_dir: str):
+    def __init__(self, work_dir: str, run_dir: str, owns_best: bool = True):
         from pyarrow import fs
-        self.work_dir = work_dir
+        self.work_dir, self.owns_best = work_dir, owns_best
         self.fs, root = fs.FileSystem.from_uri(run_dir)
         self.root = root.rstrip("/") + "/logs"
         self.thread = None
@@ -286,7 +312,7 @@ class LogUploader:
             self.sent[relative] = (stat.st_size, stat.st_mtime_ns)
         for info in self.fs.get_file_info(fs.FileSelector(self.root, allow_not_found=True)):
             name = info.path.rsplit("/", 1)[-1]
-            if self._is_best(name) and not os.path.exists(os.path.join(self.work_dir, name)):
+            if self.owns_best and self._is_best(name) and not os.path.exists(os.path.join(self.work_dir, name)):
                 self.fs.delete_file(info.path)  # this run's own earlier best, replaced
                 self.sent.pop(name, None)
 
@@ -374,15 +400,22 @@ def train_loop(config: dict) -> dict:
     resume = choose_resume(checkpoint_dirs_of(cfg), cfg.get("resume_from"))
     cfg.resume_from = resume
     cfg.auto_resume = False
-    logs = LogUploader(cfg.work_dir, config["run_dir"]) if config.get("run_dir") and rank == 0 else None
+    logs = (LogUploader(cfg.work_dir, config["run_dir"], owns_best=not config.get("async_eval"))
+            if config.get("run_dir") and rank == 0 else None)
     if logs is not None:
         logs.restore()
         if resume:
             for path in restore_logs_from(resume, cfg.work_dir):
                 log.info(f"log {os.path.basename(path)} restored from the checkpoint {resume}")
     taken = [os.path.basename(c.path.rstrip("/")) for c in _ray_candidates()] if rank == 0 else []
-    reporter = RayReportHook(config.get("upload", "none"), logs, taken)
+    plan = config.get("async_eval")  # evaluation off the loop: see raydet.launch.validation
+    reporter = RayReportHook(config.get("upload", "none"), logs, taken, score=plan and plan["best"],
+                             validation_timeout_s=plan and plan["timeout_s"])
     hooks = [reporter, PreemptionHook(reporter, config.get("preemption_check_interval", 10))]
+    if plan:
+        from .validation import ValidationHook
+        reporter.validation = ValidationHook(reporter, config.get("run_dir") or cfg.work_dir, plan)
+        hooks.append(reporter.validation)
     if resume:
         log.info(f"attempt on world size {ctx.get_world_size()} resumes from {resume}")
     try:
@@ -399,7 +432,8 @@ def train_loop(config: dict) -> dict:
             runner = train_from_config(cfg, validate=config["validate"], timestamp=config["timestamp"],
                                        on_checkpoint=reporter.on_saved, extra_hooks=hooks,
                                        exp_name=os.path.basename(config.get("filename") or "config.py"),
-                                       drawn_seed=config.get("seed"), source=config.get("filename"))
+                                       drawn_seed=config.get("seed"), source=config.get("filename"),
+                                       async_eval=bool(plan))
     except LeaveLoop as stop:
         if logs is not None:
             logs.sync(wait=True)
@@ -423,7 +457,9 @@ def train_loop(config: dict) -> dict:
         logs.sync(wait=True)
     if get_rank() != 0:
         return None
-    msgs = runner.meta.get("hook_msgs") or {}
+    msgs = dict(runner.meta.get("hook_msgs") or {})
+    if reporter.validation is not None and reporter.validation.best:  # kept by the evaluation tasks
+        msgs.update(best_ckpt=reporter.validation.best["uri"], best_score=reporter.validation.best["score"])
     # Result.return_value (rank 0's): what the driver's summary names
     return dict(final, best_checkpoint=msgs.get("best_ckpt"), best_score=msgs.get("best_score"),
                 last_checkpoint=reporter.last_saved or runner.resumed_from)

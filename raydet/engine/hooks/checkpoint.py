@@ -92,7 +92,7 @@ class ReportHook(Hook):
         _, done = runner.progress()
         for entry in self.pending:  # this save waited for their writes
             entry["ready_at"] = min(entry["ready_at"], done)
-        self.pending.append(dict(path=path, ready_at=ready_at, metrics=None))
+        self.pending.append(dict(path=path, ready_at=ready_at, metrics=None, validation=None))
         self.last_saved = path
 
     @staticmethod
@@ -109,7 +109,7 @@ class ReportHook(Hook):
                 entry["metrics"] = self.metrics(runner)
         while self.pending and (force or self.pending[0]["ready_at"] <= done):
             entry = self.pending.pop(0)
-            self.report(runner, entry["path"], metrics=entry["metrics"])
+            self.report(runner, entry["path"], metrics=entry["metrics"], validation=entry["validation"])
 
     def after_train_iter(self, runner):
         self.flush(runner)
@@ -120,9 +120,11 @@ class ReportHook(Hook):
     def after_run(self, runner):
         self.flush(runner, force=True)
 
-    def report(self, runner, path, metrics=None, name=None) -> None:
+    def report(self, runner, path, metrics=None, name=None, validation=None) -> None:
         """Hand on the checkpoint file ``path`` (``None``: only ``metrics``; default: :meth:`metrics`
-        now); called on every rank at the same point. On rank 0 the file may still be in flight
+        now); called on every rank at the same point. ``validation``: what an implementation
+        that evaluates checkpoints off the loop needs to evaluate this one (set on a pending
+        entry's ``validation`` by its ``on_saved``), else ``None``. On rank 0 the file may still be in flight
         until :meth:`Runner.wait_for_checkpoints` returns: call it before using the file (the
         other ranks, not writing, wait in the collective). Sets ``reported_iter``."""
         raise NotImplementedError

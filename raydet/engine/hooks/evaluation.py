@@ -14,6 +14,38 @@ GREATER_KEYS = ("mAP", "AR", "acc", "top")
 LESS_KEYS = ("loss",)
 
 
+def eval_due(runner, start, interval, by_epoch) -> bool:
+    """Whether an evaluation every ``interval`` epochs (``by_epoch``) or iterations, from
+    ``start`` (mmcv's rule: ``None`` = every ``interval``-th), is due at the end of the current
+    epoch or iteration (called in ``after_train_epoch``/``after_train_iter``)."""
+    current = runner.epoch + 1 if by_epoch else runner.iter + 1
+    if start is None:
+        return (Hook.every_n_epochs if by_epoch else Hook.every_n_iters)(runner, interval)
+    return current >= start and (current - start) % interval == 0
+
+
+def key_and_rule(save_best: str, rule: str | None, keys, greater_keys=GREATER_KEYS, less_keys=LESS_KEYS):
+    """``(key, rule)`` of ``save_best``: ``'auto'`` is the first of ``keys`` (the metrics'
+    names, in the order the dataset returns them); ``rule`` (``'greater'``/``'less'``) is
+    inferred from the key when ``None``. Raises :class:`ConfigError` naming the key."""
+    keys = list(keys)
+    key = save_best
+    if key == "auto":
+        if not keys:
+            raise ConfigError("evaluation.save_best='auto': the evaluation returns no metric")
+        key = keys[0]
+    if key not in keys:
+        raise ConfigError(f"evaluation.save_best='{key}' is not among the metrics {sorted(keys)}")
+    if rule is None:
+        if any(k in key for k in greater_keys):
+            rule = "greater"
+        elif any(k in key for k in less_keys):
+            rule = "less"
+        else:
+            raise ConfigError(f"cannot infer evaluation.rule for '{key}'; set rule='greater' or 'less'")
+    return key, rule
+
+
 def check_metrics(dataset, metric, model=None, save_best=None, key: str = "evaluation.metric") -> list[str]:
     """The metrics ``metric`` asks of ``dataset`` (a name or a list), checked before any
     prediction is made: each must be one the dataset computes (``dataset.METRICS``), ``segm``
@@ -76,10 +108,7 @@ class EvalHook(Hook):
                                  else "IterBasedRunner has no epoch ends"))
 
     def _should_evaluate(self, runner) -> bool:
-        current = runner.epoch + 1 if self.by_epoch else runner.iter + 1
-        if self.start is None:
-            return (self.every_n_epochs if self.by_epoch else self.every_n_iters)(runner, self.interval)
-        return current >= self.start and (current - self.start) % self.interval == 0
+        return eval_due(runner, self.start, self.interval, self.by_epoch)
 
     def after_train_epoch(self, runner):
         if self.by_epoch and self._should_evaluate(runner):
@@ -114,20 +143,9 @@ class EvalHook(Hook):
             self._save_best(runner, metrics)
 
     def _key_and_rule(self, metrics):
-        key = self.save_best
-        if key == "auto":
-            key = next(k for k, v in metrics.items() if isinstance(v, float))
-        if key not in metrics:
-            raise ConfigError(f"evaluation.save_best='{key}' is not among the metrics {sorted(metrics)}")
-        rule = self.rule
-        if rule is None:
-            if any(k in key for k in self.greater_keys):
-                rule = "greater"
-            elif any(k in key for k in self.less_keys):
-                rule = "less"
-            else:
-                raise ConfigError(f"cannot infer evaluation.rule for '{key}'; set rule='greater' or 'less'")
-        return key, rule
+        floats = [k for k, v in metrics.items() if isinstance(v, float)]
+        key = floats[0] if self.save_best == "auto" and floats else self.save_best
+        return key_and_rule(key, self.rule, metrics, self.greater_keys, self.less_keys)
 
     def _save_best(self, runner, metrics):
         key, rule = self._key_and_rule(metrics)

@@ -127,6 +127,12 @@ class LoggerHook(Hook):
         finally:
             buffer.output, buffer.ready, runner.mode = output, ready, mode
 
+    def log_val(self, runner, record: dict, metrics: dict, step: int) -> None:
+        """Log an evaluation made elsewhere (an asynchronous one, of an earlier checkpoint):
+        ``record`` holds its ``epoch``, ``iter`` and ``lr`` as a val record of that point has them,
+        ``step`` the iterations done there (TensorBoard's x axis). Rank 0 calls this alone."""
+        raise NotImplementedError
+
     @staticmethod
     def current_lr(runner) -> float:
         return runner.optimizer.param_groups[0]["lr"]
@@ -302,6 +308,9 @@ class TextLoggerHook(LoggerHook):
             record["memory"] = int(mem / (1024 * 1024))
         self._write(runner, record, out)
 
+    def log_val(self, runner, record, metrics, step):
+        self._write(runner, dict(mode="val", **record), metrics)
+
     def _write(self, runner, record: dict, out: dict) -> None:
         """One record: a text line through the runner's logger, a json line on rank 0."""
         record = OrderedDict(record)
@@ -366,6 +375,13 @@ class TensorboardLoggerHook(LoggerHook):
         for key, value in self.tag_values(runner).items():
             self.writer.add_scalar(f"{runner.mode}/{key}", value, step)
         self.writer.add_scalar("learning_rate", self.current_lr(runner), step)
+
+    def log_val(self, runner, record, metrics, step):
+        if self.writer is None:
+            return
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"val/{key}", value, step)
 
     def after_run(self, runner):
         if self.writer is not None:
