@@ -386,7 +386,10 @@ def test_driver_loss_then_rerun_resumes(ray_local, shapes_root, tmp_path):
     dump_config(load_config(ray_config(shapes_root, tmp_path / "run", runner=dict(max_epochs=3))), cfg_path)
     # without the loopback setting: the CLI's local instance must keep to 127.0.0.1 by itself
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
-    env["PYTHONPATH"] = REPO
+    # the CLI's own Ray instances keep their session files here, not in the host's /tmp/ray (short:
+    # Ray's socket paths end at 107 bytes)
+    ray_tmp = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
+    env.update(PYTHONPATH=REPO, RAY_TMPDIR=ray_tmp)
     cmd = [sys.executable, "-m", "raydet", "train", cfg_path, "--work-dir", str(tmp_path / "run")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -403,8 +406,13 @@ def test_driver_loss_then_rerun_resumes(ray_local, shapes_root, tmp_path):
     repeated = {line: n for line, n in collections.Counter(console).items() if n > 3 and line.strip()}
     assert not repeated, repeated  # a console a person can read
     assert "Hooks will be executed" not in out.stdout  # the table is in the log file
+    # every Ray process that logged, the training workers included (Ray names the node's address of
+    # a line from a node whose address is not the driver's), and every node Ray registered
     ips = set(re.findall(r"\bip=([0-9.]+)", out.stdout + out.stderr))
-    assert ips == {"127.0.0.1"}, ips  # every Ray process that logged, the training workers included
+    assert ips <= {"127.0.0.1"}, ips
+    nodes = [n for path in glob.glob(os.path.join(ray_tmp, "ray", "session_*", "logs", "gcs_server.out"))
+             for n in re.findall(r"Registering new node\..*?node_address=([\d.]+)", open(path).read())]
+    assert len(nodes) >= 2 and set(nodes) == {"127.0.0.1"}, nodes  # the killed run's instance and the rerun's
     records = [(r["epoch"], r["iter"]) for r in _records(tmp_path / "run") if r.get("mode") == "train"]
     ipe = max(i for _, i in records)
     assert len(records) == len(set(records)) == 3 * ipe  # no iteration lost or logged twice
@@ -412,6 +420,7 @@ def test_driver_loss_then_rerun_resumes(ray_local, shapes_root, tmp_path):
     assert re.search(r"resumed from .* \(completed: \d+ epochs, ([1-9]\d*) iterations\)", log)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
     assert again.returncode == 0 and "already complete" in again.stdout
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_train_detector_distributed_ships_built_objects(ray_local, shapes_root, tmp_path):
