@@ -28,6 +28,7 @@ import ray.train
 
 from ..engine.hooks import Hook
 from ..engine.hooks.base import PRIORITIES
+from ..engine.hooks.evaluation import eval_due
 from ..errors import ConfigError
 
 logger = logging.getLogger("raydet")
@@ -95,14 +96,6 @@ def _metric_keys(val_cfg, metric) -> list | None:
         dataset = DATASETS.get(kind) if kind in DATASETS else None
     keys = getattr(dataset, "metric_keys", None)
     return keys(metrics) if keys is not None else None
-
-
-def due(number: int, start: int | None, interval: int) -> bool:
-    """Whether the evaluation schedule (mmcv's rule) evaluates at epoch or iteration ``number``
-    (1-based: the one just completed)."""
-    if start is None:
-        return number % interval == 0
-    return number >= start and (number - start) % interval == 0
 
 
 def _fs(run_dir: str):
@@ -306,8 +299,8 @@ class ValidationHook(Hook):
     def due(self, runner) -> bool:
         """At a periodic checkpoint (``after_train_epoch``/``after_train_iter``): evaluate it?"""
         if self.by_epoch:
-            return runner.max_epochs is not None and due(runner.epoch + 1, self.start, self.interval)
-        return due(runner.iter + 1, self.start, self.interval)
+            return runner.max_epochs is not None and eval_due(runner.epoch + 1, self.start, self.interval)
+        return eval_due(runner.iter + 1, self.start, self.interval)
 
     def record(self, runner) -> dict:
         """The val record of the current point, as the in-loop evaluation writes it."""
@@ -343,7 +336,7 @@ class ValidationHook(Hook):
         at_point = number > 0 and (runner.start_batch == 0 if self.by_epoch else True)
         name = "checkpoint_" + (f"epoch_{number}" if self.by_epoch else f"iter_{number}")
         action = None
-        if get_rank() == 0 and at_point and due(number, self.start, self.interval) and not any(
+        if get_rank() == 0 and at_point and eval_due(number, self.start, self.interval) and not any(
                 r["name"].split("-")[0] == name for r in self.requested):
             record = dict(epoch=runner.epoch if self.by_epoch else runner.epoch + 1,
                           iter=(ipe or done) if self.by_epoch else done, lr=runner.optimizer.param_groups[0]["lr"])

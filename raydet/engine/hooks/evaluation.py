@@ -14,14 +14,13 @@ GREATER_KEYS = ("mAP", "AR", "acc", "top")
 LESS_KEYS = ("loss",)
 
 
-def eval_due(runner, start, interval, by_epoch) -> bool:
-    """Whether an evaluation every ``interval`` epochs (``by_epoch``) or iterations, from
-    ``start`` (mmcv's rule: ``None`` = every ``interval``-th), is due at the end of the current
-    epoch or iteration (called in ``after_train_epoch``/``after_train_iter``)."""
-    current = runner.epoch + 1 if by_epoch else runner.iter + 1
+def eval_due(number: int, start: int | None, interval: int) -> bool:
+    """Whether an evaluation every ``interval`` epochs or iterations from ``start`` (mmcv's rule;
+    ``None``: every ``interval``-th) is due at epoch or iteration ``number`` (1-based: the one just
+    completed)."""
     if start is None:
-        return (Hook.every_n_epochs if by_epoch else Hook.every_n_iters)(runner, interval)
-    return current >= start and (current - start) % interval == 0
+        return interval > 0 and number % interval == 0
+    return number >= start and (number - start) % interval == 0
 
 
 def key_and_rule(save_best: str, rule: str | None, keys, greater_keys=GREATER_KEYS, less_keys=LESS_KEYS):
@@ -108,7 +107,7 @@ class EvalHook(Hook):
                                  else "IterBasedRunner has no epoch ends"))
 
     def _should_evaluate(self, runner) -> bool:
-        return eval_due(runner, self.start, self.interval, self.by_epoch)
+        return eval_due(runner.epoch + 1 if self.by_epoch else runner.iter + 1, self.start, self.interval)
 
     def after_train_epoch(self, runner):
         if self.by_epoch and self._should_evaluate(runner):
