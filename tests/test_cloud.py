@@ -25,8 +25,8 @@ import pytest
 from .test_launch import ray_config
 
 ray = pytest.importorskip("ray")
-# one Ray instance at a time on this host: these modules run in one pytest-xdist worker, in turn
-pytestmark = pytest.mark.xdist_group("ray")
+# the modules that start clusters of their own run in one pytest-xdist worker, in turn (see test_launch)
+pytestmark = pytest.mark.xdist_group("ray-cluster")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = ("import json, pickle, sys, raydet; cfg = pickle.load(open(sys.argv[1], 'rb')); "
           "res = raydet.train(cfg, address=sys.argv[2], validate=False); "

@@ -18,7 +18,8 @@ import pytest
 from .test_launch import ray_config
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time on this host (see test_launch)
+# the modules that start clusters of their own run in one pytest-xdist worker, in turn (see test_launch)
+pytestmark = pytest.mark.xdist_group("ray-cluster")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
@@ -43,6 +44,11 @@ def head(tmp_path):
     env.pop("RAY_ADDRESS", None)
     gcs, dash, agent_http, agent_grpc, metrics, client, runtime_env = _free_ports(7)
     temp_dir = tempfile.mkdtemp(prefix="rd-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    # `ray start` records the cluster's address in $RAY_TMPDIR/ray/, where a plain ray.init() on this
+    # host would find it and join: in this test's dir, not the host's /tmp/ray (a head killed before
+    # it removed the file left it there for later instances to find)
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    env["RAY_TMPDIR"] = temp_dir
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",

@@ -23,8 +23,11 @@ import torch
 from .conftest import tiny_config
 
 ray = pytest.importorskip("ray")
-# one Ray instance at a time on this host: these modules run in one pytest-xdist worker, in turn
-pytestmark = pytest.mark.xdist_group("ray")
+# This module's tests share one local Ray instance, so they run in one pytest-xdist worker, in turn
+# (group "ray-local"); test_cloud and test_cluster start clusters of their own, in turn in another
+# group. Every instance keeps its address file, sockets and session in a temp dir of its own, and
+# takes free ports, so that no ray.init() of one finds another.
+pytestmark = pytest.mark.xdist_group("ray-local")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEARN = dict(train=800, val=100)
 
