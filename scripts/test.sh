@@ -3,8 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Two pytest-xdist workers: test_launch (one shared local Ray instance) runs in one of them, the
-# tests that start Ray clusters of their own (test_cloud, test_cluster) in the other, each in turn;
-# the Ray-free tests fill both, using the CPU that the Ray tests leave idle while they wait on
-# Ray's controller and worker starts.
+# Two pytest-xdist workers: the modules that start Ray (xdist_group "ray") run in one of them, in
+# turn; the Ray-free tests fill the other (and the first, between), using the CPU that the Ray
+# tests leave idle while they wait on Ray's controller and worker starts.
 exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup tests "$@"

@@ -25,8 +25,9 @@ import pytest
 from .test_launch import ray_config
 
 ray = pytest.importorskip("ray")
-# the modules that start clusters of their own run in one pytest-xdist worker, in turn (see test_launch)
-pytestmark = pytest.mark.xdist_group("ray-cluster")
+# one Ray instance at a time on this host: the modules that start Ray run in one pytest-xdist worker,
+# in turn (see test_launch)
+pytestmark = pytest.mark.xdist_group("ray")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = ("import json, pickle, sys, raydet; cfg = pickle.load(open(sys.argv[1], 'rb')); "
           "res = raydet.train(cfg, address=sys.argv[2], validate=False); "

@@ -18,8 +18,9 @@ import pytest
 from .test_launch import ray_config
 
 pytest.importorskip("ray")
-# the modules that start clusters of their own run in one pytest-xdist worker, in turn (see test_launch)
-pytestmark = pytest.mark.xdist_group("ray-cluster")
+# one Ray instance at a time on this host: the modules that start Ray run in one pytest-xdist worker,
+# in turn (see test_launch)
+pytestmark = pytest.mark.xdist_group("ray")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 

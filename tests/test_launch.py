@@ -23,11 +23,11 @@ import torch
 from .conftest import tiny_config
 
 ray = pytest.importorskip("ray")
-# This module's tests share one local Ray instance, so they run in one pytest-xdist worker, in turn
-# (group "ray-local"); test_cloud and test_cluster start clusters of their own, in turn in another
-# group. Every instance keeps its address file, sockets and session in a temp dir of its own, and
-# takes free ports, so that no ray.init() of one finds another.
-pytestmark = pytest.mark.xdist_group("ray-local")
+# One Ray instance at a time on this host: the modules that start Ray (this one, test_cloud,
+# test_cluster) run in one pytest-xdist worker, in turn, beside the Ray-free tests. (Two groups, this
+# module's instance beside the others' clusters, was slower: four Ray workers and two controllers
+# on 2 cores.)
+pytestmark = pytest.mark.xdist_group("ray")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEARN = dict(train=800, val=100)
 
