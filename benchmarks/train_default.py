@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from mmengine.config import DictAction
+from mmcv import DictAction
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import scratch  # noqa: E402

@@ -1,6 +1,15 @@
 """raydet: fault-tolerant object-detection training with mmdetection-2.x configs on Ray Train."""
 __version__ = "0.1.0"
 
+import warnings as _warnings
+
+# mmcv 1.7.2 announces mmcv 2.0 at every import; raydet pins 1.x on purpose
+_warnings.filterwarnings("ignore", message="On January 1, 2023, MMCV will release v2.0.0", category=UserWarning)
+
+from .ops import install as _install_ops  # noqa: E402
+
+_install_ops()  # mmcv 1.x's compiled op table, before anything imports mmcv.ops or mmdet
+
 
 def __getattr__(name):
     # ``raydet.train`` and ``raydet.train_detector`` are the Ray launcher's Python API; importing it lazily keeps ``import raydet``

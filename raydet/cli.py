@@ -10,14 +10,14 @@ import os
 import sys
 import time
 
-from mmengine.config import DictAction
+from mmcv import DictAction
 
 from .errors import RaydetError
 
 
 class CfgOptions(DictAction):
-    """mmengine's ``--cfg-options KEY=VALUE ...`` (``1,2`` and ``[1,2]`` lists, tuples, ints,
-    floats, booleans, ``None``, bare strings), plus dict values, which mmengine's parser mangles:
+    """mmcv's ``--cfg-options KEY=VALUE ...`` (``1,2`` and ``[1,2]`` lists, tuples, ints,
+    floats, booleans, ``None``, bare strings), plus dict values, which mmcv's parser mangles:
     ``lr_config=dict(policy='step', step=[8, 11])`` or ``lr_config="{'policy': 'step'}"``
     (literals only: nothing is evaluated). ``KEY`` without ``=`` or a malformed dict is a usage
     error naming the argument."""

@@ -62,7 +62,7 @@ def with_classes(model: dict, num_classes: int) -> dict:
 
 def tiny_rcnn(mask: bool = False, channels: int = 16) -> dict:
     """mmdet's Faster/Mask R-CNN R50-FPN config (configs/_base_/models) on the tiny backbone."""
-    from mmengine.config import Config
+    from mmcv import Config
     base = "mask_rcnn_r50_fpn.py" if mask else "faster_rcnn_r50_fpn.py"
     cfg = Config.fromfile(os.path.join(os.path.dirname(__file__), "..", "configs", "_base_", "models", base))
     roi = dict(bbox_roi_extractor=dict(out_channels=channels, featmap_strides=[4, 8, 16]),

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from mmengine.config import Config
+from mmcv import Config
 
 from raydet.errors import ConfigError
 from raydet.models import build_detector, validate_model

@@ -128,7 +128,7 @@ def test_difficult_boxes_travel_through_the_pipeline_as_gt_bboxes_ignore(tmp_pat
 
 
 def test_the_voc0712_base_builds_repeat_of_concat_on_a_vocdevkit(tmp_path):
-    from mmengine import Config
+    from mmcv import Config
 
     from raydet.data import ConcatDataset, RepeatDataset
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

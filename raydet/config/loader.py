@@ -1,17 +1,17 @@
-"""Load mmdet-2.x configs (python/yaml/json, ``_base_`` inheritance) through ``mmengine.Config``."""
+"""Load mmdet-2.x configs (python/yaml/json, ``_base_`` inheritance) through mmcv 1.x's ``Config``."""
 from __future__ import annotations
 
 import os
 from typing import Mapping
 
-from mmengine import Config
+from mmcv import Config
 
 from ..errors import ConfigError
 from .schema import check_values, normalize_config, validate_config
 
 
 def load_config(path_or_cfg, cfg_options: Mapping | None = None) -> Config:
-    """Return a validated, normalised :class:`mmengine.Config`.
+    """Return a validated, normalised :class:`mmcv.Config`.
 
     ``path_or_cfg`` is a file path (``.py``, ``.yaml``, ``.json``), a ``Config`` or a plain dict.
     ``cfg_options`` are ``--cfg-options``-style dotted overrides (``{'optimizer.lr': 0.01}``).
@@ -28,15 +28,15 @@ def load_config(path_or_cfg, cfg_options: Mapping | None = None) -> Config:
             raise ConfigError(f"config file not found: {path}")
         try:
             cfg = Config(_load_data_config(path), filename=path) if path.endswith(DATA_SUFFIXES) \
-                else Config.fromfile(path)
+                else Config.fromfile(path, import_custom_modules=False)
         except ConfigError:
             raise
-        except Exception as exc:  # mmengine raises many types for a bad file; name the file once
+        except Exception as exc:  # mmcv raises many types for a bad file; name the file once
             raise ConfigError(f"cannot load config {path}: {type(exc).__name__}: {exc}") from exc
     if cfg_options:
         merge_overrides(cfg, cfg_options)
-    import_custom_modules(cfg)  # before validation: they register the types the config names
     try:
+        import_custom_modules(cfg)  # before validation: they register the types the config names
         check_values(cfg)
         normalize_config(cfg)
     except ConfigError as exc:
@@ -49,7 +49,7 @@ DATA_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _safe_loader():
-    """PyYAML's SafeLoader plus the one harmless Python tag mmengine's dump writes: tuples."""
+    """PyYAML's SafeLoader plus the one harmless Python tag mmcv's dump writes: tuples."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -63,9 +63,9 @@ _SafeLoader = None
 
 
 def _load_data_config(path: str, seen: tuple = ()) -> dict:
-    """A YAML/JSON config as a dict, read with safe loaders (mmengine's YAML loader can construct
+    """A YAML/JSON config as a dict, read with safe loaders (mmcv's YAML loader can construct
     arbitrary Python objects, i.e. run code). Its ``_base_`` files are merged under it with
-    mmengine's rules (``_delete_`` included) and must be YAML/JSON too: only a ``.py`` config runs
+    mmcv's rules (``_delete_`` included) and must be YAML/JSON too: only a ``.py`` config runs
     code, by design."""
     import json
 
@@ -138,7 +138,7 @@ def merge_overrides(cfg: Config, options: Mapping) -> Config:
     for key, value in options.items():
         current = _lookup(cfg, key)
         if isinstance(value, dict) and current is not _MISSING and not isinstance(current, dict):
-            # a dict over a non-dict (None, say): replace it; mmengine would refuse to merge
+            # a dict over a non-dict (None, say): replace it; mmcv would refuse to merge
             options[key] = dict(value, _delete_=True)
     try:
         cfg.merge_from_dict(options)

@@ -7,7 +7,7 @@ An unknown key is a :class:`ConfigError` naming the dotted key and the closest v
 """
 from __future__ import annotations
 
-from mmengine import Config
+from mmcv import Config
 
 from ..errors import ConfigError
 from ..registry import check_keys, suggest

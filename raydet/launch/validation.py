@@ -134,7 +134,7 @@ def validate_checkpoint(checkpoint, name: str, at: str, spec: dict) -> dict:
     (``spec['best']``), and returns the numeric metrics, which Ray merges into the checkpoint's.
     A failure is written into the result file too (so that the workers stop waiting for it)
     and raised."""
-    from mmengine import Config
+    from mmcv import Config
     root_fs, root = _fs(spec["run_dir"])
     result_path = f"{root}/{RESULTS_DIR}/{name}.json"
     start = time.perf_counter()
@@ -161,7 +161,7 @@ def validate_checkpoint(checkpoint, name: str, at: str, spec: dict) -> dict:
 
 def _predict_part(cfg_dict: dict, checkpoint, part: int, parts: int) -> list:
     """A sharding task's predictions: part ``part`` of ``parts`` contiguous parts of the val set."""
-    from mmengine import Config
+    from mmcv import Config
     with checkpoint.as_directory() as directory:
         return _predict(Config(cfg_dict), os.path.join(directory, CKPT_FILE), part, parts)[1]
 

@@ -12,7 +12,7 @@ import time
 import ray
 import ray.train
 import torch
-from mmengine import Config
+from mmcv import Config
 
 from ..engine.hooks import Hook, ReportHook
 

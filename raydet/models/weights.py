@@ -1,7 +1,7 @@
 """Pretrained backbones and mmdet 2.x zoo checkpoints.
 
 ``checkpoint_path(spec)`` resolves mmdet's checkpoint names — ``torchvision://NAME``,
-``open-mmlab://NAME`` (mmengine's model-zoo tables: the names mmcv used), an ``http(s)://`` URL
+``open-mmlab://NAME`` (mmcv 1.x's model-zoo tables), an ``http(s)://`` URL
 or a file path — to a file in torch hub's cache (``$TORCH_HOME/hub/checkpoints``, the file name
 of the URL, as torchvision and mmcv name them). A missing file is downloaded unless
 ``RAYDET_OFFLINE=1`` or the network fails; then :class:`ConfigError` names the file to place.
@@ -28,8 +28,8 @@ ZOO_PREFIXES = ("backbone.", "neck.", "rpn_head.", "roi_head.", "bbox_head.")
 
 
 def _hub_table(name: str) -> dict:
-    import mmengine
-    path = os.path.join(os.path.dirname(mmengine.__file__), "hub", name)
+    import mmcv
+    path = os.path.join(os.path.dirname(mmcv.__file__), "model_zoo", name)
     with open(path) as f:
         return json.load(f)
 
@@ -45,7 +45,7 @@ def checkpoint_url(spec: str) -> str | None:
     if spec.startswith(("open-mmlab://", "openmmlab://")):
         name = spec.split("://", 1)[1]
         name = _hub_table("deprecated.json").get(name, name)
-        table = _hub_table("openmmlab.json")
+        table = _hub_table("open_mmlab.json")
         if name not in table:
             raise ConfigError(f"unknown checkpoint {spec!r}; open-mmlab:// names: {', '.join(sorted(table))}")
         return table[name]
