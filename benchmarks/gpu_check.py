@@ -7,8 +7,10 @@ Runs without Ray (a GPU machine may lack its wheel): what it runs is exactly wha
 runs once its process group is up.
 
 (a) **worker path**: a one-process group initialised as Ray's ``TorchConfig(backend="nccl")``
-    does (``init_process_group("nccl", init_method="env://")``; on CPU ``"cuda:gloo"``, which
-    refuses CPU tensors as NCCL does), then ``train_from_config`` on the default config with fp16
+    does (``init_process_group("nccl", init_method="env://")``; on CPU ``"cpu:gloo,cuda:gloo"``,
+    the layout of raydet's GPU workers: mmdet's own collectives (its loss parsing) use the
+    model's device tensors, which are CPU tensors here; raydet's host collectives on a group that
+    refuses CPU tensors are tested apart, in ``tests/test_gpu_path.py``), then ``train_from_config`` on the default config with fp16
     (dynamic loss scale on CUDA; bf16 autocast on CPU): 20 iterations, a checkpoint every 5, a
     failure injected after iteration 13, an auto-resumed second attempt to the end, and an
     uninterrupted run to compare its final weights with. Proves collectives, AMP and
@@ -57,7 +59,7 @@ def worker_path(args, root: str) -> dict:
     batch = 8 if args.quick else 16
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0",
                       WORLD_SIZE="1", GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
-    backend = "nccl" if cuda else "cuda:gloo"
+    backend = "nccl" if cuda else "cpu:gloo,cuda:gloo"
     dist.init_process_group(backend, init_method="env://")
     if cuda:
         torch.cuda.set_device(0)

@@ -1,10 +1,13 @@
 """raydet: fault-tolerant object-detection training with mmdetection-2.x configs on Ray Train."""
 __version__ = "0.1.0"
 
+import logging as _logging
 import warnings as _warnings
 
 # mmcv 1.7.2 announces mmcv 2.0 at every import; raydet pins 1.x on purpose
 _warnings.filterwarnings("ignore", message="On January 1, 2023, MMCV will release v2.0.0", category=UserWarning)
+# mmcv imports torch.utils.cpp_extension, which warns on every CPU-only machine that it found no CUDA
+_logging.getLogger("torch.utils.cpp_extension").setLevel(_logging.ERROR)
 
 from .ops import install as _install_ops  # noqa: E402
 

@@ -56,9 +56,11 @@ def check_call(fn: Callable, kwargs: dict, where: str, skip: Iterable[str] = ())
 class Registry:
     """Maps type names to classes or factory functions."""
 
-    def __init__(self, kind: str, key: str = "type"):
+    def __init__(self, kind: str, key: str = "type", fallback: Callable[[], dict] | None = None):
         self.kind, self.key = kind, key  # key: the config key that names an entry, for messages
         self._table: dict[str, Callable] = {}
+        # another library's registry (name -> class), asked for names this one does not have
+        self.fallback = fallback
 
     def register(self, name: str | None = None, obj: Callable | None = None):
         """Register ``obj`` under ``name`` (its ``__name__`` by default); usable as a decorator."""
@@ -70,17 +72,22 @@ class Registry:
             return o
         return add(obj) if obj is not None else add
 
+    def _others(self) -> dict:
+        return self.fallback() if self.fallback is not None else {}
+
     def __contains__(self, name: str) -> bool:
-        return name in self._table
+        return name in self._table or name in self._others()
 
     def names(self) -> list[str]:
-        return sorted(self._table)
+        return sorted(set(self._table) | set(self._others()))
 
     def get(self, name: str, where: str = "") -> Callable:
+        if name not in self._table and name in self._others():
+            return self._others()[name]
         if name not in self._table:
             loc = f"{where}.{self.key}" if where else self.key
             what = f"{self.kind} type" if self.key == "type" else self.kind
-            raise ConfigError(f"unknown {what} '{name}' at {loc}{suggest(name, self._table)}"
+            raise ConfigError(f"unknown {what} '{name}' at {loc}{suggest(name, self.names())}"
                               f"; known: {', '.join(self.names())}")
         return self._table[name]
 

@@ -115,7 +115,8 @@ def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: fl
     (a detector, or DDP around one) and draw them, full size, into ``out_dir/<image name>.png``.
     Returns the paths. The model is left in eval mode."""
     from .apis.inference import predict_samples
-    module = getattr(model, "module", model)
+    from .engine.dist import unwrap
+    module = unwrap(model)
     module.eval()
     names = list(getattr(dataset, "CLASSES", None) or [])
     written = []

@@ -83,7 +83,7 @@ def test_the_task_gives_the_in_loop_metrics_and_keeps_the_best(trained, tmp_path
 
     # later evaluations: a worse one keeps the best, a better one replaces it (and only this run's file goes)
     (run / "best_bbox_mAP_epoch_9.pth").write_bytes(b"a user's file")
-    scores = iter([0.01, 0.99])
+    scores = iter([in_loop["bbox_mAP"] - 0.5, 0.99])  # worse than the first, then better
     monkeypatch.setattr(validation, "_evaluate", lambda cfg, path, parts=None: (dict(bbox_mAP=next(scores)), []))
     for epoch in (2, 3):
         name = f"checkpoint_epoch_{epoch}"

@@ -30,7 +30,7 @@ def test_typo_in_typed_section_and_pipeline():
         load_config(DEFAULT, {"lr_config.pct_strat": 0.2})
     with pytest.raises(ConfigError, match=r"data.train.pipeline.2.img_scal.*img_scale"):
         load_config(DEFAULT, {"data.train.pipeline.2.img_scal": (1, 1)})
-    with pytest.raises(ConfigError, match=r"unknown model type 'FCSO'.*did you mean 'FCOS'"):
+    with pytest.raises(ConfigError, match=r"model.type='FCSO' is not in mmdet's models registry.*did you mean 'FCOS'"):
         load_config(DEFAULT, {"model.type": "FCSO"})
 
 

@@ -93,7 +93,8 @@ def test_ema_config_resumes_bitwise_mid_epoch_and_is_what_evaluation_sees(make_c
     # the last iteration's checkpoint comes before the epoch's end: trained weights, averages aside
     assert not ema_a["swapped"]
     hook = straight.hooks[names.index("ExpMomentumEMAHook")]
-    model = straight.model.state_dict()  # at the end the model is the average (evaluated, returned)
+    from raydet.engine.dist import unwrap
+    model = unwrap(straight.model).state_dict()  # at the end the model is the average (evaluated, returned)
     assert hook.swapped and not all(torch.equal(model[k], hook.ema[k])
                                     for k in hook.ema)
     assert all(torch.equal(model[k], ema_a["ema"][k]) for k in hook.ema)

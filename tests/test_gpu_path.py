@@ -21,7 +21,7 @@ from raydet.errors import ConfigError, NonFiniteLossError
 
 from . import dist_workers
 from .conftest import tiny_config, tiny_rcnn
-from .test_models import MODELS
+from .mmdet_zoo import model as zoo_model
 
 
 @pytest.fixture(autouse=True)
@@ -231,7 +231,7 @@ def test_plain_bn_config_is_never_converted():
 
 
 def test_syncbn_model_trains_on_cpu_as_plain_bn(make_cfg, tmp_path):
-    model = copy.deepcopy(MODELS["RetinaNet"])
+    model = zoo_model("RetinaNet-RegNet")
     model["backbone"]["norm_cfg"] = dict(type="SyncBN")
     runner = train_from_config(make_cfg(tmp_path / "w", model=model, runner=dict(max_epochs=1)), validate=False)
     assert glob.glob(str(tmp_path / "w" / "epoch_1.pth")) and runner.epoch == 1
@@ -281,7 +281,7 @@ def test_gpu_check_runs_its_logic_on_cpu(tmp_path):
     assert left == [] and "bench" in os.listdir(data) and set(os.listdir(data)) <= {"bench", "index"}
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     a = info["worker_path"]
-    assert a["ok"] and a["backend"] == "cuda:gloo" and a["resumed_from"] == "iter_2.pth"
+    assert a["ok"] and a["backend"] == "cpu:gloo,cuda:gloo" and a["resumed_from"] == "iter_2.pth"
     assert a["final_iter"] == a["iterations"] == a["iterations_logged"] >= 6
     assert a["max_abs_weight_diff"] == 0.0 and a["iterations_executed"] == a["iterations"] + 1  # one redone
     b = info["loop_cost"]

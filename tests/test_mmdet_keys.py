@@ -14,7 +14,7 @@ from .conftest import TINY_MODEL, tiny_config, with_classes
 
 def test_num_class_check_hook_refuses_a_model_with_other_classes(make_cfg, tmp_path):
     hook = [dict(type="NumClassCheckHook")]
-    with pytest.raises(ConfigError, match=r"model num_classes=4 does not match the 3 CLASSES of ShapesDataset "
+    with pytest.raises(ConfigError, match=r"model.bbox_head num_classes=4 does not match the 3 CLASSES of ShapesDataset "
                                           r"\('rectangle', 'ellipse', 'triangle'\)"):
         train_from_config(make_cfg(tmp_path / "bad", model=with_classes(TINY_MODEL, 4), custom_hooks=hook),
                           validate=False)

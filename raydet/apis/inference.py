@@ -1,5 +1,5 @@
 """mmdet 2.x's ``apis/inference.py``: ``init_detector``, ``inference_detector``,
-``show_result_pyplot``, on raydet's models and pipelines."""
+``show_result_pyplot``, on mmdet's models and raydet's pipelines."""
 from __future__ import annotations
 
 import copy
@@ -11,22 +11,6 @@ import torch
 from ..errors import ConfigError, DataError
 
 logger = logging.getLogger("raydet")
-
-
-def _without_pretrained(model_cfg):
-    """``model_cfg`` with every ``init_cfg=dict(type='Pretrained')`` and ``pretrained=`` removed:
-    the checkpoint brings every weight (mmdet's ``init_detector`` sets ``pretrained=None`` too)."""
-    if isinstance(model_cfg, dict):
-        out = {}
-        for key, value in model_cfg.items():
-            if key == "pretrained" or (key == "init_cfg" and isinstance(value, dict) and value.get("type") == "Pretrained"):
-                out[key] = None
-            else:
-                out[key] = _without_pretrained(value)
-        return out
-    if isinstance(model_cfg, (list, tuple)):
-        return type(model_cfg)(_without_pretrained(v) for v in model_cfg)
-    return model_cfg
 
 
 def init_detector(config, checkpoint: str | None = None, device: str = "cpu", cfg_options: dict | None = None):
@@ -41,8 +25,9 @@ def init_detector(config, checkpoint: str | None = None, device: str = "cpu", cf
     from ..engine.checkpoint import load_weights
     from ..models import build_detector
     cfg = load_config(config, cfg_options)
-    cfg.model = _without_pretrained(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model))
-    model = build_detector(cfg.model, train_cfg=None, test_cfg=cfg.get("test_cfg"))
+    # the checkpoint brings every weight: nothing is initialised or downloaded (mmdet's init_detector
+    # sets pretrained=None for the same reason)
+    model = build_detector(cfg.model, train_cfg=None, test_cfg=cfg.get("test_cfg"), init=False)
     classes = None
     if isinstance(checkpoint, dict):  # already in memory (raydet infer ships it to its actors)
         model.load_state_dict(checkpoint["state_dict"])
@@ -61,7 +46,10 @@ def init_detector(config, checkpoint: str | None = None, device: str = "cpu", cf
 
 
 def _num_classes(model) -> int:
-    return int(getattr(model, "num_classes", 0) or 0)
+    """The detector's number of classes: its heads' ``num_classes`` (the RPN's excepted)."""
+    from mmdet.models.dense_heads import RPNHead
+    nums = [m.num_classes for m in model.modules() if hasattr(m, "num_classes") and not isinstance(m, RPNHead)]
+    return int(nums[-1]) if nums else 0
 
 
 def build_test_pipeline(cfg, from_array: bool):
@@ -140,11 +128,16 @@ def result_to_records(result, classes, file_name: str, score_thr: float = 0.0) -
 
 def show_result_pyplot(model, img, result, score_thr: float = 0.3, title: str = "result", wait_time: float = 0,
                        out_file: str | None = None):
-    """Draw ``result`` on ``img`` (:meth:`show_result`) and show it with matplotlib (in a
-    notebook, inline), or write it to ``out_file``. Returns the drawn BGR image."""
+    """Draw ``result`` on ``img`` with the detector's own ``show_result`` (mmdet's drawing, its
+    ``CLASSES``) and show it with matplotlib (in a notebook, inline), or write it to ``out_file``.
+    Returns the drawn BGR image."""
     import matplotlib.pyplot as plt
-    drawn = model.show_result(img, result, score_thr=score_thr, out_file=out_file)
-    if out_file is None:
+    import mmcv
+    from ..engine.dist import unwrap
+    drawn = unwrap(model).show_result(img, result, score_thr=score_thr)  # no out_file: mmdet returns the image
+    if out_file is not None:
+        mmcv.imwrite(drawn, out_file)
+    else:
         plt.figure(figsize=(15, 10))
         plt.imshow(drawn[..., ::-1])
         plt.title(title)

@@ -20,7 +20,7 @@ def build_test(cfg, checkpoint: str, logger=None):
     from ..engine.checkpoint import load_weights
     from ..models import build_detector
     dataset = build_dataset(cfg.data.test, test_mode=True)
-    model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
+    model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"), init=False)
     ckpt = load_weights(model, checkpoint, logger, require="all")
     model.CLASSES = list((ckpt.get("meta") or {}).get("CLASSES") or dataset.CLASSES)
     if torch.cuda.is_available():

@@ -17,7 +17,7 @@ from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterBasedRu
                       Precision, Runner, TensorboardLoggerHook, TextLoggerHook, build_lr_hook,
                       build_optimizer, find_latest_checkpoint, load_file)
 from ..engine.checkpoint import CheckpointWriter, checkpoint_dirs
-from ..engine.dist import all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist
+from ..engine.dist import StepModule, all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist, unwrap
 from ..engine.hooks import HOOKS, MOMENTUM_POLICIES
 from ..config import import_custom_modules
 from ..config.loader import save_run_config
@@ -26,6 +26,17 @@ from ..engine.hooks.evaluation import check_metrics
 from ..errors import ConfigError, DataError
 
 logger = logging.getLogger("raydet")
+
+
+def _register_step_module() -> None:
+    """mmcv's ``is_module_wrapper`` (which mmdet's hooks use to reach the detector) knows raydet's
+    :class:`StepModule` as a wrapper, as it knows DDP."""
+    from mmcv.parallel import MODULE_WRAPPERS
+    if "StepModule" not in MODULE_WRAPPERS.module_dict:
+        MODULE_WRAPPERS.register_module(module=StepModule)
+
+
+_register_step_module()
 
 
 def set_random_seed(seed: int, deterministic: bool = False) -> None:
@@ -118,11 +129,23 @@ def parse_losses(losses: dict) -> tuple[torch.Tensor, dict]:
 
 
 def batch_processor(model, data: dict, train_mode: bool) -> dict:
-    """One batch's losses: ``dict(loss, log_vars, num_samples)``."""
+    """mmdet 2.0's batch processor: one batch's losses from ``model(**data)`` and
+    :func:`parse_losses`: ``dict(loss, log_vars, num_samples)``."""
     device = next(model.parameters()).device
     data = batch_to_device(data, device)
     loss, log_vars = parse_losses(model(**data))
     return dict(loss=loss, log_vars=log_vars, num_samples=len(data["img_metas"]))
+
+
+def train_step(model, data: dict, train_mode: bool) -> dict:
+    """The runner's step: the detector's own ``train_step`` (``val_step`` outside training: mmdet's
+    forward and its ``_parse_losses``, log vars averaged over ranks), called through ``model``, a
+    :class:`~raydet.engine.dist.StepModule` or the DistributedDataParallel around one, so that
+    DDP synchronises the gradients. Returns ``dict(loss, log_vars, num_samples)``; every rank
+    must call it (the log vars' all_reduce)."""
+    device = next(model.parameters()).device
+    data = batch_to_device(data, device)
+    return model(data, None, step="train" if train_mode else "val")
 
 
 def _device(cfg) -> torch.device:
@@ -142,17 +165,20 @@ def _asks_sync_bn(model_cfg) -> bool:
 
 
 def sync_batchnorm(model: torch.nn.Module, model_cfg, device: torch.device, world_size: int) -> torch.nn.Module:
-    """``SyncBN`` layers (built as BatchNorm) become ``torch.nn.SyncBatchNorm`` when they have
-    something to synchronise: CUDA devices and more than one rank. In a group of one, and on CPU
-    (where SyncBatchNorm refuses to run in a process group), they stay plain BatchNorm, which
-    computes the same statistics over the rank's own batch; the choice is logged."""
-    if not _asks_sync_bn(model_cfg):
+    """mmdet builds ``SyncBN`` as ``torch.nn.SyncBatchNorm``; it stays so where it has something
+    to synchronise: CUDA devices and more than one rank. In a group of one, and on CPU (where
+    SyncBatchNorm refuses to run in a process group), it becomes plain BatchNorm (mmcv's
+    ``revert_sync_batchnorm``), which computes the same statistics over the rank's own batch; the
+    choice is logged."""
+    if not _asks_sync_bn(model_cfg) and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
         return model
     if device.type == "cuda" and world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         count = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
         logger.info(f"SyncBN: {count} BatchNorm layers synchronised over {world_size} ranks")
     else:
+        from mmcv.cnn.utils import revert_sync_batchnorm
+        model = revert_sync_batchnorm(model)
         why = "a group of one rank" if world_size == 1 else f"{device.type} device: SyncBatchNorm needs CUDA"
         logger.info(f"SyncBN: kept as plain BatchNorm ({why}); statistics are per rank")
     return model
@@ -291,6 +317,11 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     if cfg.get("cudnn_benchmark"):
         torch.backends.cudnn.benchmark = True
     model = sync_batchnorm(model, cfg.get("model"), device, world).to(device)
+    if cfg.get("fp16") is not None or (cfg.get("optimizer_config") or {}).get("type", "").endswith("Fp16OptimizerHook"):
+        from mmcv.runner import wrap_fp16_model
+        # mmdet's @auto_fp16/@force_fp32 regions come alive: its losses stay in float32 under autocast
+        wrap_fp16_model(model)
+    model = StepModule(model)
     if is_dist() and world > 1:  # a group of one has nothing to synchronise
         # mmdet's broadcast_buffers=False, by its new name: each rank's BatchNorm statistics stay its
         # own between steps (they are equal at the start: same seed, same checkpoint)
@@ -320,9 +351,9 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
     writer = CheckpointWriter(background=ckpt_cfg.pop("async_save", True))
     common = dict(logger=logger, meta=meta, autocast=precision.autocast, timestamp=timestamp, checkpoint_writer=writer)
     if cfg.runner.type == "IterBasedRunner":
-        runner = IterBasedRunner(model, batch_processor, optimizer, cfg.work_dir, cfg.runner.max_iters, **common)
+        runner = IterBasedRunner(model, train_step, optimizer, cfg.work_dir, cfg.runner.max_iters, **common)
     else:
-        runner = Runner(model, batch_processor, optimizer, cfg.work_dir, cfg.runner.max_epochs, **common)
+        runner = Runner(model, train_step, optimizer, cfg.work_dir, cfg.runner.max_epochs, **common)
 
     # mmcv's register_training_hooks, in its order
     if lr_cfg:

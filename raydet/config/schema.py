@@ -295,6 +295,23 @@ def _check_metric_names(cfg, datasets) -> None:
                               f"{suggest(m, known)}")
 
 
+def _check_top_level(keys) -> list[str]:
+    """mmdet configs define helper variables at top level (``input_size``, ``conv_cfg``,
+    ``train_dataset``, ``max_epochs``, ...) and mmdet accepts any: so does raydet, except a name
+    that is a near-miss of a key it knows (``optimzer``), which is the typo it looks like.
+    Returns the helper names accepted."""
+    import difflib
+    helpers = []
+    for key in keys:
+        if key in TOP_LEVEL:
+            continue
+        close = difflib.get_close_matches(key, TOP_LEVEL | HELPERS, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(f"unknown config key '{key}' (did you mean '{close[0]}'?)")
+        helpers.append(key)
+    return helpers
+
+
 def validate_config(cfg, source: str | None = None) -> None:
     """Raise :class:`ConfigError` for the first unknown or ill-typed key of ``cfg``."""
     from ..data import DATASETS, PIPELINES
@@ -304,8 +321,7 @@ def validate_config(cfg, source: str | None = None) -> None:
     from ..models import validate_model
 
     try:
-        keys = [k for k in cfg.keys() if not k.startswith("_") and k not in HELPERS]
-        check_keys(keys, TOP_LEVEL | HELPERS, "")
+        _check_top_level(k for k in cfg.keys() if not k.startswith("_") and k not in HELPERS)
         for section, allowed in SECTIONS.items():
             value = cfg.get(section)
             if value is None:

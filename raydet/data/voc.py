@@ -43,7 +43,7 @@ class XMLDataset(ImageSet):
             img_prefix = img_prefix if not img_prefix or osp.isabs(img_prefix) else osp.join(data_root, img_prefix)
         if proposal_file is not None:
             raise ConfigError(f"{type(self).__name__}.proposal_file: precomputed proposals are not supported "
-                              "(torchvision's detectors compute their own)")
+                              "(raydet's VOC reader has no proposal files yet)")
         if classes is not None:
             self.CLASSES = (classes,) if isinstance(classes, str) else tuple(classes)
         if self.CLASSES is None:

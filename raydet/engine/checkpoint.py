@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from .dist import unwrap
 
 logger = logging.getLogger("raydet")
 
@@ -310,10 +311,7 @@ def load_weights(model: torch.nn.Module, path: str, logger: logging.Logger | Non
     log = logger or globals()["logger"]
     ckpt = load_file(path)
     state = strip_prefix(ckpt.get("state_dict", ckpt))
-    module = model.module if hasattr(model, "module") else model
-    adapt = getattr(module, "adapt_state_dict", None)  # e.g. mmdet zoo names -> the model's
-    if adapt is not None:
-        state = adapt(state, path)
+    module = unwrap(model)
     if require != "nothing":
         own = module.state_dict()
         needed = list(own) if require == "all" else _backbone_keys(own)
@@ -332,11 +330,8 @@ def load_weights(model: torch.nn.Module, path: str, logger: logging.Logger | Non
 
 
 def _backbone_keys(state: dict) -> list[str]:
-    """The keys of mmdet's ``backbone`` in a raydet detector's state: torchvision's
-    ``backbone.body`` (its ``backbone.fpn`` is mmdet's neck), or the whole ``backbone`` of a model
-    without a separate neck (SSD)."""
-    body = [k for k in state if ".backbone.body." in f".{k}"]
-    return body or [k for k in state if ".backbone." in f".{k}"]
+    """The keys of the detector's ``backbone`` (mmdet's names)."""
+    return [k for k in state if k.startswith("backbone.")]
 
 
 def load_state_non_strict(module: torch.nn.Module, state: dict, title: str, log: logging.Logger) -> None:

@@ -104,3 +104,35 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj, group=host_group())
     return out
+
+
+class StepModule(torch.nn.Module):
+    """The detector as DistributedDataParallel wraps it: ``forward(data, optimizer, step='train')``
+    is the detector's own ``train_step`` (``'val'``: ``val_step``), which runs its forward and
+    mmdet's loss parsing, so DDP sees that forward and synchronises its gradients (mmcv's
+    ``MMDistributedDataParallel.train_step``, as a module); any other call is the detector's
+    ``forward`` (inference)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # parameters, buffers, submodules: self.module
+        except AttributeError:
+            return getattr(super().__getattr__("module"), name)
+
+    def forward(self, *args, step: str | None = None, **kwargs):
+        if step == "train":
+            return self.module.train_step(*args, **kwargs)
+        if step == "val":
+            return self.module.val_step(*args, **kwargs)
+        return self.module(*args, **kwargs)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The detector inside DistributedDataParallel and :class:`StepModule` (or ``model``)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model

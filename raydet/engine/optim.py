@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry
+from .dist import unwrap
 
 OPTIMIZERS = Registry("optimizer")
 for _cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop):
@@ -19,7 +20,7 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     parameter when ``paramwise_cfg`` is given (as mmcv does), else one group."""
     cfg = dict(cfg)
     paramwise = cfg.pop("paramwise_cfg", None)
-    module = model.module if hasattr(model, "module") else model
+    module = unwrap(model)
     if not paramwise:
         params = [p for p in module.parameters() if p.requires_grad]
         return OPTIMIZERS.build(dict(cfg, params=params), "optimizer")

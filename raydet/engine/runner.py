@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import CheckpointError
 from .checkpoint import (CheckpointWriter, link_latest, load_file, load_weights, restore_rng, rng_state,
                          strip_prefix, tensor_bytes)
-from .dist import all_gather_objects, get_rank, get_world_size, is_main
+from .dist import all_gather_objects, get_rank, get_world_size, is_main, unwrap
 from .hooks import Hook, LogBuffer, get_priority
 from .hooks.logger import FILE_ONLY
 
@@ -26,6 +26,20 @@ STAGES = ("before_run", "before_train_epoch", "before_train_iter", "after_train_
           "after_train_epoch", "before_val_epoch", "before_val_iter", "after_val_iter",
           "after_val_epoch", "after_run")
 CHECKPOINT_KEYS = {"meta", "state_dict", "optimizer", "hooks", "sampler", "rng"}
+
+
+def _hook_state(hook) -> dict:
+    """A hook's checkpointed state; hooks of mmcv's own kind (no ``state_dict``) have none."""
+    state_dict = getattr(hook, "state_dict", None)
+    return state_dict() if callable(state_dict) else {}
+
+
+def _acts(hook, stage: str) -> bool:
+    """Whether ``hook`` does something at ``stage`` (mmcv's hooks say so themselves)."""
+    if isinstance(hook, Hook):
+        return getattr(type(hook), stage) is not getattr(Hook, stage)
+    triggered = getattr(hook, "get_triggered_stages", None)
+    return stage in triggered() if callable(triggered) else True
 
 
 class Runner:
@@ -69,12 +83,16 @@ class Runner:
     max_epochs = property(lambda self: self._max_epochs)
     max_iters = property(lambda self: self._max_iters)
     hooks = property(lambda self: list(self._hooks))
+    rank = property(lambda self: get_rank())
+    world_size = property(lambda self: get_world_size())
 
     # ------------------------------------------------------------------ hooks
     def register_hook(self, hook: Hook, priority=None) -> None:
         """Insert ``hook`` after every hook of lower-or-equal priority (mmcv's order)."""
         if priority is not None:
             hook.priority = get_priority(priority)
+        elif not hasattr(hook, "priority"):  # an mmcv hook: mmcv's register_hook default
+            hook.priority = get_priority("NORMAL")
         index = len(self._hooks)
         while index > 0 and self._hooks[index - 1].priority > hook.priority:
             index -= 1
@@ -90,7 +108,7 @@ class Runner:
         """The hooks that act at each stage, in order (logged at the start of a run)."""
         lines = []
         for stage in STAGES:
-            acting = [h for h in self._hooks if getattr(type(h), stage) is not getattr(Hook, stage)]
+            acting = [h for h in self._hooks if _acts(h, stage)]
             if acting:
                 lines.append(f"{stage}:\n" + "\n".join(f"({h.priority:<3}) {type(h).__name__}" for h in acting))
         return "Hooks will be executed in the following order:\n" + "\n".join(lines)
@@ -203,7 +221,7 @@ class Runner:
 
     # ------------------------------------------------------------------ state
     def _module(self):
-        return self.model.module if hasattr(self.model, "module") else self.model
+        return unwrap(self.model)
 
     def progress(self) -> tuple[int, int]:
         """Completed ``(epochs, iterations)``; from ``after_train_iter``/``after_train_epoch`` the
@@ -235,7 +253,7 @@ class Runner:
                          world_size=get_world_size())
         state = dict(meta=full_meta,
                      state_dict=strip_prefix(self._module().state_dict()),
-                     hooks={type(h).__name__: h.state_dict() for h in self._hooks if h.state_dict()},
+                     hooks={type(h).__name__: _hook_state(h) for h in self._hooks if _hook_state(h)},
                      sampler=sampler, rng=rng if rng is not None else [rng_state()])
         if save_optimizer:
             state["optimizer"] = self.optimizer.state_dict()
@@ -250,7 +268,7 @@ class Runner:
             missing, extra = sorted(CHECKPOINT_KEYS - keys), sorted(keys - CHECKPOINT_KEYS)
             hint = " (saved with save_optimizer=False?)" if "optimizer" in missing else ""
             raise CheckpointError(f"cannot resume: checkpoint missing keys {missing}, leftover keys {extra}{hint}")
-        own = {type(h).__name__: h for h in self._hooks if h.state_dict()}
+        own = {type(h).__name__: h for h in self._hooks if _hook_state(h)}
         if set(own) != set(state["hooks"]):
             raise CheckpointError(f"cannot resume: checkpoint has state of hooks {sorted(state['hooks'])}, "
                                   f"this run has stateful hooks {sorted(own)}")

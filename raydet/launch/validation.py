@@ -181,7 +181,7 @@ def _predict(cfg, path: str, part: int = 0, parts: int = 1):
     import_custom_modules(cfg)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dataset = build_dataset(cfg.data.val, test_mode=True)
-    model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
+    model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"), init=False)
     ckpt = load_weights(model, path, logging.getLogger("raydet.validation"), require="all")
     model.CLASSES = list((ckpt.get("meta") or {}).get("CLASSES") or dataset.CLASSES)
     model.to(device)

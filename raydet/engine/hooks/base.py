@@ -3,7 +3,15 @@ from __future__ import annotations
 
 from ...registry import Registry
 
-HOOKS = Registry("hook")
+def _mmcv_hooks() -> dict:
+    """mmcv 1.x's hook registry, with mmdet's hooks registered into it: ``custom_hooks`` of mmcv
+    and mmdet ``Hook`` types raydet does not implement itself are theirs."""
+    import mmdet.core  # noqa: F401  (registers mmdet's hooks)
+    from mmcv.runner import HOOKS as MMCV_HOOKS
+    return MMCV_HOOKS.module_dict
+
+
+HOOKS = Registry("hook", fallback=_mmcv_hooks)
 
 PRIORITIES = {"HIGHEST": 0, "VERY_HIGH": 10, "HIGH": 30, "ABOVE_NORMAL": 40, "NORMAL": 50,
               "BELOW_NORMAL": 60, "LOW": 70, "VERY_LOW": 90, "LOWEST": 100}

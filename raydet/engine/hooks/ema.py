@@ -21,6 +21,7 @@ import torch
 
 from ...errors import ConfigError
 from .base import HOOKS, PRIORITIES, Hook
+from ..dist import unwrap
 
 
 @HOOKS.register()
@@ -52,7 +53,7 @@ class BaseEMAHook(Hook):
         return self.momentum_fun(iteration) if self.momentum_fun else self.momentum
 
     def before_run(self, runner):
-        module = runner.model.module if hasattr(runner.model, "module") else runner.model
+        module = unwrap(runner.model)
         tensors = dict(module.named_parameters()) if self.skip_buffers else module.state_dict(keep_vars=True)
         self.live = {k: v for k, v in tensors.items() if v.dtype.is_floating_point}
         self.ema = {k: v.detach().clone() for k, v in self.live.items()}

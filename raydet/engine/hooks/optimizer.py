@@ -8,6 +8,7 @@ import torch
 
 from ...errors import NonFiniteLossError
 from .base import PRIORITIES, Hook
+from ..dist import unwrap
 
 
 class OptimizerHook(Hook):
@@ -103,8 +104,7 @@ class OptimizerHook(Hook):
             runner.log_buffer.update({"loss_scale": scaler.get_scale()}, runner.outputs["num_samples"])
 
     def _named_params(self):
-        module = self.model.module if hasattr(self.model, "module") else self.model
-        return module.named_parameters()
+        return unwrap(self.model).named_parameters()
 
     def state_dict(self):
         state = {"loss_scaler": self.precision.scaler.state_dict(), "nonfinite": self.nonfinite}
