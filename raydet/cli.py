@@ -18,9 +18,10 @@ from .errors import RaydetError
 class CfgOptions(DictAction):
     """mmcv's ``--cfg-options KEY=VALUE ...`` (``1,2`` and ``[1,2]`` lists, tuples, ints,
     floats, booleans, ``None``, bare strings), plus dict values, which mmcv's parser mangles:
-    ``lr_config=dict(policy='step', step=[8, 11])`` or ``lr_config="{'policy': 'step'}"``
-    (literals only: nothing is evaluated). ``KEY`` without ``=`` or a malformed dict is a usage
-    error naming the argument."""
+    ``lr_config=dict(policy='step', step=[8, 11])`` or ``lr_config="{'policy': 'step'}"``, and
+    lists of them (``custom_hooks="[dict(type='ExpMomentumEMAHook', priority=49)]"``), literals
+    only: nothing is evaluated. ``KEY`` without ``=`` or a malformed value is a usage error naming
+    the argument."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         options = dict(getattr(namespace, self.dest, None) or {})
@@ -29,18 +30,21 @@ class CfgOptions(DictAction):
             if not sep or not key:
                 parser.error(f"{option_string} {item!r}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
             text = text.strip()
-            if text.startswith(("dict(", "{")):
+            holds_dicts = text.startswith(("dict(", "{")) or (text.startswith(("[", "(")) and
+                                                              ("dict(" in text or "{" in text))
+            if holds_dicts:
                 try:
-                    options[key] = _literal_dict(text)
-                except (ValueError, SyntaxError) as exc:
-                    parser.error(f"{option_string} {key}: cannot parse {text!r} as a dict ({exc})")
+                    options[key] = _literal(text)
+                except (ValueError, SyntaxError, TypeError) as exc:
+                    what = "a dict" if text.startswith(("dict(", "{")) else "a list of dicts"
+                    parser.error(f"{option_string} {key}: cannot parse {text!r} as {what} ({exc})")
             else:
                 options[key] = self._parse_iterable(text)
         setattr(namespace, self.dest, options)
 
 
-def _literal_dict(text: str) -> dict:
-    """``dict(a=1, b=[2])`` or ``{'a': 1}`` (nested too) as a dict, from literals only."""
+def _literal(text: str):
+    """``dict(a=1, b=[2])``, ``{'a': 1}`` or a list/tuple of them (nested too), from literals only."""
     import ast
 
     def value(node):
@@ -55,8 +59,8 @@ def _literal_dict(text: str) -> dict:
             return items if isinstance(node, ast.List) else tuple(items)
         return ast.literal_eval(node)
     parsed = value(ast.parse(text, mode="eval").body)
-    if not isinstance(parsed, dict):
-        raise ValueError("not a dict")
+    if not isinstance(parsed, (dict, list, tuple)):
+        raise ValueError("not a dict or a list")
     return parsed
 
 

@@ -60,7 +60,7 @@ def test_config_names_and_a_resume_inside_a_group_is_bitwise_exact(make_cfg, tmp
     with pytest.raises(ChaosError):
         train_from_config(make_cfg(tmp_path / "killed", custom_hooks=[chaos], **base), validate=False)
     state = load_file(str(tmp_path / "killed" / "iter_4.pth"))
-    assert state["hooks"]["OptimizerHook"]["grads"]  # iteration 4 is inside the group 4-6
+    assert state["ranks"][0]["OptimizerHook"]["grads"]  # iteration 4 is inside the group 4-6
     resumed = train_from_config(make_cfg(tmp_path / "killed", custom_hooks=[chaos], auto_resume=True, **base),
                                 validate=False)
     assert resumed.resumed_from.endswith("iter_4.pth")
@@ -68,7 +68,7 @@ def test_config_names_and_a_resume_inside_a_group_is_bitwise_exact(make_cfg, tmp
     a, b = final(tmp_path / "straight"), final(tmp_path / "killed")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    state["hooks"]["OptimizerHook"].pop("grads")  # a checkpoint that lost the partial sums ...
+    state["ranks"][0]["OptimizerHook"].pop("grads")  # a checkpoint that lost the partial sums ...
     torch.save(state, tmp_path / "nograds.pth")
     lossy = train_from_config(make_cfg(tmp_path / "lossy", resume_from=str(tmp_path / "nograds.pth"), **base),
                               validate=False)

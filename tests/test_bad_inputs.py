@@ -213,6 +213,10 @@ def test_cfg_options_dict_value_is_a_dict():
                                 "lr_config.step": [8, 11]}
     with pytest.raises(SystemExit):  # literals only: a call is not evaluated
         parser.parse_args(["train", "x.py", "--cfg-options", "lr_config=dict(policy=__import__('os').getcwd())"])
+    # a list of dicts, as mmcv's DictAction takes it (this recursed without end before)
+    args = parser.parse_args(["train", "x.py", "--cfg-options",
+                              "custom_hooks=[dict(type='ExpMomentumEMAHook', momentum=0.0002, priority=49)]"])
+    assert args.cfg_options == {"custom_hooks": [dict(type="ExpMomentumEMAHook", momentum=0.0002, priority=49)]}
 
 
 @pytest.mark.parametrize("workers", ["0", "3-1", "two", "-2"])

@@ -36,10 +36,10 @@ class RecordingHook(Hook):
 
 
 def test_mmcv_and_mmdet_hooks_run_with_mmcvs_runner_surface(make_cfg, tmp_path, monkeypatch):
-    (tmp_path / "my_hooks.py").write_text(USER_HOOK)
+    (tmp_path / "my_mmcv_hooks.py").write_text(USER_HOOK)
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "seen.json"
-    cfg = make_cfg(tmp_path / "w", custom_imports=dict(imports=["my_hooks"]), runner=dict(max_epochs=1),
+    cfg = make_cfg(tmp_path / "w", custom_imports=dict(imports=["my_mmcv_hooks"]), runner=dict(max_epochs=1),
                    custom_hooks=[dict(type="RecordingHook", out=str(out), priority="VERY_LOW"),
                                  dict(type="CheckInvalidLossHook", interval=1)])  # mmdet's own
     runner = train_from_config(cfg, validate=False)

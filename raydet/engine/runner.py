@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import CheckpointError
 from .checkpoint import (CheckpointWriter, link_latest, load_file, load_weights, restore_rng, rng_state,
                          strip_prefix, tensor_bytes)
-from .dist import all_gather_objects, get_rank, get_world_size, is_main, unwrap
+from .dist import all_gather_objects, gather_objects, get_rank, get_world_size, is_main, unwrap
 from .hooks import Hook, LogBuffer, get_priority
 from .hooks.logger import FILE_ONLY
 
@@ -26,6 +26,8 @@ STAGES = ("before_run", "before_train_epoch", "before_train_iter", "after_train_
           "after_train_epoch", "before_val_epoch", "before_val_iter", "after_val_iter",
           "after_val_epoch", "after_run")
 CHECKPOINT_KEYS = {"meta", "state_dict", "optimizer", "hooks", "sampler", "rng"}
+#: keys a checkpoint may lack (written before they existed): ``ranks``, each rank's own hook state
+OPTIONAL_KEYS = {"ranks"}
 
 
 def _hook_state(hook) -> dict:
@@ -255,17 +257,23 @@ class Runner:
                      state_dict=strip_prefix(self._module().state_dict()),
                      hooks={type(h).__name__: _hook_state(h) for h in self._hooks if _hook_state(h)},
                      sampler=sampler, rng=rng if rng is not None else [rng_state()])
+        if self._rank_hooks():  # this process's; save_checkpoint puts every rank's here
+            state["ranks"] = [{type(h).__name__: h.rank_state_dict() for h in self._rank_hooks()}]
         if save_optimizer:
             state["optimizer"] = self.optimizer.state_dict()
         return state
+
+    def _rank_hooks(self) -> list:
+        """The hooks with state of each rank's own (``rank_state_dict``), in order."""
+        return [h for h in self._hooks if callable(getattr(h, "rank_state_dict", None))]
 
     def load_state_dict(self, state: dict) -> None:
         """Strict: missing or leftover keys, hooks or weights raise :class:`CheckpointError`.
         The optimizer's state is the checkpoint's except each group's base LR, which stays the
         configured one (mmcv kept the checkpoint's ``initial_lr``)."""
         keys = set(state)
-        if keys != CHECKPOINT_KEYS:
-            missing, extra = sorted(CHECKPOINT_KEYS - keys), sorted(keys - CHECKPOINT_KEYS)
+        if not CHECKPOINT_KEYS <= keys <= CHECKPOINT_KEYS | OPTIONAL_KEYS:
+            missing, extra = sorted(CHECKPOINT_KEYS - keys), sorted(keys - CHECKPOINT_KEYS - OPTIONAL_KEYS)
             hint = " (saved with save_optimizer=False?)" if "optimizer" in missing else ""
             raise CheckpointError(f"cannot resume: checkpoint missing keys {missing}, leftover keys {extra}{hint}")
         own = {type(h).__name__: h for h in self._hooks if _hook_state(h)}
@@ -294,6 +302,10 @@ class Runner:
                 group.pop("initial_lr", None)
             for name, hook in own.items():
                 hook.load_state_dict(state["hooks"][name])
+            ranks = state.get("ranks") or []
+            mine = ranks[get_rank()] if get_rank() < len(ranks) else None
+            for hook in self._rank_hooks():
+                hook.load_rank_state_dict(None if mine is None else mine.get(type(hook).__name__, {}))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"cannot resume: {exc}") from None
         meta = state["meta"]
@@ -332,8 +344,14 @@ class Runner:
             state = self.state_dict(save_optimizer, meta, rng=[])  # the live tensors; every rank's RNG below
             plan = done + self.writer.iterations_needed(tensor_bytes(state), self.step_seconds)
         gathered = all_gather_objects((rng_state(), plan))
+        ranks = None
+        if self._rank_hooks():  # every rank's own state (accumulated gradients), to rank 0
+            mine = {type(h).__name__: h.rank_state_dict() for h in self._rank_hooks()}
+            ranks = gather_objects(mine)
         if is_main():
             state["rng"] = [g[0] for g in gathered]
+            if ranks is not None:
+                state["ranks"] = ranks
             state = self.writer.snapshot(state)
             link = os.path.join(os.path.dirname(path), "latest.pth")
             self.writer.write(state, path, ([lambda: link_latest(path, link)] if create_symlink else []) + list(then))

@@ -31,8 +31,9 @@ class OptimizerHook(Hook):
     the run and at its last; the last, incomplete group divides by its own length (mmcv's rule),
     so a step always sees the mean over the batches it sums. Under DDP the accumulating
     iterations run forward and backward in ``no_sync()``: gradients are all-reduced once per
-    step. A checkpoint written inside a group carries the partial sums, so a resume there is
-    exact.
+    step. A checkpoint written inside a group carries every rank's own partial sums
+    (:meth:`rank_state_dict`; the runner gathers them), and each rank gets its own back, so a
+    resume there is exact.
     """
 
     priority = PRIORITIES["ABOVE_NORMAL"]
@@ -107,15 +108,27 @@ class OptimizerHook(Hook):
         return unwrap(self.model).named_parameters()
 
     def state_dict(self):
-        state = {"loss_scaler": self.precision.scaler.state_dict(), "nonfinite": self.nonfinite}
-        if self.cumulative_iters > 1 and self.model is not None:  # inside a group: its partial sums
-            state["grads"] = {n: p.grad.detach().cpu() for n, p in self._named_params() if p.grad is not None}
-        return state
+        return {"loss_scaler": self.precision.scaler.state_dict(), "nonfinite": self.nonfinite}
 
     def load_state_dict(self, state):
         self.precision.scaler.load_state_dict(state["loss_scaler"])
         self.nonfinite = int(state.get("nonfinite", 0))
-        self.saved_grads = state.get("grads") or None
+        if state.get("grads"):  # a checkpoint of raydet <= 2026-12-06: rank 0's partial sums, for every rank
+            self.load_rank_state_dict({"grads": state["grads"]})
+
+    def rank_state_dict(self) -> dict:
+        """This rank's own state: inside an accumulation group, its partial gradient sums (under
+        DDP each rank accumulates its own until the step's all-reduce), as CPU tensors."""
+        if self.cumulative_iters > 1 and self.model is not None:
+            grads = {n: p.grad.detach().cpu() for n, p in self._named_params() if p.grad is not None}
+            if grads:
+                return {"grads": grads}
+        return {}
+
+    def load_rank_state_dict(self, state: dict | None) -> None:
+        """Restore this rank's partial sums; ``None``: the checkpoint has no state for this rank
+        (it was written by fewer ranks), which then starts its group's sums at zero."""
+        self.saved_grads = (state or {}).get("grads") or None
         if self.saved_grads and self.cumulative_iters == 1:
             raise ValueError("the checkpoint was written inside a gradient-accumulation group; resume it with "
                              "the same optimizer_config.cumulative_iters")
