@@ -16,14 +16,17 @@ def load_json_log(path: str) -> dict:
     from the start of the run, with the log's own iterations per epoch; in a log by iteration
     (``IterBasedRunner``) val records are placed by iteration too (``val_x='iter'``)."""
     records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "mode" in rec and "epoch" in rec:
-                records.append(rec)
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and "mode" in rec and "epoch" in rec:
+                    records.append(rec)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a json log (not text; a checkpoint?): give a run's *.log.json") from None
     train = [r for r in records if r["mode"] == "train"]
     # the epoch's length, as its val record or its last train record gives it
     per_epoch = max([r["iter"] for r in records if r["mode"] == "val"] or [r["iter"] for r in train] or [1])
@@ -115,6 +118,9 @@ def write_run_curves(runner, logger=None) -> str | None:
     out = os.path.join(runner.work_dir, "curves.png")
     try:
         import matplotlib.pyplot as plt
+
+        from .engine.checkpoint import move_aside
+        move_aside(out, logger)  # a user's or an earlier attempt's: kept
         plt.close(plot_curves([path], keys, out=out, legend=[os.path.basename(runner.work_dir)]))
     except (OSError, ValueError, ImportError) as exc:
         if logger is not None:

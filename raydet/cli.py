@@ -64,6 +64,18 @@ def _literal(text: str):
     return parsed
 
 
+def _seed(text: str) -> int:
+    """A seed numpy and torch both take: an int in [0, 2**32)."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2**32): numpy's and torch's seeds")
+    return value
+
+
 def _train_parser(sub):
     p = sub.add_parser("train", help="train a detector from a config")
     p.add_argument("config", help="config file (.py/.yaml/.json)")
@@ -73,7 +85,8 @@ def _train_parser(sub):
                    help="resume from the latest checkpoint in the work_dir (the default with Ray)")
     p.add_argument("--no-auto-resume", dest="auto_resume", action="store_false")
     p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None, help="the run's seed, 0 <= SEED < 2**32 (default: the "
+                   "config's, else the checkpoint's, else drawn once)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bitwise repeatable on CPU)")
     p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={},
                    help="override config keys, e.g. optimizer.lr=0.01 lr_config.step=[8,11]")
@@ -147,7 +160,10 @@ def cmd_plot(args) -> int:
             raise RaydetError(f"log not found: {path}")
     if args.cal_train_time:
         for path in args.logs:
-            t = analysis.train_time(path, args.include_outliers)
+            try:
+                t = analysis.train_time(path, args.include_outliers)
+            except ValueError as exc:
+                raise RaydetError(str(exc)) from None
             print(f"{path}\n  slowest epoch {t['slowest_epoch']}, average time {t['per_epoch'][t['slowest_epoch']]:.4f} "
                   f"s/iter\n  fastest epoch {t['fastest_epoch']}, average time {t['per_epoch'][t['fastest_epoch']]:.4f} "
                   f"s/iter\n  time std over epochs is {t['std_over_epochs']:.4f}\n  average iter time: "
@@ -236,7 +252,7 @@ def cmd_train(args) -> int:
                       ray_checkpoint=result.checkpoint.path if result.checkpoint is not None else None))
         return 0
     from .apis import train_from_config
-    from .apis.train import checkpoint_dirs_of
+    from .apis.train import checkpoint_dirs_of, finished_notice
     from .engine.checkpoint import finished_meta, set_aside
     if "://" in cfg.work_dir:
         raise RaydetError(f"work_dir={cfg.work_dir}: a bucket work_dir needs the Ray launcher (--launcher ray)")
@@ -246,7 +262,7 @@ def cmd_train(args) -> int:
     if cfg.auto_resume and cfg.get("resume_from") is None:  # an explicit resume_from comes first (mmdet)
         done = finished_meta(checkpoint_dirs_of(cfg), cfg.runner)
         if done is not None:
-            print(f"raydet: {cfg.work_dir} is already complete ({done['iter']}/{done['max_iters']} iterations)")
+            print(finished_notice(cfg, done))
             print(f"checkpoint: {os.path.join(cfg.work_dir, 'latest.pth')}")
             return 0
     elif cfg.get("resume_from") is None:
@@ -278,6 +294,14 @@ def summary(metrics: dict, work_dir: str, seconds: float, best=None, best_score=
     return "\n".join(lines)
 
 
+def check_output_places(out: str | None, show_dir: str | None) -> None:
+    """The folder of ``out`` exists and ``show_dir`` is not a file: checked before any long work."""
+    if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise RaydetError(f"--out {out}: the folder {os.path.dirname(os.path.abspath(out))} does not exist")
+    if show_dir and os.path.exists(show_dir) and not os.path.isdir(show_dir):
+        raise RaydetError(f"--show-dir {show_dir} is a file, not a folder")
+
+
 def _test_outputs(args, dataset) -> list[str]:
     """The files ``raydet test`` will write, checked before any prediction: never over an
     existing file (raydet does not overwrite what it did not write)."""
@@ -289,6 +313,7 @@ def _test_outputs(args, dataset) -> list[str]:
         raise RaydetError(f"--out {args.out}: COCO-format results need a COCO-style dataset, not "
                           f"{type(dataset).__name__}; use a .pkl file")
     targets = [args.out] if args.out else []
+    check_output_places(args.out, args.show_dir)
     if args.show_dir and not hasattr(dataset, "data_infos"):
         raise RaydetError(f"--show-dir needs a plain test dataset, not the wrapper {type(dataset).__name__}")
     if args.show_dir:
@@ -355,6 +380,7 @@ def cmd_test(args) -> int:
     from .engine.hooks.evaluation import check_metrics
 
     log = setup_console_logging()
+    check_output_places(args.out, args.show_dir)  # before the model loads
     cfg = load_config(args.config, args.cfg_options)
     if args.num_workers is not None and args.num_workers < 1:
         raise RaydetError(f"--num-workers must be >= 1, got {args.num_workers}")

@@ -115,6 +115,7 @@ def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: fl
     (a detector, or DDP around one) and draw them, full size, into ``out_dir/<image name>.png``.
     Returns the paths. The model is left in eval mode."""
     from .apis.inference import predict_samples
+    from .engine.checkpoint import move_aside
     from .engine.dist import unwrap
     module = unwrap(model)
     module.eval()
@@ -125,6 +126,7 @@ def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: fl
         info = dataset.data_infos[i]
         source = os.path.join(dataset.img_prefix, info["filename"]) if dataset.img_prefix else info["filename"]
         path = os.path.join(out_dir, os.path.splitext(os.path.basename(info["filename"]))[0] + ".png")
+        move_aside(path)  # a user's or an earlier attempt's picture: kept
         draw_det_result(source, result, names, score_thr=score_thr, out_file=path)
         written.append(path)
     return written

@@ -140,6 +140,8 @@ CONFIG = {
     "bool deterministic as string": ("deterministic = 'yes'", ["deterministic='yes'", "True or False"]),
     "bad log level": ("log_level = 'LOUD'", ["log_level='LOUD'", "'INFO'"]),
     "string seed": ("seed = 'abc'", ["seed='abc'"]),
+    "seed too large": ("seed = 99999999999999999999", ["seed=99999999999999999999"]),
+    "no model (a shared base)": ("model = None", ["no model", "shared base"]),
     "warmup ratio 0": ("lr_config = dict(warmup_ratio=0)", ["lr_config.warmup_ratio=0"]),
     "bad workflow phase": ("workflow = [('test', 1)]", ["workflow", "test"]),
     "workflow not pairs": ("workflow = ['train']", ["workflow=['train']"]),
@@ -275,6 +277,26 @@ def test_test_problems(base, tmp_path, capsys):
     out.write_bytes(b"mine")
     failed(run(capsys, "test", base["config"], base["ckpt"], "--out", out), str(out), "does not overwrite")
     assert out.read_bytes() == b"mine"
+    # output places are checked before the model loads (they were found only after predicting)
+    failed(run(capsys, "test", base["config"], base["ckpt"], "--out", tmp_path / "no" / "r.pkl"), "does not exist")
+    failed(run(capsys, "test", base["config"], base["ckpt"], "--show-dir", out), "--show-dir", "is a file")
+    # a test set of other classes than the checkpoint's (an IndexError in the results' conversion)
+    two = config(base, tmp_path, "data = dict(test=dict(classes=('rectangle', 'ellipse')))", name="two.py")
+    failed(run(capsys, "test", two, base["ckpt"]), "num_classes=3", "2 CLASSES")
+
+
+def test_plot_problems_name_the_file(base, tmp_path, capsys):
+    empty = tmp_path / "empty.log.json"
+    empty.write_text("")
+    failed(run(capsys, "plot", empty, "--cal-train-time"), str(empty), "no training records")
+    failed(run(capsys, "plot", base["ckpt"], "--out", tmp_path / "c.png"), base["ckpt"], "not a json log")
+
+
+def test_infer_output_places_are_checked_before_ray(base, tmp_path, capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    failed(run(capsys, "infer", base["config"], base["ckpt"], images, "--out", tmp_path / "no" / "p.json"),
+           "does not exist")
 
 
 # ------------------------------------------------------------------ data
@@ -502,3 +524,29 @@ def test_a_failed_run_changes_nothing_in_a_used_work_dir(base, tmp_path, capsys)
                          "--launcher", "none", "--work-dir", work, "--no-validate", *argv)
         assert code == 2
         assert _digests(work) == before and not glob.glob(str(work) + ".old-*")
+
+
+def test_an_image_emptied_after_the_index_was_built_is_named_when_read(shapes_root, tmp_path):
+    from raydet.data import build_dataset
+    from raydet.errors import DataError
+    root = _coco_copy(shapes_root, tmp_path)
+    ds = build_dataset(dict(type="CocoDataset", classes=("rectangle", "ellipse", "triangle"),
+                            ann_file=f"{root}/annotations/instances_train.json", img_prefix=f"{root}/train",
+                            pipeline=TRAIN_PIPELINE))
+    name = ds.data_infos[0]["filename"]
+    (root / "train" / name).write_bytes(b"")  # emptied after the index checked it
+    with pytest.raises(DataError, match=rf"cannot decode image .*{name}"):
+        ds[0]
+
+
+def test_a_json_config_writes_img_scale_as_a_list_and_it_still_trains(base, tmp_path, capsys):
+    import json
+
+    from raydet.config import load_config
+    cfg = load_config(base["config"]).to_dict()
+    for step in cfg["data"]["train"]["pipeline"]:
+        if step["type"] == "Resize":
+            step["img_scale"] = list(step["img_scale"])
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg, default=list))
+    assert run(capsys, "train", path, "--launcher", "none", "--work-dir", tmp_path / "w", "--no-validate")[0] == 0

@@ -33,8 +33,15 @@ def test_in_process_rerun_resumes_and_no_auto_resume_moves_the_old_run_aside(sha
     first = _digests(work)
     assert "epoch_1.pth" in first
     assert main(["train", cfg, "--launcher", "none", "--work-dir", str(work), "--no-validate"]) == 0
-    assert "is already complete" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "is already complete" in out and "differs" not in out
     assert _digests(work) == first  # nothing rewritten
+    # the same work_dir with a changed config: said, with what differs and how to train it
+    assert main(["train", cfg, "--launcher", "none", "--work-dir", str(work), "--no-validate",
+                 "--cfg-options", "optimizer.lr=0.0001"]) == 0
+    out = capsys.readouterr().out
+    assert "differs from the one that run was trained with: optimizer.lr: 0.001 -> 0.0001" in out
+    assert "--no-auto-resume" in out and _digests(work) == first
     assert main(["train", cfg, "--launcher", "none", "--work-dir", str(work), "--no-validate",
                  "--no-auto-resume"]) == 0
     (old,) = glob.glob(str(work) + ".old-*")

@@ -182,6 +182,7 @@ def test_worker_sigkill_with_epoch_checkpoints_recovers_exactly(baseline, shapes
     expected = [r for r in _records(baseline[0]) if r.get("mode") == "val"]
     assert [(r["epoch"], r["iter"]) for r in vals] == [(r["epoch"], r["iter"]) for r in expected] == [(1, ipe), (2, ipe)]
     assert [r["bbox_mAP"] for r in vals] == pytest.approx([r["bbox_mAP"] for r in expected], abs=1e-4)
+    assert [r["lr"] for r in vals] == [r["lr"] for r in expected]  # each record its own point's LR
     assert result.metrics["bbox_mAP"] == pytest.approx(expected[-1]["bbox_mAP"], abs=1e-4)
     best = json.load(open(work / "validation" / "best.json"))
     assert [p.name for p in work.glob("best_*.pth")] == [os.path.basename(best["file"])]

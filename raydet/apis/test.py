@@ -3,6 +3,7 @@ import torch
 
 from ..engine.dist import gather_objects, get_rank, get_world_size
 from ..engine.inference import inference
+from ..errors import DataError
 
 
 def single_gpu_test(model, data_loader, show=False, progress=True):
@@ -22,7 +23,13 @@ def build_test(cfg, checkpoint: str, logger=None):
     dataset = build_dataset(cfg.data.test, test_mode=True)
     model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"), init=False)
     ckpt = load_weights(model, checkpoint, logger, require="all")
-    model.CLASSES = list((ckpt.get("meta") or {}).get("CLASSES") or dataset.CLASSES)
+    saved = (ckpt.get("meta") or {}).get("CLASSES")
+    from ..engine.hooks.num_class import check_num_classes
+    check_num_classes(model, dataset, logger)  # label i must be the dataset's class i
+    if saved and tuple(saved) != tuple(dataset.CLASSES):
+        raise DataError(f"{checkpoint} was trained on the classes {tuple(saved)}, the test set has "
+                        f"{tuple(dataset.CLASSES)}: set data.test.classes to the checkpoint's")
+    model.CLASSES = list(saved or dataset.CLASSES)
     if torch.cuda.is_available():
         model.to(torch.device("cuda", torch.cuda.current_device()))
     return dataset, model

@@ -96,6 +96,19 @@ def checkpoint_dirs_of(cfg) -> list[str]:
     return checkpoint_dirs(cfg.work_dir, (cfg.get("checkpoint_config") or {}).get("out_dir"))
 
 
+def finished_notice(cfg, meta: dict) -> str:
+    """What to tell a person who re-runs a finished run: that it is complete and, when this
+    config differs from the one it was trained with, how (and how to train this one afresh)."""
+    from ..config.loader import config_differences
+    lines = [f"raydet: {cfg.work_dir} is already complete ({meta['iter']}/{meta['max_iters']} iterations)"]
+    diff = config_differences(meta.get("config") or "", cfg)
+    if diff:
+        lines.append("raydet: this config differs from the one that run was trained with: " + "; ".join(diff))
+        lines.append("raydet: to train this config, use --no-auto-resume (the finished run is moved aside) or "
+                     "another --work-dir")
+    return "\n".join(lines)
+
+
 def resume_path(cfg) -> str | None:
     """``resume_from``, else with ``auto_resume`` the run's newest loadable checkpoint."""
     resume = cfg.get("resume_from")
@@ -272,6 +285,46 @@ def _describe(dataset) -> str:
     return out
 
 
+def _run_iterations(cfg, loader) -> int:
+    """The run's length in iterations at this world size."""
+    if cfg.runner.type == "IterBasedRunner":
+        return int(cfg.runner.max_iters)
+    sampler = getattr(loader, "sampler", None)
+    per_epoch = sampler.num_batches() if hasattr(sampler, "num_batches") else len(loader)
+    return int(cfg.runner.max_epochs) * per_epoch
+
+
+def _check_run_length(cfg, loader, cumulative_iters: int) -> None:
+    """Gradient accumulation over more iterations than the run has would step once, at its end
+    (with the mean of everything): a :class:`ConfigError` instead."""
+    total = _run_iterations(cfg, loader)
+    if cumulative_iters > total:
+        raise ConfigError(f"optimizer_config.cumulative_iters={cumulative_iters} is more than the run's {total} "
+                          f"iterations: the optimizer would step once, at the end; lower cumulative_iters")
+
+
+def _check_evaluation_happens(cfg, eval_cfg: dict, by_iter: bool) -> None:
+    """An evaluation schedule that never falls inside the run (``interval`` or ``start`` past its
+    end) would train without a single evaluation or best checkpoint: a :class:`ConfigError`."""
+    length = int(cfg.runner.max_iters if by_iter else cfg.runner.max_epochs)
+    interval, start = int(eval_cfg.get("interval", 1)), eval_cfg.get("start")
+    due = (0 < interval <= length) if start is None else (int(start) <= length)
+    if not due:
+        unit = "iterations" if by_iter else "epochs"
+        when = f"interval={interval}" + (f", start={start}" if start is not None else "")
+        raise ConfigError(f"evaluation.{when} never falls within the run's {length} {unit}: nothing would be "
+                          f"evaluated and no best checkpoint kept; lower evaluation.interval (or use --no-validate)")
+
+
+def _check_same_classes(train, val) -> None:
+    """Label ``i`` must name the same class in training and evaluation."""
+    a, b = tuple(getattr(train, "CLASSES", None) or ()), tuple(getattr(val, "CLASSES", None) or ())
+    if a and b and a != b:
+        raise DataError(f"the classes of data.val ({_describe(val)}) are {b}, those of data.train "
+                        f"({_describe(train)}) are {a}: label i would be another class in evaluation; give both "
+                        f"datasets classes=(...) in one order")
+
+
 def check_training_inputs(model, datasets, cfg) -> None:
     """What can be known wrong before the first iteration, each a named error: the work_dir is
     not writable; a training set is empty (after filtering); the detector's ``num_classes`` is not
@@ -345,6 +398,7 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
                     f"base_batch_size {auto.get('base_batch_size', 16)}")
     optimizer = build_optimizer(model, optimizer_cfg)
     opt_cfg, fp16 = optimizer_hook_config(cfg)
+    _check_run_length(cfg, loaders[0], opt_cfg.get("cumulative_iters", 1))
     precision = Precision(fp16, device)
     ckpt_cfg = dict(cfg.get("checkpoint_config") or {})
     # raydet's key: rank 0 writes checkpoint files in a background thread unless it is False
@@ -390,6 +444,8 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
             raise ConfigError("IterBasedRunner evaluates every evaluation.interval iterations: set "
                               "evaluation=dict(interval=N) (or use --no-validate)")
         check_metrics(val_ds, eval_cfg.get("metric", "bbox"), model, save_best=eval_cfg.get("save_best"))
+        _check_evaluation_happens(cfg, eval_cfg, by_iter)
+        _check_same_classes(datasets[0], val_ds)
     if validate and not async_eval:
         val_loader_cfg = dict(cfg.data.get("val_dataloader", {}))
         val_loader = build_dataloader(val_ds, val_loader_cfg.get("samples_per_gpu", 1),

@@ -199,6 +199,39 @@ def save_run_config(cfg: Config, work_dir: str, name: str, logger=None, source: 
     return path
 
 
+def _flat(node, prefix="") -> dict:
+    """Dotted keys to leaf values, tuples as lists (a config's text keeps either)."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out or {prefix[:-1]: {}}
+    if isinstance(node, (list, tuple)):
+        return {prefix[:-1]: [_flat(v)[""] if not isinstance(v, (dict, list, tuple)) else _flat(v) for v in node]}
+    return {prefix[:-1]: node}
+
+
+#: keys a run sets for itself, never a difference between two configs of one run
+RUN_KEYS = RUN_STATE + ("work_dir", "seed", "deterministic")
+
+
+def config_differences(saved_text: str, cfg, limit: int = 3) -> list[str]:
+    """How ``cfg`` differs from the config a run was trained with (``saved_text``: the text its
+    checkpoints carry in ``meta['config']``): up to ``limit`` lines ``key: old -> new`` and a
+    count of the rest. Empty when they agree or the saved text cannot be read."""
+    try:
+        saved = Config.fromstring(saved_text, ".py").to_dict()
+    except Exception:  # an unreadable text says nothing about a difference
+        return []
+    old, new = _flat({k: v for k, v in saved.items() if k not in RUN_KEYS}), \
+        _flat({k: v for k, v in cfg.to_dict().items() if k not in RUN_KEYS})
+    keys = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    lines = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys[:limit]]
+    if len(keys) > limit:
+        lines.append(f"and {len(keys) - limit} more")
+    return lines
+
+
 def dump_config(cfg: Config, path: str) -> None:
     """Write the resolved config so that ``load_config(path)`` gives an identical config."""
     cfg.dump(path)

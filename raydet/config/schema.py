@@ -107,7 +107,7 @@ VALUES = {
     "total_epochs": Expect.int(1),
     "runner.max_epochs": Expect.int(1),
     "runner.max_iters": Expect.int(1),
-    "seed": Expect.int(0),
+    "seed": Expect.int(0, 2 ** 32 - 1),  # numpy's and torch's seeds
     "deterministic": BOOL, "find_unused_parameters": BOOL, "cudnn_benchmark": BOOL, "auto_resume": BOOL,
     "log_level": Expect.of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "optimizer.lr": Expect.num(0),
@@ -321,6 +321,9 @@ def validate_config(cfg, source: str | None = None) -> None:
     from ..models import validate_model
 
     try:
+        if cfg.get("model") is None:
+            raise ConfigError("the config has no model: it is a shared base (as mmdetection's configs/common/*.py "
+                              "are), not a runnable config; inherit it with _base_ and add a model")
         _check_top_level(k for k in cfg.keys() if not k.startswith("_") and k not in HELPERS)
         for section, allowed in SECTIONS.items():
             value = cfg.get(section)

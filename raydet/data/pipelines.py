@@ -105,7 +105,10 @@ class LoadImageFromFile:
             raise DataError(f"image file not found: {filename}")
         with open(filename, "rb") as f:
             buf = f.read()
-        img = mmcv.imfrombytes(buf, flag=self.color_type, channel_order=self.channel_order)
+        try:  # an empty or truncated file: OpenCV raises rather than returning None
+            img = mmcv.imfrombytes(buf, flag=self.color_type, channel_order=self.channel_order) if buf else None
+        except Exception:  # cv2.error is not importable by name everywhere; any decoder failure
+            img = None
         if img is None:
             raise DataError(f"cannot decode image (corrupt or not an image): {filename}")
         info = results["img_info"]
@@ -180,7 +183,10 @@ class Resize:
         if img_scale is None:
             self.img_scale = None
         else:
-            self.img_scale = img_scale if isinstance(img_scale, list) else [img_scale]
+            # a JSON/YAML config writes the tuple (w, h) as a list of two numbers: one scale
+            one = isinstance(img_scale, list) and len(img_scale) == 2 and all(
+                isinstance(v, (int, float)) for v in img_scale)
+            self.img_scale = [img_scale] if one or not isinstance(img_scale, list) else img_scale
             self.img_scale = [tuple(s) for s in self.img_scale]
         if multiscale_mode not in ("range", "value"):
             raise ValueError(f"Resize.multiscale_mode must be 'range' or 'value', got {multiscale_mode}")

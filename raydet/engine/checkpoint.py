@@ -461,6 +461,22 @@ def check_work_dir(work_dir: str) -> None:
         raise ConfigError(f"work_dir {work_dir} is not writable: {exc.strerror or exc}") from None
 
 
+def move_aside(path: str, log: logging.Logger | None = None) -> str | None:
+    """Keep the file at ``path`` that a run is about to write over (a user's picture, an earlier
+    attempt's best checkpoint): rename it to ``<stem>.old-<its time><ext>`` (never over another
+    file) and log it. Returns the new name, ``None`` when nothing is there."""
+    if not os.path.lexists(path):
+        return None
+    stem, ext = os.path.splitext(path)
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(os.path.getmtime(path)))
+    new, n = f"{stem}.old-{stamp}{ext}", 1
+    while os.path.lexists(new):
+        new, n = f"{stem}.old-{stamp}-{n}{ext}", n + 1
+    os.rename(path, new)
+    (log or logger).warning(f"{path} was not written by this run: kept as {new}")
+    return new
+
+
 def set_aside(work_dir: str) -> str | None:
     """A fresh start on a used work_dir: rename it to ``<work_dir>.old-<time>`` (never deleted,
     never overwritten) and return the new name; ``None`` when there is nothing to keep."""

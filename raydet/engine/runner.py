@@ -78,6 +78,7 @@ class Runner:
         self.step_seconds = None  # moving average of a training iteration's wall time
         self._stage = None
         self.resumed_from = None
+        self.resumed_lr = None  # the first param group's LR in the resumed checkpoint
 
     epoch = property(lambda self: self._epoch)
     iter = property(lambda self: self._iter)
@@ -281,6 +282,10 @@ class Runner:
             raise CheckpointError(f"cannot resume: checkpoint has state of hooks {sorted(state['hooks'])}, "
                                   f"this run has stateful hooks {sorted(own)}")
         configured = [group["lr"] for group in self.optimizer.param_groups]
+        # the LR at the checkpoint's iteration (the schedule's, before this run sets its own): what
+        # a val record of that point logs
+        groups = (state.get("optimizer") or {}).get("param_groups") or [{}]
+        self.resumed_lr = groups[0].get("lr")
         own_weights = self._module().state_dict()
         saved = state["state_dict"]
         missing = [k for k in own_weights if k not in saved]

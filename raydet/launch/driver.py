@@ -16,7 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from .. import errors
 from ..config import load_config
 from ..engine.checkpoint import check_work_dir, finished_meta, set_aside
-from ..apis.train import checkpoint_dirs_of
+from ..apis.train import checkpoint_dirs_of, finished_notice
 from . import validation
 from .worker import test_loop, train_loop
 
@@ -80,6 +80,34 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+#: how long an address is tried before a run gives up on it (a head that is starting answers within it)
+REACH_TIMEOUT_S = 30.0
+
+
+def check_reachable(address: str) -> None:
+    """Raise :class:`~raydet.errors.RaydetError` naming ``address`` when nothing accepts a connection at its
+    ``host:port`` within :data:`REACH_TIMEOUT_S` (Ray itself retries an absent GCS for minutes).
+    ``auto`` and addresses without a port are left to Ray."""
+    import socket
+    import time
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    deadline, last = time.monotonic() + REACH_TIMEOUT_S, None
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(3.0, REACH_TIMEOUT_S)):
+                return
+        except OSError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
+    raise errors.RaydetError(f"no Ray cluster answers at {address} ({last.strerror or last} for {REACH_TIMEOUT_S:g} s): "
+                      "start one there (ray start --head), or fix --address / ray.address / RAY_ADDRESS")
+
+
 def _init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``), or start a local instance: on loopback only
     (Ray otherwise binds the machine's interface address), with its dashboard on 127.0.0.1
@@ -91,6 +119,7 @@ def _init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_reachable(address)
         ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
         return
     # loopback: set when raydet.launch was imported, before ray (see raydet.launch)
@@ -271,8 +300,8 @@ def train(config_or_path, address: str | None = None, validate: bool = True, **o
         if done is not None:
             logger.info(f"the run in {cfg.work_dir} is complete ({done['iter']}/{done['max_iters']} iterations)")
             result = ray.train.Result.from_path(run_dir(cfg))
-            print(f"raydet: {cfg.work_dir} is already complete; final metrics: "
-                  f"{ {k: v for k, v in (result.metrics or {}).items() if 'mAP' in k} }")
+            print(finished_notice(cfg, done))
+            print(f"final metrics: { {k: v for k, v in (result.metrics or {}).items() if 'mAP' in k} }")
             return result
     elif cfg.get("resume_from") is None:
         _fresh_start(cfg)

@@ -129,6 +129,10 @@ def check_outputs(out: str, show_dir: str | None) -> None:
     and a ``show_dir`` that holds files (raydet does not overwrite what it did not write)."""
     if not out.endswith(OUTPUT_EXTENSIONS):
         raise RaydetError(f"--out {out}: use a .json (one list) or .jsonl (a record per line) file name")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise RaydetError(f"--out {out}: the folder {os.path.dirname(os.path.abspath(out))} does not exist")
+    if show_dir and os.path.exists(show_dir) and not os.path.isdir(show_dir):
+        raise RaydetError(f"--show-dir {show_dir} is a file, not a folder")
     if os.path.exists(out):
         raise RaydetError(f"{out} exists; raydet does not overwrite a file it did not write: give another --out")
     if show_dir and os.path.isdir(show_dir) and os.listdir(show_dir):

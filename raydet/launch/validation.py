@@ -338,8 +338,9 @@ class ValidationHook(Hook):
         action = None
         if get_rank() == 0 and at_point and eval_due(number, self.start, self.interval) and not any(
                 r["name"].split("-")[0] == name for r in self.requested):
+            lr = runner.resumed_lr if runner.resumed_lr is not None else runner.optimizer.param_groups[0]["lr"]
             record = dict(epoch=runner.epoch if self.by_epoch else runner.epoch + 1,
-                          iter=(ipe or done) if self.by_epoch else done, lr=runner.optimizer.param_groups[0]["lr"])
+                          iter=(ipe or done) if self.by_epoch else done, lr=lr)  # the point's own LR
             known = [n for n in self.reporter.taken if n.split("-")[0] == name]
             if self.result(name) is not None or known:  # evaluated, or waiting in Ray's queue
                 action = ("known", known[-1] if known and self.result(name) is None else name, record)

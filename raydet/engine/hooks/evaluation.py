@@ -5,6 +5,7 @@ import logging
 import os
 
 from ...errors import ConfigError
+from ..checkpoint import move_aside
 from ..dist import is_main
 from ..inference import evaluate_distributed
 from .base import PRIORITIES, Hook
@@ -164,6 +165,8 @@ class EvalHook(Hook):
         if (is_main() and old and old != path and os.path.isfile(old)
                 and os.path.dirname(os.path.abspath(old)) == os.path.abspath(runner.work_dir)):
             replaced.append(lambda: os.path.isfile(old) and os.remove(old))
+        if is_main() and path != old:  # a file of that name is an earlier attempt's or the user's: kept
+            move_aside(path, runner.logger)
         runner.save_checkpoint(path, create_symlink=False, then=replaced)  # every rank: a collective
         if is_main():
             runner.logger.info(f"Now best checkpoint is saved as {os.path.basename(path)}. "
