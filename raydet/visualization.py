@@ -102,7 +102,7 @@ def browse_dataset(dataset_cfg, out_dir: str, num: int | None = None, seed: int 
                      font_scale=float(np.clip(min(drawn.shape[:2]) / 400, 0.25, 0.5)))  # small inputs, small labels
         if "gt_masks" in results:
             h, w = drawn.shape[:2]
-            masks = results["gt_masks"].to_ndarray(h, w).astype(bool)
+            masks = results["gt_masks"].to_ndarray().astype(bool)[:, :h, :w]  # mmdet's BitmapMasks or PolygonMasks
             per_mask = [[m for m, lab in zip(masks, labels) if lab == c] for c in range(len(names))]
             draw_det_result(drawn, (per_class, per_mask), names, **style)
         else:

@@ -15,7 +15,8 @@ import torch
 
 from raydet.cli import main
 from raydet.config import dump_config, load_config
-from raydet.data import PIPELINES
+import raydet  # noqa: F401  (the op table before mmdet)
+from mmdet.datasets import PIPELINES as MMDET_PIPELINES
 from raydet.engine.hooks import HOOKS, Hook
 
 from .conftest import SMALL, TEST_PIPELINE, TRAIN_PIPELINE, tiny_config
@@ -35,7 +36,7 @@ class PoisonWeightsHook(Hook):
                     p.fill_(float("nan"))
 
 
-@PIPELINES.register()
+@MMDET_PIPELINES.register_module()
 class FailOnImage:
     """Raises for one file name, as a decoder meeting a corrupt image mid-epoch would."""
 

@@ -16,7 +16,8 @@ from raydet.data import CocoDataset, RepeatDataset, ShapesDataset, XMLDataset
 
 from .test_voc import write_voc
 
-PIPELINE = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True)]
+PIPELINE = [dict(type="LoadImageFromFile"),
+            dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=False)]  # mmdet's PolygonMasks
 RLE = {"size": [40, 60], "counts": "0l1"}  # a crowd region: skipped, as mmdet 2.x's CocoDataset does for training
 
 
@@ -83,7 +84,7 @@ def sample(ds, i):
     """The fields of sample ``i`` that come from the index (and the image's shape), as plain values."""
     r = ds[i]
     return (r["ori_filename"], r["img_info"]["width"], r["img_info"]["height"], r["ori_shape"],
-            r["gt_bboxes"].tolist(), r["gt_labels"].tolist(), [[p.tolist() for p in inst] for inst in r["gt_masks"].polygons])
+            r["gt_bboxes"].tolist(), r["gt_labels"].tolist(), [[p.tolist() for p in inst] for inst in r["gt_masks"].masks])
 
 
 def samples_digest(ds) -> str:
@@ -203,5 +204,5 @@ def test_a_pickled_dataset_gives_identical_samples_in_another_process_and_wrappe
     # nothing a sample returns shares memory with the index
     first = ds[0]
     first["gt_bboxes"] += 5
-    first["gt_masks"].polygons[0][0] += 5
+    first["gt_masks"].masks[0][0] += 5
     assert sample(ds, 0) == sample(CocoDataset(path, PIPELINE, img_prefix=str(tmp_path), filter_empty_gt=False), 0)

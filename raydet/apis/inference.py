@@ -1,5 +1,5 @@
 """mmdet 2.x's ``apis/inference.py``: ``init_detector``, ``inference_detector``,
-``show_result_pyplot``, on mmdet's models and raydet's pipelines."""
+``show_result_pyplot``, on mmdet's models and test pipelines."""
 from __future__ import annotations
 
 import copy
@@ -55,7 +55,7 @@ def _num_classes(model) -> int:
 def build_test_pipeline(cfg, from_array: bool):
     """The config's test pipeline, reading an array instead of a file when ``from_array``
     (mmdet swaps in ``LoadImageFromWebcam``)."""
-    from ..data.pipelines import Compose
+    from ..data.pipeline import Pipeline
     test = (cfg.get("data") or {}).get("test")
     if not test:
         raise ConfigError("inference needs the config's data.test.pipeline")
@@ -66,7 +66,7 @@ def build_test_pipeline(cfg, from_array: bool):
         if pipeline[0].get("type") != "LoadImageFromFile":
             raise ConfigError(f"data.test.pipeline starts with {pipeline[0].get('type')!r}, not LoadImageFromFile")
         pipeline[0] = dict(pipeline[0], type="LoadImageFromWebcam")
-    return Compose(pipeline)
+    return Pipeline(pipeline, "data.test.pipeline")
 
 
 def decode_sample(pipeline, data: bytes, filename: str) -> dict:
@@ -78,7 +78,10 @@ def decode_sample(pipeline, data: bytes, filename: str) -> dict:
     img = mmcv.imfrombytes(data, flag="color", channel_order="bgr") if data else None
     if img is None:
         raise DataError(f"cannot decode image (corrupt or not an image): {filename}")
-    return pipeline(dict(img=img, filename=filename))
+    sample = pipeline(dict(img=img, filename=filename))
+    for meta in sample["img_metas"]:  # mmdet's LoadImageFromWebcam leaves the name None: it is known here
+        meta.update(filename=filename, ori_filename=filename)
+    return sample
 
 
 @torch.no_grad()

@@ -101,7 +101,31 @@ def _load_data_config(path: str, seen: tuple = ()) -> dict:
             if key in merged:
                 raise ConfigError(f"config {path}: key '{key}' is set by two _base_ files")
             merged[key] = value
+    data = _scales_as_tuples(data)
     return Config._merge_a_into_b(data, merged) if merged else data
+
+
+#: keys whose value mmdet takes as a tuple ``(w, h)``, or a list of such tuples
+SCALE_KEYS = ("img_scale", "crop_size", "size", "img_scales")
+
+
+def _scales_as_tuples(node):
+    """JSON and YAML have no tuples: ``img_scale=[1333, 800]`` means mmdet's ``(1333, 800)``
+    (and ``[[1333, 640], [1333, 800]]`` a list of such scales), which its transforms assert."""
+    if isinstance(node, dict):
+        return {k: _scale(v) if k in SCALE_KEYS else _scales_as_tuples(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_scales_as_tuples(v) for v in node]
+    return node
+
+
+def _scale(value):
+    pair = lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)  # noqa: E731
+    if pair(value):
+        return tuple(value)
+    if isinstance(value, list) and value and all(pair(v) for v in value):
+        return [tuple(v) for v in value]
+    return value
 
 
 def import_custom_modules(cfg) -> list:

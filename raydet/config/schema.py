@@ -270,7 +270,17 @@ def _check_dataset(ds, where: str, datasets, pipelines) -> None:
                 raise ConfigError(f"{where}: {ds['type']} needs '{key}'")
         _check_dataset(ds[field], f"{where}.{field}", datasets, pipelines)
         return
-    datasets.check({k: v for k, v in ds.items() if k != "separate_eval"}, where, skip=("seed",))
+    from ..data.dataset import _mmdet_datasets, own_dataset
+    if own_dataset(ds):
+        datasets.check({k: v for k, v in ds.items() if k != "separate_eval"}, where, skip=("seed",))
+    else:  # mmdet's own class (a CocoDataset with mmdet-only arguments, or a type raydet has not)
+        from ..registry import check_call
+        kind = ds.get("type")
+        if kind not in _mmdet_datasets():
+            datasets.get(kind, where)  # the error, with the closest name
+        check_call(_mmdet_datasets()[kind], {k: v for k, v in ds.items() if k != "type"}, where)
+        if kind == "MultiImageMixDataset":  # mmdet's wrapper: its dataset is mmdet's too
+            _check_dataset(ds.get("dataset") or {}, f"{where}.dataset", datasets, pipelines)
     for j, step in enumerate(ds.get("pipeline", [])):
         pipelines.check(step, f"{where}.pipeline.{j}")
         for k, sub in enumerate(step.get("transforms", [])):
@@ -340,9 +350,10 @@ def validate_config(cfg, source: str | None = None) -> None:
         if cfg.get("model") is not None:
             validate_model(cfg.model, cfg.get("train_cfg"), cfg.get("test_cfg"))
         if cfg.get("optimizer") is not None:
-            OPTIMIZERS.check(cfg.optimizer, "optimizer", skip=("paramwise_cfg",))
+            OPTIMIZERS.check(cfg.optimizer, "optimizer", skip=("paramwise_cfg", "constructor"))
             check_keys(cfg.optimizer.get("paramwise_cfg", {}).keys(),
-                       {"bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "custom_keys"},
+                       {"bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult",
+                        "dcn_offset_lr_mult", "bypass_duplicate", "custom_keys"},
                        "optimizer.paramwise_cfg")
         kind = (cfg.get("optimizer_config") or {}).get("type", "OptimizerHook")
         if kind not in OPTIMIZER_HOOKS:

@@ -1,8 +1,8 @@
-"""Datasets, mmdet-2.x pipeline transforms, samplers and loaders. Imports no ray."""
-from .dataset import DATASETS, CocoDataset, DataWarning, SampleKey, ShapesDataset, sample_rng
+"""Datasets (mmdet 2.x's interface over raydet's compact annotation index), mmdet's own pipelines,
+samplers and loaders. Imports no ray."""
+from .dataset import DATASETS, CocoDataset, DataWarning, SampleKey, ShapesDataset, own_dataset, sample_rng
 from .loader import GroupSampler, ShardSampler, build_dataloader, collate
-from .pipelines import PIPELINES, Compose, PolygonMasks
-from . import augment  # noqa: F401  (registers PhotoMetricDistortion, Expand, MinIoURandomCrop, RandomCrop)
+from .pipeline import PIPELINES, Pipeline
 from .voc import VOCDataset, XMLDataset
 from .wrappers import WRAPPERS, ClassBalancedDataset, ConcatDataset, RepeatDataset, split_ann_files
 from ..errors import ConfigError
@@ -28,6 +28,10 @@ def build_dataset(cfg, seed: int = 0, where: str = "dataset", **overrides):
         else:
             cfg[field] = build_dataset(children, seed, f"{where}.{field}", **overrides)
         return DATASETS.build(cfg, where)
+    if not own_dataset(cfg):  # another type of mmdet's registry: mmdet's own class, keyed by raydet
+        from .mmdet_datasets import build_mmdet_dataset
+        cfg.pop("seed", None)
+        return build_mmdet_dataset(cfg, seed, where, overrides.get("test_mode"))
     if isinstance(cfg.get("ann_file"), (list, tuple)):
         parts = split_ann_files(cfg)
         return ConcatDataset([build_dataset(c, seed, f"{where}.ann_file.{i}", **overrides) for i, c in enumerate(parts)],
@@ -41,4 +45,4 @@ def build_dataset(cfg, seed: int = 0, where: str = "dataset", **overrides):
 __all__ = ["DATASETS", "PIPELINES", "CocoDataset", "ShapesDataset", "RepeatDataset", "ConcatDataset",
            "ClassBalancedDataset", "VOCDataset", "XMLDataset", "DataWarning", "SampleKey",
            "sample_rng", "GroupSampler", "ShardSampler", "build_dataloader", "build_dataset",
-           "collate", "Compose", "PolygonMasks"]
+           "collate", "Pipeline"]

@@ -1,9 +1,10 @@
 """COCO-format datasets with mmdet 2.x's interface and pycocotools evaluation.
 
-**Augmentation randomness is a pure function of (seed, epoch, sample index).** ``__getitem__``
-takes either an index or a :class:`SampleKey` ``(index, epoch)`` (what raydet's samplers yield)
-and seeds ``results['rng']`` from ``(dataset seed, epoch, index)``; random transforms draw only
-from it. This deliberately differs from mmdet, which seeds each dataloader worker with
+The pipelines are mmdet's own (:mod:`raydet.data.pipeline`). **Augmentation randomness is a
+pure function of (seed, epoch, sample index).** ``__getitem__`` takes either an index or a
+:class:`SampleKey` ``(index, epoch)`` (what raydet's samplers yield) and runs the pipeline with
+the global generators, which mmdet's transforms draw from, seeded from ``(dataset seed, epoch,
+index)``. This deliberately differs from mmdet, which seeds each dataloader worker with
 ``num_workers * rank + worker_id + seed``: here a run resumed mid-epoch, or run on a different
 number of Ray workers or dataloader workers, sees exactly the same augmented samples.
 """
@@ -22,10 +23,28 @@ import numpy as np
 from ..errors import DataError, MissingFileError
 from ..registry import Registry
 from .index import AnnIndex, IndexBuilder, InfoView, file_stamp, index_key, load_or_build
-from .pipelines import Compose
+from .pipeline import Pipeline
 from . import shapes
 
-DATASETS = Registry("dataset")
+def _mmdet_datasets() -> dict:
+    from mmdet.datasets.builder import DATASETS as MMDET_DATASETS
+    return MMDET_DATASETS.module_dict
+
+
+#: raydet's own datasets (COCO, VOC and the shapes on the compact index; the wrappers), then mmdet's
+DATASETS = Registry("dataset", fallback=_mmdet_datasets)
+
+#: arguments of mmdet's CocoDataset that raydet's does not take: a config that sets one gets mmdet's
+MMDET_ONLY_COCO_ARGS = ("seg_prefix", "proposal_file", "file_client_args")
+
+
+def own_dataset(cfg: dict) -> bool:
+    """Whether raydet builds ``cfg`` itself (its compact COCO/VOC/shapes datasets, its wrappers)
+    rather than mmdet's own class (:mod:`raydet.data.mmdet_datasets`)."""
+    kind = cfg.get("type")
+    if kind not in DATASETS._table:
+        return False
+    return not (kind == "CocoDataset" and any(cfg.get(k) is not None for k in MMDET_ONLY_COCO_ARGS))
 logger = logging.getLogger("raydet")
 
 
@@ -96,16 +115,37 @@ def check_images(infos, img_prefix: str, source: str) -> None:
 MAX_REDRAWS = 10
 
 
-def run_pipeline(pipeline, make_results, seed: int, key: SampleKey, name: str):
-    """``pipeline(make_results(rng))`` with the sample's generator. When a transform drops the
-    sample (returns ``None``: a random crop without any box), it is drawn again from a fresh
-    generator of ``(seed, epoch, index, stream, attempt)``, up to :data:`MAX_REDRAWS` times, so the
-    epoch still sees this image and the result stays a pure function of the key; then
-    :class:`DataError` names the image."""
+def _load_failure(path: str | None, exc: Exception) -> str | None:
+    """Why the image at ``path`` did not load, when that is why the pipeline failed."""
+    if path is None:
+        return None
+    if not osp.isfile(path):
+        return f"image file not found: {path}"
+    import mmcv
+    try:
+        ok = osp.getsize(path) > 0 and mmcv.imread(path) is not None
+    except Exception:  # OpenCV raises for some truncated files
+        ok = False
+    return None if ok else f"cannot decode image (corrupt or not an image): {path}"
+
+
+def run_pipeline(pipeline, make_results, seed: int, key: SampleKey, name: str, path: str | None = None):
+    """``pipeline(make_results())`` with the global generators seeded from ``(seed, epoch, index,
+    stream)`` (:func:`raydet.data.pipeline.seeded`). When a transform drops the sample (returns
+    ``None``: a random crop without any box), it is drawn again with ``attempt`` added to the
+    key, up to :data:`MAX_REDRAWS` times, so the epoch still sees this image and the result stays
+    a pure function of the key; then :class:`DataError` names the image. A transform that fails
+    (an image that no longer decodes, say) is a :class:`DataError` naming the image too."""
+    from .pipeline import seeded
     for attempt in range(MAX_REDRAWS + 1):
-        rng = (sample_rng(seed, key.epoch, key.index, key.stream) if attempt == 0 else
-               np.random.default_rng([int(seed) & 0xFFFFFFFF, key.epoch, key.index, key.stream, attempt]))
-        out = pipeline(make_results(rng))
+        with seeded(seed, key.epoch, key.index, key.stream, attempt):
+            try:
+                out = pipeline(make_results())
+            except DataError:
+                raise
+            except Exception as exc:  # mmdet's transforms raise many types; name the image once
+                raise DataError(_load_failure(path, exc) or f"image {name} (index {key.index}): the pipeline "
+                                f"failed: {type(exc).__name__}: {exc}") from exc
         if out is not None:
             return out
     raise DataError(f"the pipeline dropped {name} (index {key.index}) {MAX_REDRAWS + 1} times in a row")
@@ -137,12 +177,14 @@ class ImageSet:
         key = as_key(key)
         info = self.index.info(key.index)
 
-        def results(rng):
-            out = dict(img_info=dict(info), img_prefix=self.img_prefix, rng=rng)
+        def results():  # mmdet's CustomDataset.pre_pipeline fields
+            out = dict(img_info=dict(info), img_prefix=self.img_prefix, seg_prefix=None, proposal_file=None,
+                       bbox_fields=[], mask_fields=[], seg_fields=[])
             if not self.test_mode:
                 out["ann_info"] = self.index.ann(key.index)
             return out
-        return run_pipeline(self.pipeline, results, self.seed, key, info["filename"])
+        path = osp.join(self.img_prefix, info["filename"]) if self.img_prefix else info["filename"]
+        return run_pipeline(self.pipeline, results, self.seed, key, info["filename"], path)
 
 
 @DATASETS.register()
@@ -187,7 +229,7 @@ class CocoDataset(ImageSet):
         self.filtered = meta["filtered"]
         self.data_infos, self.ann_infos = InfoView(self.index), InfoView(self.index, "ann")
         self.flag = self.index.flag()
-        self.pipeline = Compose(pipeline)
+        self.pipeline = Pipeline(pipeline)
 
     @property
     def img_ids(self) -> list[int]:

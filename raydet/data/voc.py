@@ -20,7 +20,7 @@ from ..errors import ConfigError, DataError, MissingFileError
 from .dataset import DATASETS, ImageSet, check_images
 from .index import AnnIndex, IndexBuilder, InfoView, file_stamp, index_key, load_or_build
 from .mean_ap import eval_map
-from .pipelines import Compose
+from .pipeline import Pipeline
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -61,7 +61,7 @@ class XMLDataset(ImageSet):
         self.index, self.index_source = load_or_build(key, lambda: self._build_index(ids, filter_empty_gt), ann_file)
         self.data_infos, self.ann_infos = InfoView(self.index), InfoView(self.index, "ann")
         self.flag = self.index.flag()
-        self.pipeline = Compose(pipeline)
+        self.pipeline = Pipeline(pipeline)
 
     @staticmethod
     def _stamp(path):
