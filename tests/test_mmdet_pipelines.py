@@ -108,3 +108,29 @@ def test_yolox_on_mmdets_multi_image_mix_dataset_trains_and_resamples_exactly(sh
     cfg.data.train = train
     train_from_config(cfg, validate=False)
     assert (tmp_path / "iter_2.pth").exists()
+
+
+def test_coco_bbox_metrics_equal_mmdets_own_evaluate(shapes_root):
+    """The same detections evaluated by raydet's COCO dataset and by mmdet's own CocoDataset."""
+    from mmdet.datasets import CocoDataset as MMDetCoco
+    kw = dict(ann_file=os.path.join(shapes_root, "annotations", "instances_val.json"),
+              img_prefix=os.path.join(shapes_root, "val"), pipeline=[], test_mode=True, classes=CLASSES)
+    ours, theirs = CocoDataset(**kw), MMDetCoco(**kw)
+    rng = np.random.default_rng(0)
+    results = []
+    for i in range(len(ours)):
+        ann = ours.index.ann(i)
+        per_class = []
+        for c in range(3):  # the truth, jittered, and two false positives per class
+            boxes = ann["bboxes"][ann["labels"] == c] + rng.normal(0, 3, (int((ann["labels"] == c).sum()), 4))
+            extra = rng.uniform(0, 60, (2, 4))
+            extra[:, 2:] += extra[:, :2]
+            boxes = np.concatenate([boxes, extra])
+            per_class.append(np.concatenate([boxes, rng.uniform(0, 1, (len(boxes), 1))], 1).astype(np.float32))
+        results.append(per_class)
+    order = {info["filename"]: i for i, info in enumerate(theirs.data_infos)}
+    theirs_results = [None] * len(results)
+    for i, r in enumerate(results):
+        theirs_results[order[ours.data_infos[i]["filename"]]] = r
+    a, b = ours.evaluate(results, metric="bbox"), theirs.evaluate(theirs_results, metric="bbox")
+    assert a == b and a["bbox_mAP"] > 0

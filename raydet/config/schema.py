@@ -283,8 +283,9 @@ def _check_dataset(ds, where: str, datasets, pipelines) -> None:
             _check_dataset(ds.get("dataset") or {}, f"{where}.dataset", datasets, pipelines)
     for j, step in enumerate(ds.get("pipeline", [])):
         pipelines.check(step, f"{where}.pipeline.{j}")
-        for k, sub in enumerate(step.get("transforms", [])):
-            pipelines.check(sub, f"{where}.pipeline.{j}.transforms.{k}")
+        if step.get("type") == "MultiScaleFlipAug":  # Albu's transforms are albumentations', not mmdet's
+            for k, sub in enumerate(step.get("transforms", [])):
+                pipelines.check(sub, f"{where}.pipeline.{j}.transforms.{k}")
 
 
 def _check_metric_names(cfg, datasets) -> None:
