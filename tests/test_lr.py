@@ -168,3 +168,26 @@ def test_one_cycle_momentum_beside_one_cycle_lr(tmp_path):
     assert rec.momentum[4] == pytest.approx(0.85) and rec.momentum[19] == pytest.approx(0.95)
     assert rec.momentum[5] == pytest.approx(0.8510926199633096, rel=1e-9)
     assert rec.lr[4] == pytest.approx(0.1, rel=1e-9)  # the LR peaks where momentum bottoms out
+
+
+def test_yolox_policy_is_mmdets_schedule():
+    """mmdet's lr_config=dict(policy='YOLOX', warmup='exp', warmup_ratio=1, warmup_iters=2,
+    num_last_epochs=1, min_lr_ratio=0.05, by_epoch=False): the squared warm-up, the cosine, the
+    held end, as mmdet's YOLOXLrUpdaterHook computes them (values from its formulas)."""
+    import math
+
+    from raydet.engine.hooks.lr import YOLOXLrUpdaterHook
+
+    class Runner:
+        epoch, max_epochs, iters_per_epoch, max_iters, iter = 0, 4, 5, 20, 0
+    hook = YOLOXLrUpdaterHook(num_last_epochs=1, min_lr_ratio=0.05, by_epoch=False, warmup="exp", warmup_ratio=1,
+                              warmup_iters=2)
+    r = Runner()
+    assert hook._warmup(0, [0.01]) == [0.01 * (1 / 2) ** 2]
+    lrs = []
+    for r.iter in range(20):
+        lrs.append(hook.get_value(r, 0.01))
+    target = 0.01 * 0.05
+    expected = [target + 0.5 * (0.01 - target) * (1 + math.cos(math.pi * (i + 1 - 2) / (20 - 2 - 5)))
+                if i + 1 < 15 else target for i in range(20)]
+    assert lrs == pytest.approx(expected)

@@ -134,3 +134,15 @@ def test_coco_bbox_metrics_equal_mmdets_own_evaluate(shapes_root):
         theirs_results[order[ours.data_infos[i]["filename"]]] = r
     a, b = ours.evaluate(results, metric="bbox"), theirs.evaluate(theirs_results, metric="bbox")
     assert a == b and a["bbox_mAP"] > 0
+
+
+def test_proposal_recall_is_mmdets_own_evaluation(shapes_root):
+    """mmdetection's RPN configs evaluate ``proposal_fast``: raydet's COCO dataset hands it to
+    mmdet's own CocoDataset.evaluate (the recall of the ground truth itself is 1)."""
+    kw = dict(ann_file=os.path.join(shapes_root, "annotations", "instances_val.json"),
+              img_prefix=os.path.join(shapes_root, "val"), pipeline=[], test_mode=True, classes=CLASSES)
+    ours = CocoDataset(**kw)
+    results = [np.concatenate([ours.index.ann(i)["bboxes"], np.ones((len(ours.index.ann(i)["bboxes"]), 1))], 1)
+               for i in range(len(ours))]
+    out = ours.evaluate(results, metric="proposal_fast")
+    assert set(out) == set(CocoDataset.metric_keys(["proposal_fast"])) and out["AR@100"] == pytest.approx(1.0)

@@ -200,12 +200,20 @@ class CocoDataset(ImageSet):
     """
 
     CLASSES = None
-    METRICS = ("bbox", "segm")
+    METRICS = ("bbox", "segm", "proposal", "proposal_fast")
 
     @staticmethod
     def metric_keys(metrics) -> list[str]:
-        """The keys :meth:`evaluate` returns for ``metrics``."""
-        return [f"{m}_{n}" for m in metrics for n in ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")]
+        """The keys :meth:`evaluate` returns for ``metrics`` (mmdet's names for proposal recall)."""
+        keys = []
+        for m in metrics:
+            if m == "proposal_fast":
+                keys += ["AR@100", "AR@300", "AR@1000"]
+            elif m == "proposal":
+                keys += ["AR@100", "AR@300", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"]
+            else:
+                keys += [f"{m}_{n}" for n in ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")]
+        return keys
 
     def __init__(self, ann_file, pipeline=(), classes=None, data_root=None, img_prefix="",
                  test_mode=False, filter_empty_gt=True, min_size=0, seed=0):
@@ -411,6 +419,23 @@ class CocoDataset(ImageSet):
             self._fast_coco = COCO(self._load_json(self.ann_file))
         return self._fast_coco
 
+    def _mmdet_evaluate(self, results, metrics: list, logger=None) -> dict:
+        """``metrics`` computed by mmdet's own ``CocoDataset.evaluate`` over this dataset's files,
+        ``results`` put into its image order."""
+        from mmdet.datasets import CocoDataset as MMDetCoco
+
+        from ..models import mmdet_fixes
+        mmdet_fixes.apply()  # its recall evaluation on this numpy
+        theirs = MMDetCoco(self.ann_file, pipeline=[], classes=self.CLASSES, img_prefix=self.img_prefix,
+                           test_mode=True)
+        order = {info["filename"]: i for i, info in enumerate(theirs.data_infos)}
+        placed = [None] * len(theirs)
+        for i, info in enumerate(self.data_infos):
+            placed[order[info["filename"]]] = results[i]
+        if any(r is None for r in placed):
+            raise ValueError(f"{self.ann_file}: images without a result for mmdet's evaluation")
+        return theirs.evaluate(placed, metric=metrics, logger=logger or globals()["logger"])
+
     def evaluate(self, results, metric=("bbox",), logger=None, classwise=False, **_):
         """COCO mAP, computed by faster-coco-eval's C++ COCOeval (the same 12 numbers as
         pycocotools' on the same input, checked by ``tests/test_dataset.py``; ~10x faster on a
@@ -421,6 +446,8 @@ class CocoDataset(ImageSet):
         ``(bbox_result, segm_result)`` whose ``segm_result[c][j]`` is a binary ``HxW`` mask or an
         RLE. Returns ``{f'{m}_mAP', f'{m}_mAP_50', _75, _s, _m, _l, f'{m}_mAP_copypaste'}`` for
         each metric ``m`` in ``bbox``/``segm``; ``classwise`` also logs each category's AP.
+        ``proposal``/``proposal_fast`` (``results[i]``: an ``[N, 5]`` array of proposals) are mmdet's
+        own evaluation (``AR@100``, ...).
         """
         from faster_coco_eval import COCOeval_faster
         metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -428,14 +455,17 @@ class CocoDataset(ImageSet):
             raise ValueError(f"{len(results)} results for a dataset of {len(self)} images")
         out = {}
         names = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
-        for m in metrics:
+        proposals = [m for m in metrics if m in ("proposal", "proposal_fast")]
+        if proposals:  # proposal recall: mmdet's own CocoDataset.evaluate, on the same files
+            out.update(self._mmdet_evaluate(results, proposals, logger))
+        for m in [m for m in metrics if m not in proposals]:
             if m not in ("bbox", "segm"):
-                raise ValueError(f"metric must be 'bbox' or 'segm', got {m!r}")
+                raise ValueError(f"metric must be one of {self.METRICS}, got {m!r}")
             dets = self._to_coco_json(results, m)
             if not dets:
                 for n in names:
                     out[f"{m}_{n}"] = 0.0
-                out[f"{m}_mAP_copypaste"] = " ".join(["0.000"] * 6)
+                out[f"{m}_mAP_copypaste"] = " ".join(["0.0000"] * 6)
                 continue
             lines = []
             gt = self._fast_gt()
@@ -455,9 +485,9 @@ class CocoDataset(ImageSet):
                     rows.append(f"| {name:<20} | {float(p.mean()) if p.size else float('nan'):.3f} |")
                 (logger or globals()["logger"]).info(f"{m} AP per category:\n| {'category':<20} | AP    |\n"
                                                      + "\n".join(rows))
-            for i, n in enumerate(names):
-                out[f"{m}_{n}"] = float(f"{ev.stats[i]:.3f}")
-            out[f"{m}_mAP_copypaste"] = " ".join(f"{ev.stats[i]:.3f}" for i in range(6))
+            for i, n in enumerate(names):  # mmdet 2.28's rounding and copypaste line
+                out[f"{m}_{n}"] = float(f"{ev.stats[i]:.4f}")
+            out[f"{m}_mAP_copypaste"] = " ".join(f"{ev.stats[i]:.4f}" for i in range(6))
         return out
 
 

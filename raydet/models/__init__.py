@@ -151,6 +151,10 @@ def build_detector(cfg: dict, logger: logging.Logger | None = None, train_cfg=No
     except (KeyError, TypeError, ValueError, AssertionError, AttributeError, NotImplementedError,
             RuntimeError) as exc:
         raise config_error(exc, cfg) from None
+    except OSError as exc:  # a file the constructor itself reads (a distillation teacher's checkpoint)
+        error = config_error(exc, cfg)
+        raise ConfigError(f"{error}: a file or download the model's own constructor needs (e.g. teacher_ckpt): "
+                          "place the file and point the config at it") from None
     if init:
         with _quiet_mmcv():
             model.init_weights()

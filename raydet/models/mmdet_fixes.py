@@ -1,15 +1,22 @@
-"""Where mmdetection 2.28's own code assumes a GPU, made to run on CPU-only machines too.
+"""Where mmdetection 2.28's own code assumes a GPU or an older numpy, made to run here too.
 
 mmdet's prior generators (anchors and points) and a few heads default ``device='cuda'`` and some
 callers leave it out (RepPoints' ``get_points`` asks for valid flags without a device): on a
 machine without CUDA that raises "Found no NVIDIA driver". :func:`apply` makes those defaults
-``'cpu'`` when CUDA is unavailable (on a GPU machine nothing changes). Applied when
-:mod:`raydet.models` is imported.
+``'cpu'`` when CUDA is unavailable (on a GPU machine nothing changes).
+
+mmdet's proposal recall (``eval_recalls``, the ``proposal``/``proposal_fast`` metrics) makes one
+array of every image's IoU matrix, of different shapes: numpy >= 1.24 refuses such ragged arrays,
+which older numpy made object arrays. :func:`apply` gives that module a numpy whose ``array``
+does what older numpy did.
+
+Applied when :mod:`raydet.models` is imported.
 """
 from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import torch
 
 _applied = False
@@ -27,12 +34,35 @@ def _cpu_default(func) -> bool:
     return True
 
 
+class _RaggedNumpy:
+    """numpy, except that ``array`` of a list of arrays of different shapes is an object array
+    (numpy < 1.24's result) instead of a ValueError."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def array(obj, *args, **kwargs):
+        try:
+            return np.array(obj, *args, **kwargs)
+        except ValueError:
+            if not (isinstance(obj, list) and all(isinstance(o, np.ndarray) for o in obj)) or args or kwargs:
+                raise
+            out = np.empty(len(obj), dtype=object)
+            out[:] = obj
+            return out
+
+
 def apply() -> list[str]:
-    """Apply once; returns the functions changed (``Class.method``)."""
+    """Apply once; returns what was changed (``Class.method`` names, ``eval_recalls``)."""
     global _applied
-    if _applied or torch.cuda.is_available():
+    if _applied:
         return []
     _applied = True
+    import mmdet.core.evaluation.recall as recall
+    recall.np = _RaggedNumpy()
+    if torch.cuda.is_available():
+        return ["eval_recalls"]
     import mmdet.core.anchor as anchor
     import mmdet.core.utils.misc as misc
     import mmdet.models.dense_heads as heads

@@ -299,6 +299,33 @@ class CosineAnnealingLrUpdaterHook(LrUpdaterHook):
         return annealing_cos(base, target, progress / total)
 
 
+@LR_POLICIES.register("YOLOX")
+class YOLOXLrUpdaterHook(CosineAnnealingLrUpdaterHook):
+    """mmdet's ``YOLOXLrUpdaterHook``: the ``exp`` warm-up is ``warmup_ratio * ((i + 1) /
+    warmup_iters) ** 2`` times the regular LR, then a cosine from ``base`` to the target over the
+    rest of the run but its last ``num_last_epochs`` epochs, where the target is held. The epoch
+    length is the run's (``runner.iters_per_epoch``), so a resumed epoch counts as a whole one."""
+
+    def __init__(self, num_last_epochs: int, **kwargs):
+        self.num_last_epochs = num_last_epochs
+        super().__init__(**kwargs)
+
+    def _warmup(self, cur, regular):
+        if self.warmup != "exp":
+            return super()._warmup(cur, regular)
+        k = self.warmup_ratio * ((cur + 1) / self.warmup_iters) ** 2
+        return [v * k for v in regular]
+
+    def get_value(self, runner, base):
+        last = runner.iters_per_epoch * self.num_last_epochs
+        progress, total = (runner.epoch, runner.max_epochs) if self.by_epoch else (runner.iter, runner.max_iters)
+        progress += 1
+        target = base * self.min_lr_ratio if self.min_lr_ratio is not None else self.min_lr
+        if progress >= total - last:
+            return target
+        return annealing_cos(base, target, (progress - self.warmup_iters) / (total - self.warmup_iters - last))
+
+
 @LR_POLICIES.register("OneCycle")
 class OneCycleLrUpdaterHook(LrUpdaterHook):
     """Per iteration: from ``max_lr / div_factor`` up to ``max_lr`` over ``pct_start`` of
