@@ -73,19 +73,25 @@ def main() -> int:
         print(f"[{i + 1}/{len(paths)}] {name}: config {entry['config'] == 'ok'}, model {entry['model'] == 'ok'}",
               flush=True)
     for key in ("config", "model"):
-        ok = sum(r[key] == "ok" for r in results.values())
-        print(f"\n{key}: {ok} of {len(results)} ({100 * ok / max(len(results), 1):.1f}%)")
-        groups = collections.defaultdict(list)
-        for name, r in results.items():
-            if r[key] != "ok":
-                groups[r[key]].append(name)
-        for why, names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-            print(f"  {len(names):4d}  {why}\n        " + ", ".join(names))
+        report(key, {name: r[key] for name, r in results.items()})
     print(f"\n{len(results)} configs in {time.time() - start:.0f} s")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
     return 0
+
+
+def report(label: str, outcomes: dict) -> None:
+    """Print how many of ``outcomes`` (config -> ``'ok'`` or the reason) are ``'ok'``, then every
+    other one grouped by reason, the largest group first."""
+    ok = sum(v == "ok" for v in outcomes.values())
+    print(f"\n{label}: {ok} of {len(outcomes)} ({100 * ok / max(len(outcomes), 1):.1f}%)")
+    groups = collections.defaultdict(list)
+    for name, why in outcomes.items():
+        if why != "ok":
+            groups[why].append(name)
+    for why, names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {len(names):4d}  {why}\n        " + ", ".join(names))
 
 
 if __name__ == "__main__":

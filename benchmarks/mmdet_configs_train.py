@@ -13,8 +13,6 @@ YOLOX's ``input_size``, pretrained weights (none: nothing is downloaded), one im
 no loader workers. Prints the counts and every failure, grouped by reason.
 """
 import argparse
-import collections
-import copy
 import glob
 import json
 import os
@@ -25,7 +23,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 COCO_TYPES = ("CocoDataset", "RepeatDataset", "ClassBalancedDataset", "ConcatDataset", "MultiImageMixDataset")
 SMALL = (128, 96)
@@ -167,16 +165,8 @@ def main() -> int:
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             results[name] = re.sub(r"^\S+\.py: ", "", f"{type(exc).__name__}: {text}")[:300]
         print(f"[{i + 1}/{len(paths)}] {name}: {results[name][:120]}", flush=True)
-    ok = sum(v == "ok" for v in results.values())
-    skipped = sum(v.startswith("skipped") for v in results.values())
-    print(f"\ntraining started: {ok} of {len(results)}; {skipped} not COCO-format (not measured); "
-          f"{len(results) - ok - skipped} failed")
-    groups = collections.defaultdict(list)
-    for name, r in results.items():
-        if r != "ok":
-            groups[r].append(name)
-    for why, names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        print(f"  {len(names):4d}  {why}\n        " + ", ".join(names))
+    from mmdet_configs import report
+    report("training started", results)
     print(f"\n{len(results)} configs in {time.time() - start:.0f} s")
     if args.out:
         with open(args.out, "w") as f:

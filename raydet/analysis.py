@@ -120,7 +120,8 @@ def write_run_curves(runner, logger=None) -> str | None:
         import matplotlib.pyplot as plt
 
         from .engine.checkpoint import move_aside
-        move_aside(out, logger)  # a user's or an earlier attempt's: kept
+        if not runner.resumed_from:  # a fresh start: a user's or an earlier run's curves are kept
+            move_aside(out, logger)
         plt.close(plot_curves([path], keys, out=out, legend=[os.path.basename(runner.work_dir)]))
     except (OSError, ValueError, ImportError) as exc:
         if logger is not None:

@@ -110,10 +110,13 @@ def browse_dataset(dataset_cfg, out_dir: str, num: int | None = None, seed: int 
         yield path, results
 
 
-def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: float = 0.3) -> list[str]:
+def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: float = 0.3,
+                     keep_existing: bool = True) -> list[str]:
     """Predict the first ``count`` images of ``dataset`` (a test-mode dataset) with ``model``
-    (a detector, or DDP around one) and draw them, full size, into ``out_dir/<image name>.png``.
-    Returns the paths. The model is left in eval mode."""
+    (a detector, or DDP around one) and draw them, full size, into ``out_dir/<image name>.png``;
+    with ``keep_existing`` a file already there is moved aside first (a user's, or an earlier
+    run's), else written over (a resumed run's own). Returns the paths. The model is left in
+    eval mode."""
     from .apis.inference import predict_samples
     from .engine.checkpoint import move_aside
     from .engine.dist import unwrap
@@ -126,7 +129,8 @@ def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: fl
         info = dataset.data_infos[i]
         source = os.path.join(dataset.img_prefix, info["filename"]) if dataset.img_prefix else info["filename"]
         path = os.path.join(out_dir, os.path.splitext(os.path.basename(info["filename"]))[0] + ".png")
-        move_aside(path)  # a user's or an earlier attempt's picture: kept
+        if keep_existing:
+            move_aside(path)
         draw_det_result(source, result, names, score_thr=score_thr, out_file=path)
         written.append(path)
     return written

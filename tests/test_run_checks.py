@@ -81,3 +81,12 @@ def test_files_the_run_did_not_write_are_kept(make_cfg, tmp_path):
         kept = [p for p in path.parent.glob(f"{path.stem}.old-*{path.suffix}")]
         assert len(kept) == 1 and kept[0].read_bytes() == data, path
         assert path.exists() and path.read_bytes() != data  # this run's own file took the name
+
+
+def test_a_resumed_run_writes_over_its_own_earlier_pictures(make_cfg, tmp_path):
+    """The same run resumed (here after its end) owns what it wrote before: no copies are kept."""
+    work = tmp_path / "work"
+    ev = dict(interval=1, metric="bbox", save_best="auto")
+    train_from_config(make_cfg(work, runner=dict(max_epochs=1), evaluation=ev), validate=True)
+    train_from_config(make_cfg(work, runner=dict(max_epochs=2), evaluation=ev, auto_resume=True), validate=True)
+    assert not list(work.rglob("*.old-*"))

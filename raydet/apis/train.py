@@ -543,6 +543,7 @@ def train_from_config(cfg, validate=True, timestamp=None, on_checkpoint=None, de
         write_run_curves(runner, logger)
         evals = [h for h in runner.hooks if isinstance(h, EvalHook)]
         if evals:
-            draw_predictions(runner.model, evals[0].dataloader.dataset, os.path.join(cfg.work_dir, "vis"))
+            draw_predictions(runner.model, evals[0].dataloader.dataset, os.path.join(cfg.work_dir, "vis"),
+                             keep_existing=not runner.resumed_from)
             runner.model.train()
     return runner

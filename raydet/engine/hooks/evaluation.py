@@ -165,7 +165,9 @@ class EvalHook(Hook):
         if (is_main() and old and old != path and os.path.isfile(old)
                 and os.path.dirname(os.path.abspath(old)) == os.path.abspath(runner.work_dir)):
             replaced.append(lambda: os.path.isfile(old) and os.remove(old))
-        if is_main() and path != old:  # a file of that name is an earlier attempt's or the user's: kept
+        if is_main() and path != old and not runner.resumed_from:
+            # a fresh start: a file of that name is an earlier run's or the user's, and is kept (a
+            # resumed run's files are its own, from its earlier attempts, restored or left here)
             move_aside(path, runner.logger)
         runner.save_checkpoint(path, create_symlink=False, then=replaced)  # every rank: a collective
         if is_main():
