@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -108,6 +109,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=180, help="seconds a config may take")
     parser.add_argument("--shard", default="0/1", help="I/N: every N-th config from the I-th (parallel runs)")
+    parser.add_argument("--start", type=int, default=0, help="skip the shard's first N configs (a resumed survey)")
     args = parser.parse_args()
     import logging
 
@@ -125,7 +127,7 @@ def main() -> int:
     paths = sorted(p for p in glob.glob(os.path.join(args.configs, "**", "*.py"), recursive=True)
                    if "_base_" not in p.split(os.sep))[:args.limit or None]
     shard, shards = map(int, args.shard.split("/"))
-    paths = paths[shard::shards]
+    paths = paths[shard::shards][args.start:]
 
     def alarm(*_):
         raise Timeout(f"over {args.timeout} s")
@@ -156,6 +158,7 @@ def main() -> int:
                 train_from_config(load_config(opts), validate=False)
             finally:
                 signal.alarm(0)
+                shutil.rmtree(opts["work_dir"], ignore_errors=True)  # a big model's checkpoint each: disk
             results[name] = "ok"
         except LookupError as exc:
             results[name] = f"skipped: {exc}"

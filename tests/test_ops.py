@@ -422,3 +422,18 @@ def test_unserved_op_is_named_at_call_not_import():
         ext.nms_rotated(torch.zeros(0, 5))
     from mmcv.utils import collect_env  # reports the ops' origin instead of failing
     assert "raydet" in str(collect_env().get("MMCV Compiler", ""))
+
+
+def test_half_and_bfloat16_cpu_tensors_are_computed_in_float32():
+    """mmdet's fp16 regions hand the ops half tensors; torchvision's CPU kernels take float only."""
+    feat = torch.randn(1, 2, 8, 8)
+    rois = torch.tensor([[0.0, 1, 1, 6, 6]])
+    ref = ops.roi_align(feat, rois, 2, 1.0, 0, "avg", True)
+    for dtype in (torch.float16, torch.bfloat16):
+        out = ops.roi_align(feat.to(dtype), rois.to(dtype), 2, 1.0, 0, "avg", True)
+        assert out.dtype == dtype and torch.allclose(out.float(), ref, atol=2e-2)
+        x = feat.to(dtype).requires_grad_()
+        ops.roi_align(x, rois.to(dtype), 2, 1.0, 0, "avg", True).sum().backward()
+        assert x.grad.dtype == dtype
+        layer = ops.DeformConv2dPack(2, 2, 3, padding=1).to(dtype)
+        assert layer(feat.to(dtype)).dtype == dtype

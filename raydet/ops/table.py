@@ -31,6 +31,13 @@ def _grads(forward, inputs: list, grad_output: torch.Tensor) -> list:
         return list(torch.autograd.grad(out, leaves, grad_output, allow_unused=True))
 
 
+def _cpu_float(*tensors):
+    """torchvision's CPU kernels take float32/float64 only: half and bfloat16 CPU tensors (mmdet's
+    fp16 regions on a CPU) are computed in float32, and the caller's output keeps its dtype."""
+    return [t.float() if t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16) else t
+            for t in tensors]
+
+
 def _write(dst: torch.Tensor, value) -> None:
     """Fill an mmcv-allocated output; a missing gradient is zero."""
     if value is None:
@@ -75,6 +82,7 @@ def roi_align_forward(input, rois, output, argmax_y, argmax_x, aligned_height: i
     """RoIAlign, average pooling (torchvision's kernel, the same bilinear sampling and adaptive
     ``sampling_ratio=0``), into ``output [R, C, h, w]``."""
     _not_max(pool_mode)
+    input, = _cpu_float(input)
     output.copy_(torch.ops.torchvision.roi_align(input, rois.to(input.dtype), float(spatial_scale), int(aligned_height),
                                                  int(aligned_width), int(sampling_ratio), bool(aligned)))
 
@@ -83,6 +91,7 @@ def roi_align_backward(grad_output, rois, argmax_y, argmax_x, grad_input, aligne
                        spatial_scale: float, sampling_ratio: int, pool_mode: int, aligned: bool):
     _not_max(pool_mode)
     n, c, h, w = grad_input.shape
+    grad_output, = _cpu_float(grad_output)
     grad_input.copy_(torch.ops.torchvision._roi_align_backward(
         grad_output, rois.to(grad_output.dtype), float(spatial_scale), int(aligned_height), int(aligned_width),
         n, c, h, w, int(sampling_ratio), bool(aligned)))
@@ -128,7 +137,12 @@ def deform_roi_pool_backward(grad_output, input, rois, offset, grad_input, grad_
 
 # ----------------------------------------------------------------------------- deformable convolution
 def _dcn(input, weight, offset, mask=None, bias=None, *, stride, padding, dilation):
-    return deform_conv2d(input, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+    dtype = input.dtype
+    input, weight, offset = _cpu_float(input, weight, offset)
+    mask = None if mask is None else _cpu_float(mask)[0]
+    bias = None if bias is None else _cpu_float(bias)[0]
+    out = deform_conv2d(input, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+    return out.to(dtype)
 
 
 def deform_conv_forward(input, weight, offset, output, columns, ones, kW, kH, dW, dH, padW, padH, dilationW,
