@@ -5,10 +5,11 @@ callers leave it out (RepPoints' ``get_points`` asks for valid flags without a d
 machine without CUDA that raises "Found no NVIDIA driver". :func:`apply` makes those defaults
 ``'cpu'`` when CUDA is unavailable (on a GPU machine nothing changes).
 
-mmdet's proposal recall (``eval_recalls``, the ``proposal``/``proposal_fast`` metrics) makes one
-array of every image's IoU matrix, of different shapes: numpy >= 1.24 refuses such ragged arrays,
-which older numpy made object arrays. :func:`apply` gives that module a numpy whose ``array``
-does what older numpy did.
+numpy >= 1.24 removed what some of mmdet's modules use: the aliases ``np.int``/``np.float``/
+``np.bool`` (Libra R-CNN's IoU-balanced sampler, ``CustomDataset.get_cat_ids`` that mmdet's
+``ClassBalancedDataset`` calls) and ragged ``np.array`` calls (its proposal recall makes one array
+of every image's IoU matrix, of different shapes). :func:`apply` gives those modules a numpy that
+has the aliases and makes ragged lists object arrays, as numpy < 1.24 did.
 
 Applied when :mod:`raydet.models` is imported.
 """
@@ -34,9 +35,11 @@ def _cpu_default(func) -> bool:
     return True
 
 
-class _RaggedNumpy:
-    """numpy, except that ``array`` of a list of arrays of different shapes is an object array
-    (numpy < 1.24's result) instead of a ValueError."""
+class _LegacyNumpy:
+    """numpy, with numpy < 1.24's aliases (``int``, ``float``, ``bool``) and its ``array`` of a
+    list of arrays of different shapes: an object array instead of a ValueError."""
+
+    int, float, bool = int, float, bool
 
     def __getattr__(self, name):
         return getattr(np, name)
@@ -59,10 +62,13 @@ def apply() -> list[str]:
     if _applied:
         return []
     _applied = True
-    import mmdet.core.evaluation.recall as recall
-    recall.np = _RaggedNumpy()
+    import importlib
+    legacy = _LegacyNumpy()
+    for name in ("mmdet.core.evaluation.recall", "mmdet.core.bbox.samplers.iou_balanced_neg_sampler",
+                 "mmdet.datasets.custom", "mmdet.datasets.openimages"):
+        importlib.import_module(name).np = legacy
     if torch.cuda.is_available():
-        return ["eval_recalls"]
+        return ["numpy < 1.24 for mmdet"]
     import mmdet.core.anchor as anchor
     import mmdet.core.utils.misc as misc
     import mmdet.models.dense_heads as heads
