@@ -72,6 +72,10 @@ class Registry:
             return o
         return add(obj) if obj is not None else add
 
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` is this registry's own entry (not its fallback's)."""
+        return name in self._table
+
     def _others(self) -> dict:
         return self.fallback() if self.fallback is not None else {}
 

@@ -270,15 +270,15 @@ def _check_dataset(ds, where: str, datasets, pipelines) -> None:
                 raise ConfigError(f"{where}: {ds['type']} needs '{key}'")
         _check_dataset(ds[field], f"{where}.{field}", datasets, pipelines)
         return
-    from ..data.dataset import _mmdet_datasets, own_dataset
+    from ..data.dataset import mmdet_datasets, own_dataset
     if own_dataset(ds):
         datasets.check({k: v for k, v in ds.items() if k != "separate_eval"}, where, skip=("seed",))
     else:  # mmdet's own class (a CocoDataset with mmdet-only arguments, or a type raydet has not)
         from ..registry import check_call
         kind = ds.get("type")
-        if kind not in _mmdet_datasets():
+        if kind not in mmdet_datasets():
             datasets.get(kind, where)  # the error, with the closest name
-        check_call(_mmdet_datasets()[kind], {k: v for k, v in ds.items() if k != "type"}, where)
+        check_call(mmdet_datasets()[kind], {k: v for k, v in ds.items() if k != "type"}, where)
         if kind == "MultiImageMixDataset":  # mmdet's wrapper: its dataset is mmdet's too
             _check_dataset(ds.get("dataset") or {}, f"{where}.dataset", datasets, pipelines)
     for j, step in enumerate(ds.get("pipeline", [])):

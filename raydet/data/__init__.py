@@ -1,6 +1,6 @@
 """Datasets (mmdet 2.x's interface over raydet's compact annotation index), mmdet's own pipelines,
 samplers and loaders. Imports no ray."""
-from .dataset import DATASETS, CocoDataset, DataWarning, SampleKey, ShapesDataset, own_dataset, sample_rng
+from .dataset import DATASETS, CocoDataset, DataWarning, SampleKey, ShapesDataset, own_dataset
 from .loader import GroupSampler, ShardSampler, build_dataloader, collate
 from .pipeline import PIPELINES, Pipeline
 from .voc import VOCDataset, XMLDataset
@@ -44,5 +44,5 @@ def build_dataset(cfg, seed: int = 0, where: str = "dataset", **overrides):
 
 __all__ = ["DATASETS", "PIPELINES", "CocoDataset", "ShapesDataset", "RepeatDataset", "ConcatDataset",
            "ClassBalancedDataset", "VOCDataset", "XMLDataset", "DataWarning", "SampleKey",
-           "sample_rng", "GroupSampler", "ShardSampler", "build_dataloader", "build_dataset",
+           "GroupSampler", "ShardSampler", "build_dataloader", "build_dataset",
            "collate", "Pipeline"]

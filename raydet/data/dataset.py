@@ -26,13 +26,14 @@ from .index import AnnIndex, IndexBuilder, InfoView, file_stamp, index_key, load
 from .pipeline import Pipeline
 from . import shapes
 
-def _mmdet_datasets() -> dict:
+def mmdet_datasets() -> dict:
+    """mmdet's dataset registry (its datasets and wrappers, and a user's), by name."""
     from mmdet.datasets.builder import DATASETS as MMDET_DATASETS
     return MMDET_DATASETS.module_dict
 
 
 #: raydet's own datasets (COCO, VOC and the shapes on the compact index; the wrappers), then mmdet's
-DATASETS = Registry("dataset", fallback=_mmdet_datasets)
+DATASETS = Registry("dataset", fallback=mmdet_datasets)
 
 #: arguments of mmdet's CocoDataset that raydet's does not take: a config that sets one gets mmdet's
 MMDET_ONLY_COCO_ARGS = ("seg_prefix", "proposal_file", "file_client_args")
@@ -42,7 +43,7 @@ def own_dataset(cfg: dict) -> bool:
     """Whether raydet builds ``cfg`` itself (its compact COCO/VOC/shapes datasets, its wrappers)
     rather than mmdet's own class (:mod:`raydet.data.mmdet_datasets`)."""
     kind = cfg.get("type")
-    if kind not in DATASETS._table:
+    if not DATASETS.owns(kind):
         return False
     return not (kind == "CocoDataset" and any(cfg.get(k) is not None for k in MMDET_ONLY_COCO_ARGS))
 logger = logging.getLogger("raydet")
@@ -58,12 +59,6 @@ class SampleKey(NamedTuple):
     index: int
     epoch: int
     stream: int = 0
-
-
-def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
-    """The augmentation generator of one sample; the same arguments always give the same stream
-    (stream 0 is the unwrapped dataset's)."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index)] + ([int(stream)] if stream else []))
 
 
 #: how many repaired or dropped annotations are warned about one by one before the rest are counted
@@ -423,9 +418,6 @@ class CocoDataset(ImageSet):
         """``metrics`` computed by mmdet's own ``CocoDataset.evaluate`` over this dataset's files,
         ``results`` put into its image order."""
         from mmdet.datasets import CocoDataset as MMDetCoco
-
-        from ..models import mmdet_fixes
-        mmdet_fixes.apply()  # its recall evaluation on this numpy
         theirs = MMDetCoco(self.ann_file, pipeline=[], classes=self.CLASSES, img_prefix=self.img_prefix,
                            test_mode=True)
         order = {info["filename"]: i for i, info in enumerate(theirs.data_infos)}

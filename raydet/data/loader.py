@@ -64,16 +64,12 @@ def collate(batch: list[dict]) -> dict:
 
 def batch_to_device(batch: dict, device) -> dict:
     """A collated batch with its tensors (also inside lists) on ``device``; ``img_metas`` stays
-    on the host, and ``gt_masks`` become mmdet's ``BitmapMasks`` (what its mask heads take)."""
+    on the host."""
     def move(value):
         if isinstance(value, torch.Tensor):
             return value.to(device, non_blocking=True)
         return [move(v) for v in value] if isinstance(value, list) else value
-
-    def masks(value):
-        from mmdet.core import BitmapMasks
-        return [BitmapMasks(m.numpy(), *m.shape[-2:]) if isinstance(m, torch.Tensor) else m for m in value]
-    return {k: (v if k == "img_metas" else masks(v) if k == "gt_masks" else move(v)) for k, v in batch.items()}
+    return {k: (v if k == "img_metas" else move(v)) for k, v in batch.items()}
 
 
 class GroupSampler(Sampler):

@@ -12,13 +12,8 @@ mmdet dataset's own.
 from __future__ import annotations
 
 from ..errors import ConfigError, DataError
-from .dataset import MAX_REDRAWS, as_key
-from .pipeline import seeded, unwrap
-
-
-def _mmdet_datasets() -> dict:
-    from mmdet.datasets.builder import DATASETS as MMDET_DATASETS
-    return MMDET_DATASETS.module_dict
+from .dataset import as_key
+from .pipeline import seeded, uncontain
 
 
 class MMDetDataset:
@@ -46,9 +41,9 @@ class MMDetDataset:
                 name = self._name(key.index)
                 raise DataError(f"{type(self.dataset).__name__} sample {key.index}{name}: {type(exc).__name__}: "
                                 f"{exc}") from exc
-        if out is None:  # mmdet's test-mode datasets return None for a dropped sample
-            raise DataError(f"{type(self.dataset).__name__} dropped sample {key.index} ({MAX_REDRAWS} redraws)")
-        return unwrap(out)
+        if out is None:  # a test-mode mmdet dataset returns what its pipeline returns, None included
+            raise DataError(f"{type(self.dataset).__name__}: the pipeline dropped sample {key.index}{self._name(key.index)}")
+        return uncontain(out)
 
     def _name(self, index: int) -> str:
         infos = getattr(self.dataset, "data_infos", None)

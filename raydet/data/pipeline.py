@@ -16,7 +16,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..ops import mmdet_fixes
 from ..registry import Registry
+
+mmdet_fixes.apply()  # mmdet's datasets, samplers and evaluation on this numpy (and without CUDA)
 
 
 def _mmdet_pipelines() -> dict:
@@ -45,21 +48,21 @@ def seeded(*key: int):
         torch.set_rng_state(state[2])
 
 
-def unwrap(value):
+def uncontain(value):
     """A pipeline output with every ``DataContainer`` replaced by what it holds (lists too)."""
     from mmcv.parallel import DataContainer
     if isinstance(value, DataContainer):
         return value.data
     if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
+        return {k: uncontain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [unwrap(v) for v in value]
+        return [uncontain(v) for v in value]
     return value
 
 
 class Pipeline:
     """mmdet's ``Compose`` of ``steps`` (dicts of mmdet's ``PIPELINES``), returning plain
-    outputs (:func:`unwrap`), or ``None`` where a transform drops the sample."""
+    outputs (:func:`uncontain`), or ``None`` where a transform drops the sample."""
 
     def __init__(self, steps, where: str = "pipeline"):
         from mmdet.datasets.pipelines import Compose
@@ -74,7 +77,7 @@ class Pipeline:
 
     def __call__(self, results: dict):
         out = self.compose(results)
-        return None if out is None else unwrap(out)
+        return None if out is None else uncontain(out)
 
     def __repr__(self):
         return f"Pipeline({[s.get('type') for s in self.steps]})"

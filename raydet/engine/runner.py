@@ -241,11 +241,13 @@ class Runner:
             return dict(epoch=self._epoch, start_batch=start_batch + steps * get_world_size())
         return dict(epoch=done_epochs, start_batch=0)
 
-    def state_dict(self, save_optimizer: bool = True, meta: dict | None = None, rng: list | None = None) -> dict:
+    def state_dict(self, save_optimizer: bool = True, meta: dict | None = None, rng: list | None = None,
+                   ranks: list | None = None) -> dict:
         """Everything a resume needs, tensors as the live ones (on their devices). Called from a
         hook, it counts the iteration or epoch that just finished as done (in
-        ``before_train_iter``: the iterations before this one). ``rng``: every rank's generator
-        states in rank order (default: this process's alone)."""
+        ``before_train_iter``: the iterations before this one). ``rng`` and ``ranks``: every
+        rank's generator states and own hook state, in rank order (default: this process's
+        alone)."""
         done_epochs, done_iters = self.progress()
         sampler = self._sampler_position(done_epochs)
         full_meta = dict(self.meta)
@@ -256,10 +258,10 @@ class Runner:
                          world_size=get_world_size())
         state = dict(meta=full_meta,
                      state_dict=strip_prefix(self._module().state_dict()),
-                     hooks={type(h).__name__: _hook_state(h) for h in self._hooks if _hook_state(h)},
+                     hooks={type(h).__name__: s for h in self._hooks if (s := _hook_state(h))},
                      sampler=sampler, rng=rng if rng is not None else [rng_state()])
-        if self._rank_hooks():  # this process's; save_checkpoint puts every rank's here
-            state["ranks"] = [{type(h).__name__: h.rank_state_dict() for h in self._rank_hooks()}]
+        if self._rank_hooks():
+            state["ranks"] = ranks if ranks is not None else [self._rank_state()]
         if save_optimizer:
             state["optimizer"] = self.optimizer.state_dict()
         return state
@@ -267,6 +269,10 @@ class Runner:
     def _rank_hooks(self) -> list:
         """The hooks with state of each rank's own (``rank_state_dict``), in order."""
         return [h for h in self._hooks if callable(getattr(h, "rank_state_dict", None))]
+
+    def _rank_state(self) -> dict:
+        """This rank's own hook states, by hook class name."""
+        return {type(h).__name__: h.rank_state_dict() for h in self._rank_hooks()}
 
     def load_state_dict(self, state: dict) -> None:
         """Strict: missing or leftover keys, hooks or weights raise :class:`CheckpointError`.
@@ -346,13 +352,12 @@ class Runner:
         state = plan = None
         if is_main():
             self.writer.begin(boundary)
-            state = self.state_dict(save_optimizer, meta, rng=[])  # the live tensors; every rank's RNG below
+            # the live tensors; every rank's RNG and own state below
+            state = self.state_dict(save_optimizer, meta, rng=[], ranks=[])
             plan = done + self.writer.iterations_needed(tensor_bytes(state), self.step_seconds)
         gathered = all_gather_objects((rng_state(), plan))
-        ranks = None
-        if self._rank_hooks():  # every rank's own state (accumulated gradients), to rank 0
-            mine = {type(h).__name__: h.rank_state_dict() for h in self._rank_hooks()}
-            ranks = gather_objects(mine)
+        # every rank's own state (accumulated gradients) to rank 0, taken once per rank
+        ranks = gather_objects(self._rank_state()) if self._rank_hooks() else None
         if is_main():
             state["rng"] = [g[0] for g in gathered]
             if ranks is not None:

@@ -19,19 +19,12 @@ import torch
 
 import raydet.ops  # noqa: F401  (mmcv._ext before mmdet.models imports mmcv.ops)
 from ..errors import ConfigError
-from . import mmdet_fixes
+from ..ops import mmdet_fixes
 from .backbones import GNConvNet
 
 mmdet_fixes.apply()
 
 logger = logging.getLogger("raydet")
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DistributedDataParallel (and raydet's train-step adapter), or ``model``."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 @contextlib.contextmanager
@@ -176,4 +169,4 @@ def validate_model(cfg: dict, train_cfg=None, test_cfg=None) -> None:
     build_detector(cfg, train_cfg=train_cfg, test_cfg=test_cfg, init=False)
 
 
-__all__ = ["GNConvNet", "build_detector", "config_error", "unwrap", "validate_model"]
+__all__ = ["GNConvNet", "build_detector", "config_error", "validate_model"]

@@ -11,7 +11,7 @@ numpy >= 1.24 removed what some of mmdet's modules use: the aliases ``np.int``/`
 of every image's IoU matrix, of different shapes). :func:`apply` gives those modules a numpy that
 has the aliases and makes ragged lists object arrays, as numpy < 1.24 did.
 
-Applied when :mod:`raydet.models` is imported.
+Applied when :mod:`raydet.models` or :mod:`raydet.data` is imported.
 """
 from __future__ import annotations
 
