@@ -82,6 +82,16 @@ def tiny_rcnn(mask: bool = False, channels: int = 16) -> dict:
 SMALL = dict(train=48, val=16)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_home(tmp_path_factory):
+    """raydet's data home (the annotation index cache) is this session's own: the tests write nothing
+    under ``~/.cache``, and no cache file of an earlier session (whose temporary paths pytest reuses)
+    serves this one's datasets. Set before any test starts a process, Ray's included."""
+    home = str(tmp_path_factory.mktemp("raydet-data"))
+    os.environ["RAYDET_DATA"] = home
+    return home
+
+
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory):
     from raydet.data.shapes import generate

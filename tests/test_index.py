@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from raydet.data import CocoDataset, RepeatDataset, ShapesDataset, XMLDataset
+from raydet.errors import DataError
 
 from .test_voc import write_voc
 
@@ -166,6 +167,22 @@ def test_the_cache_serves_the_second_build_and_is_refused_after_the_json_changes
     with caplog.at_level(logging.WARNING, logger="raydet"), pytest.warns(UserWarning):
         assert build().index_source == "built"
     assert "cannot write the index cache" in caplog.text
+
+
+def test_the_cache_is_refused_after_an_image_changes_and_the_bad_image_is_named(tmp_path, cache):
+    path = hand_made(str(tmp_path))
+    build = lambda: CocoDataset(path, PIPELINE, img_prefix=str(tmp_path))  # noqa: E731
+    with pytest.warns(UserWarning):
+        first = build()
+    with pytest.warns(UserWarning):
+        assert build().index_source == "cache"
+    image = os.path.join(str(tmp_path), first.data_infos[1]["filename"])
+    open(image, "wb").close()  # emptied after the index was cached: the next build checks the images
+    with pytest.raises(DataError, match=f"image {image} is empty"):
+        build()
+    os.remove(image)
+    with pytest.raises(DataError, match=f"image file not found: {image}"):
+        build()
 
 
 def test_voc_index_is_cached_and_refused_after_an_xml_file_changes(tmp_path, cache):

@@ -462,7 +462,9 @@ def test_driver_loss_then_rerun_resumes(ray_local, shapes_root, tmp_path):
     records = [(r["epoch"], r["iter"]) for r in _records(tmp_path / "run") if r.get("mode") == "train"]
     ipe = max(i for _, i in records)
     assert len(records) == len(set(records)) == 3 * ipe  # no iteration lost or logged twice
-    log = open(glob.glob(str(tmp_path / "run" / "*.log"))[0]).read()
+    logs = sorted(glob.glob(str(tmp_path / "run" / "*.log")))  # named by start time: the killed run's, the rerun's
+    assert len(logs) == 2
+    log = open(logs[-1]).read()
     assert re.search(r"resumed from .* \(completed: \d+ epochs, ([1-9]\d*) iterations\)", log)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
     assert again.returncode == 0 and "already complete" in again.stdout

@@ -224,7 +224,8 @@ class CocoDataset(ImageSet):
                         filter_empty_gt=bool(filter_empty_gt), min_size=min_size,
                         img_prefix=osp.abspath(img_prefix) if img_prefix else "")
         self.index, self.index_source = load_or_build(
-            key, lambda: self._build_index(ann_file, classes, img_prefix, test_mode, filter_empty_gt, min_size), ann_file)
+            key, lambda: self._build_index(ann_file, classes, img_prefix, test_mode, filter_empty_gt, min_size), ann_file,
+            img_prefix)
         meta = self.index.meta
         warn_problems(meta["problems"], ann_file)
         self.CLASSES, self.cat_ids = tuple(meta["classes"]), list(meta["cat_ids"])

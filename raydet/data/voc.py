@@ -58,7 +58,8 @@ class XMLDataset(ImageSet):
                         # every XML file's version: editing one must not leave a stale index
                         xml=hashlib.sha256(json.dumps([self._stamp(self._xml_path(i)) for i in ids]).encode()).hexdigest(),
                         img_prefix=osp.abspath(self.img_prefix) if self.img_prefix else "")
-        self.index, self.index_source = load_or_build(key, lambda: self._build_index(ids, filter_empty_gt), ann_file)
+        self.index, self.index_source = load_or_build(key, lambda: self._build_index(ids, filter_empty_gt), ann_file,
+                                                        self.img_prefix)
         self.data_infos, self.ann_infos = InfoView(self.index), InfoView(self.index, "ann")
         self.flag = self.index.flag()
         self.pipeline = Pipeline(pipeline)
