@@ -86,6 +86,11 @@ def test_faster_coco_eval_equals_pycocotools(shapes_root, metric):
     assert np.array_equal(np.asarray(fast.stats[:12]), np.asarray(ref.stats[:12]))
     out = ds.evaluate(results, metric=metric)
     assert [out[f"{metric}_{k}"] for k in ("mAP", "mAP_50", "mAP_75")] == [float(f"{v:.4f}") for v in ref.stats[:3]]
+    # and the numbers of mmdet's own CocoDataset.evaluate (raydet's dataset is one of mmdet's)
+    from mmdet.datasets import CocoDataset as MMDetCoco
+    assert isinstance(ds, MMDetCoco)
+    theirs = ds.mmdet_evaluate(results, metric=metric)
+    assert {k: v for k, v in out.items() if k.startswith(metric)} == {k: v for k, v in theirs.items()}
 
 
 def test_flag_and_classes(shapes_root):

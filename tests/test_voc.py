@@ -1,11 +1,11 @@
-"""VOC-style datasets and mmdet's eval_map, against hand-computed values."""
+"""VOC-style datasets (mmdet's classes over raydet's index) and their evaluation (mmdet's), against
+hand-computed values."""
 import os
 
 import numpy as np
 import pytest
 
 from raydet.data import VOCDataset, XMLDataset, build_dataset
-from raydet.data.mean_ap import average_precision, eval_map
 from raydet.errors import ConfigError, DataError
 
 
@@ -26,42 +26,6 @@ def write_voc(root, images, split="test", year="VOC2007", size=(100, 60)):
     with open(os.path.join(base, "ImageSets/Main", f"{split}.txt"), "w") as f:
         f.write("\n".join(images) + "\n")
     return base + "/"
-
-
-def test_average_precision_area_and_11_points_on_literal_curves():
-    recalls, precisions = np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])
-    assert average_precision(recalls, precisions, "area") == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
-    assert average_precision(recalls, precisions, "11points") == pytest.approx((6 * 1 + 5 * 2 / 3) / 11)
-
-
-def _ann(boxes, labels, ignored=(), ignored_labels=()):
-    return dict(bboxes=np.array(boxes, np.float32).reshape(-1, 4), labels=np.array(labels, np.int64),
-                bboxes_ignore=np.array(ignored, np.float32).reshape(-1, 4), labels_ignore=np.array(ignored_labels))
-
-
-def test_a_detection_of_a_difficult_box_is_neither_hit_nor_miss():
-    a, d = [0, 0, 10, 10], [20, 20, 30, 30]
-    dets = [[np.array([[50, 50, 60, 60, 0.95], d + [0.9], a + [0.8]], np.float32)]]  # a miss, the difficult one, a hit
-    # difficult ignored: flags fp, -, tp -> recall [0, 0, 1], precision [0, 0, 1/2] -> AP 1/2
-    ap, per_class = eval_map(dets, [_ann([a], [0], [d], [0])], use_legacy_coordinate=True)
-    assert ap == pytest.approx(0.5) and per_class[0]["num_gts"] == 1
-    # the same box as an ordinary one: fp, tp, tp of 2 -> recall [0, 1/2, 1], precision [0, 1/2, 2/3]
-    ap, _ = eval_map(dets, [_ann([a, d], [0, 0])], use_legacy_coordinate=True)
-    assert ap == pytest.approx(0.5 * 2 / 3 + 0.5 * 2 / 3)
-
-
-def test_iou_threshold_and_duplicates():
-    gt = [0, 0, 10, 10]
-    shifted = [0, 0, 10, 14]  # IoU 11*11 / (11*15) = 0.733 with legacy coordinates
-    dets = [[np.array([shifted + [0.9], gt + [0.8]], np.float32)]]
-    assert eval_map(dets, [_ann([gt], [0])], iou_thr=0.7, use_legacy_coordinate=True)[0] == pytest.approx(1.0)
-    # at 0.75 the first is a miss: fp, tp -> recall [0, 1], precision [0, 1/2] -> 1/2
-    assert eval_map(dets, [_ann([gt], [0])], iou_thr=0.75, use_legacy_coordinate=True)[0] == pytest.approx(0.5)
-    twice = [[np.array([gt + [0.9], gt + [0.8]], np.float32)]]  # the duplicate is a false positive
-    ap, per_class = eval_map(twice, [_ann([gt], [0])], mode="11points")
-    assert ap == pytest.approx(1.0) and per_class[0]["num_dets"] == 2
-    # classes without ground truth do not count towards mAP
-    assert eval_map([[np.zeros((0, 5)), np.array([gt + [0.5]])]], [_ann([gt], [1])])[0] == pytest.approx(1.0)
 
 
 def test_voc_dataset_reads_xml_ignores_difficult_and_evaluates_voc07_style(tmp_path):
@@ -90,6 +54,13 @@ def test_voc_dataset_reads_xml_ignores_difficult_and_evaluates_voc07_style(tmp_p
     # a false dog scored above the true one: dog recall [0, 1], precision [0, 1/2]: 11-point AP 1/2
     worse = [perfect[0], result(dog=[[5, 5, 40, 40, 0.8]]), result(dog=[[0, 30, 20, 55, 0.85]])]
     assert ds.evaluate(worse)["mAP"] == pytest.approx((1.0 + 0.5) / 2)
+    # mmdet's classes: its VOCDataset's evaluate (VOC2007: 11 points, legacy +1 coordinates)
+    from mmdet.datasets import VOCDataset as MMDetVOC
+    assert isinstance(ds, MMDetVOC) and ds.evaluate(worse, iou_thr=[0.5, 0.75])["AP75"] == pytest.approx(0.75)
+    assert list(ds.evaluate(worse, iou_thr=[0.5, 0.75])) == ds.metric_keys(["mAP"], iou_thr=[0.5, 0.75])
+    proposals = [np.concatenate(r) for r in worse]  # recall: one [N, 5] array of proposals an image
+    assert list(ds.evaluate(proposals, metric="recall", iou_thr=[0.5, 0.75])) == ds.metric_keys(
+        ["recall"], iou_thr=[0.5, 0.75])
     train = VOCDataset(ann, [], img_prefix=prefix)  # training mode: "c" has no object of the classes
     assert [i["id"] for i in train.data_infos] == ["a", "b"]
 
@@ -145,4 +116,4 @@ def test_the_voc0712_base_builds_repeat_of_concat_on_a_vocdevkit(tmp_path):
     assert len(train) == 3 * 4 and train[5]["img"].shape[1:] == (608, 1024)  # 100x60 scaled to 1000x600, padded to 32
     cfg.data.val.update(ann_file=f"{devkit}/VOC2007/ImageSets/Main/test.txt", img_prefix=f"{devkit}/VOC2007/")
     val = build_dataset(cfg.data.val, test_mode=True)
-    assert val.year == 2007 and val.ap_mode == "11points"
+    assert val.year == 2007  # mmdet's evaluate: 11-point AP

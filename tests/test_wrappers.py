@@ -76,8 +76,12 @@ def test_class_balanced_repeat_factors_follow_mmdets_rule(tmp_path):
     ds = _coco(tmp_path, [["a"], ["a"], ["a", "b"], ["a"], []])
     # f(a) = 4/5, f(b) = 1/5; thr 0.3: r(a) = 1, r(b) = sqrt(0.3 / 0.2)
     balanced = ClassBalancedDataset(ds, oversample_thr=0.3)
-    assert balanced.repeat_factors == pytest.approx([1, 1, math.sqrt(1.5), 1, 1])
     assert balanced.repeat_indices.tolist() == [0, 1, 2, 2, 3, 4] and len(balanced) == 6
+    assert balanced.copy_of.tolist() == [0, 0, 0, 1, 0, 0]
+    # thr 0.9: r(a) = sqrt(0.9 / 0.8) = 1.06 (two copies), r(b) = 2.12 (three), the empty image once
+    more = ClassBalancedDataset(ds, oversample_thr=0.9)
+    assert more.repeat_indices.tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3, 4]
+    assert more.copy_of.tolist() == [0, 1, 0, 1, 0, 1, 2, 0, 1, 0] and more._copies == 3
     assert balanced.get_cat_ids(3) == ds.get_cat_ids(2) == [0, 1]
     # images without boxes count as a category of their own: f = 1/5 too
     with_empty = ClassBalancedDataset(ds, oversample_thr=0.3, filter_empty_gt=False)

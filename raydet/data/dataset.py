@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mmdet.datasets import coco as mmdet_datasets_coco
+
 from ..errors import DataError, MissingFileError
 from ..registry import Registry
 from .index import AnnIndex, IndexBuilder, InfoView, file_stamp, index_key, load_or_build
@@ -183,8 +185,11 @@ class ImageSet:
 
 
 @DATASETS.register()
-class CocoDataset(ImageSet):
-    """COCO instances json + image folder.
+class CocoDataset(ImageSet, mmdet_datasets_coco.CocoDataset):
+    """COCO instances json + image folder: mmdet's ``CocoDataset`` (an instance of it: its
+    ``results2json``/``format_results``, its proposal recall and its ``evaluate`` as
+    :meth:`mmdet_evaluate`) over raydet's compact index, which replaces mmdet's per-image dicts
+    and its ``coco`` object (read from the file when evaluation first asks for it).
 
     ``CLASSES`` come from ``classes`` or the json's categories (in id order). ``flag[i]`` is 1
     for landscape images (w / h > 1), else 0, for aspect-ratio grouping. In training mode
@@ -194,7 +199,8 @@ class CocoDataset(ImageSet):
     missing or malformed annotation file.
     """
 
-    CLASSES = None
+    CLASSES = None  # mmdet's are COCO's 80; raydet's are the json's categories unless ``classes`` says
+    PALETTE = None
     METRICS = ("bbox", "segm", "proposal", "proposal_fast")
 
     @staticmethod
@@ -245,7 +251,7 @@ class CocoDataset(ImageSet):
         """The annotation file as a pycocotools ``COCO`` (evaluation's ground truth), read when
         first asked for, once: training never needs it."""
         if getattr(self, "_coco", None) is None:
-            from pycocotools.coco import COCO
+            from mmdet.datasets.api_wrappers import COCO  # pycocotools' with mmdet's method names
             coco = COCO()
             coco.dataset = self._load_json(self.ann_file)
             try:
@@ -415,19 +421,12 @@ class CocoDataset(ImageSet):
             self._fast_coco = COCO(self._load_json(self.ann_file))
         return self._fast_coco
 
-    def _mmdet_evaluate(self, results, metrics: list, logger=None) -> dict:
-        """``metrics`` computed by mmdet's own ``CocoDataset.evaluate`` over this dataset's files,
-        ``results`` put into its image order."""
-        from mmdet.datasets import CocoDataset as MMDetCoco
-        theirs = MMDetCoco(self.ann_file, pipeline=[], classes=self.CLASSES, img_prefix=self.img_prefix,
-                           test_mode=True)
-        order = {info["filename"]: i for i, info in enumerate(theirs.data_infos)}
-        placed = [None] * len(theirs)
-        for i, info in enumerate(self.data_infos):
-            placed[order[info["filename"]]] = results[i]
-        if any(r is None for r in placed):
-            raise ValueError(f"{self.ann_file}: images without a result for mmdet's evaluation")
-        return theirs.evaluate(placed, metric=metrics, logger=logger or globals()["logger"])
+    def mmdet_evaluate(self, results, metric="bbox", logger=None, **kwargs) -> dict:
+        """mmdet's own ``CocoDataset.evaluate`` on this dataset (its ``coco``, ``img_ids``,
+        ``cat_ids``): what :meth:`evaluate` returns for proposals, and the reference its faster
+        bbox/segm path is tested against."""
+        return mmdet_datasets_coco.CocoDataset.evaluate(self, results, metric=metric,
+                                                        logger=logger or globals()["logger"], **kwargs)
 
     def evaluate(self, results, metric=("bbox",), logger=None, classwise=False, **_):
         """COCO mAP, computed by faster-coco-eval's C++ COCOeval (the same 12 numbers as
@@ -450,7 +449,7 @@ class CocoDataset(ImageSet):
         names = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
         proposals = [m for m in metrics if m in ("proposal", "proposal_fast")]
         if proposals:  # proposal recall: mmdet's own CocoDataset.evaluate, on the same files
-            out.update(self._mmdet_evaluate(results, proposals, logger))
+            out.update(self.mmdet_evaluate(results, proposals, logger))
         for m in [m for m in metrics if m not in proposals]:
             if m not in ("bbox", "segm"):
                 raise ValueError(f"metric must be one of {self.METRICS}, got {m!r}")

@@ -1,4 +1,5 @@
-"""Pascal VOC-style datasets (mmdet 2.x's ``XMLDataset`` and ``VOCDataset``).
+"""Pascal VOC-style datasets: mmdet 2.x's ``XMLDataset`` and ``VOCDataset`` (instances of them,
+evaluated by their own ``evaluate``: mmdet's ``eval_map``) over raydet's compact index.
 
 Layout: ``img_prefix`` (e.g. ``data/VOCdevkit/VOC2007/``) holds ``JPEGImages/<id>.jpg`` and
 ``Annotations/<id>.xml``; ``ann_file`` is an ``ImageSets/Main/*.txt`` list of ids. A box marked
@@ -12,23 +13,18 @@ import hashlib
 import json
 import os.path as osp
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
 
 import numpy as np
+from mmdet.datasets import voc as mmdet_voc, xml_style as mmdet_xml
 
 from ..errors import ConfigError, DataError, MissingFileError
 from .dataset import DATASETS, ImageSet, check_images
 from .index import AnnIndex, IndexBuilder, InfoView, file_stamp, index_key, load_or_build
-from .mean_ap import eval_map
 from .pipeline import Pipeline
-
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor")
 
 
 @DATASETS.register()
-class XMLDataset(ImageSet):
+class XMLDataset(ImageSet, mmdet_xml.XMLDataset):
     """A VOC-layout dataset of any classes (``classes`` is required unless a subclass has them).
     Raises :class:`DataError` naming the file for a missing list or XML file, malformed XML, or
     an object without a valid box."""
@@ -142,42 +138,34 @@ class XMLDataset(ImageSet):
         return dict(bboxes=bboxes, labels=labels, bboxes_ignore=ignored, labels_ignore=ignored_labels,
                     has_class=has_class)
 
-    ap_mode = "area"
-    METRICS = ("mAP",)
+    METRICS = ("mAP", "recall")
 
     @staticmethod
-    def metric_keys(metrics, iou_thr=0.5) -> list[str]:
+    def metric_keys(metrics, iou_thr=0.5, proposal_nums=(100, 300, 1000)) -> list[str]:
+        """The keys mmdet's ``evaluate`` returns for ``metrics``."""
         thrs = [iou_thr] if isinstance(iou_thr, (int, float)) else list(iou_thr)
-        return ["mAP"] + [f"AP{int(t * 100):02d}" for t in thrs]
-
-    def evaluate(self, results, metric="mAP", logger=None, iou_thr=0.5, **_):
-        """mmdet's ``eval_map`` (IoU ``iou_thr``, a float or a list, legacy +1 coordinates,
-        ignored boxes neither hit nor miss): ``{'mAP', 'AP50', ...}``; the per-class table is
-        logged."""
-        metrics = [metric] if isinstance(metric, str) else list(metric)
-        if metrics != ["mAP"]:
-            raise ValueError(f"metric must be 'mAP' for {type(self).__name__}, got {metric!r}")
-        if len(results) != len(self):
-            raise ValueError(f"{len(results)} results for a dataset of {len(self)} images")
-        thrs = [iou_thr] if isinstance(iou_thr, (int, float)) else list(iou_thr)
-        out, aps = OrderedDict(), []
-        for thr in thrs:
-            ap, _ = eval_map(results, self.ann_infos, iou_thr=thr, mode=self.ap_mode, classes=self.CLASSES,
-                             logger=logger, use_legacy_coordinate=True)
-            aps.append(ap)
-            out[f"AP{int(thr * 100):02d}"] = round(ap, 3)
-        out["mAP"] = sum(aps) / len(aps)
-        out.move_to_end("mAP", last=False)
-        return dict(out)
+        keys = []
+        for m in [metrics] if isinstance(metrics, str) else metrics:
+            if m == "mAP":
+                keys += [f"AP{int(t * 100):02d}" for t in thrs] + ["mAP"]
+            else:
+                keys += [f"recall@{n}@{t}" for n in proposal_nums for t in thrs]
+                keys += [f"AR@{n}" for n in proposal_nums] if len(thrs) > 1 else []
+        return keys
 
 
 @DATASETS.register()
-class VOCDataset(XMLDataset):
+class VOCDataset(XMLDataset, mmdet_voc.VOCDataset):
     """Pascal VOC: its 20 classes; evaluated with VOC2007's 11-point AP when ``img_prefix``
-    names ``VOC2007``, the area under the curve for ``VOC2012`` (mmdet infers the year the same
-    way, and refuses a prefix naming neither)."""
+    names ``VOC2007``, the area under the curve for ``VOC2012`` (mmdet's ``evaluate``, which infers
+    the year as mmdet's constructor does; a prefix naming neither is refused)."""
 
-    CLASSES = VOC_CLASSES
+    CLASSES = mmdet_voc.VOCDataset.CLASSES
+
+    @staticmethod
+    def metric_keys(metrics, **kwargs) -> list[str]:
+        """mmdet's VOC ``evaluate`` puts ``mAP`` first (so ``save_best='auto'`` keeps by it)."""
+        return sorted(XMLDataset.metric_keys(metrics, **kwargs), key=lambda k: k != "mAP")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -188,4 +176,3 @@ class VOCDataset(XMLDataset):
         else:
             raise ConfigError(f"VOCDataset: cannot infer the VOC year from img_prefix={self.img_prefix!r} "
                               "(it must contain VOC2007 or VOC2012; use XMLDataset for other VOC-style data)")
-        self.ap_mode = "11points" if self.year == 2007 else "area"
