@@ -240,7 +240,7 @@ def prepare_train_config(args):
 
 
 def cmd_train(args) -> int:
-    log = setup_console_logging()
+    setup_console_logging()
     cfg = prepare_train_config(args)
     if args.launcher == "ray":
         from .launch import train as ray_train  # a local instance it starts stays on loopback
@@ -377,6 +377,7 @@ def cmd_test(args) -> int:
 
     from .apis.test import build_test, predict_test_set
     from .config import load_config
+    from .config.schema import EVALUATE_KEYS
     from .engine.hooks.evaluation import check_metrics
 
     log = setup_console_logging()
@@ -386,8 +387,11 @@ def cmd_test(args) -> int:
         raise RaydetError(f"--num-workers must be >= 1, got {args.num_workers}")
     dataset, model = build_test(cfg, args.checkpoint, log)  # a checkpoint that does not fit fails here, before Ray
     metric = args.eval or (cfg.get("evaluation") or {}).get("metric", "bbox")
+    # as mmdet's tools/test.py: the config's evaluation arguments (classwise, iou_thr, ...) too
+    eval_kwargs = {k: v for k, v in (cfg.get("evaluation") or {}).items() if k in EVALUATE_KEYS}
     if not args.format_only:
-        check_metrics(dataset, metric, model, key="--eval" if args.eval else "evaluation.metric")
+        check_metrics(dataset, metric, model, key="--eval" if args.eval else "evaluation.metric",
+                      eval_kwargs=eval_kwargs)
     _test_outputs(args, dataset)
     if args.num_workers:
         from .launch import test_on_ray
@@ -410,7 +414,7 @@ def cmd_test(args) -> int:
         print(f"{len(results)} drawn predictions in {args.show_dir}")
     if args.format_only:
         return 0
-    metrics = dataset.evaluate(results, metric=metric, logger=log)
+    metrics = dataset.evaluate(results, metric=metric, logger=log, **eval_kwargs)
     print(f"metrics: {metrics}")
     return 0
 

@@ -19,7 +19,7 @@ import raydet  # noqa: F401  (the op table before mmdet)
 from mmdet.datasets import PIPELINES as MMDET_PIPELINES
 from raydet.engine.hooks import HOOKS, Hook
 
-from .conftest import SMALL, TEST_PIPELINE, TRAIN_PIPELINE, tiny_config
+from .conftest import TEST_PIPELINE, TRAIN_PIPELINE, tiny_config
 
 
 @HOOKS.register()
@@ -183,6 +183,9 @@ def test_eval_metric_the_model_cannot_give(base, tmp_path, capsys):
     cfg = config(base, tmp_path, "evaluation = dict(save_best='bbox_AP')", "best.py")
     failed(run(capsys, "train", cfg, "--launcher", "none", "--work-dir", tmp_path / "w"),
            "evaluation.save_best='bbox_AP'", "bbox_mAP")
+    cfg = config(base, tmp_path, "evaluation = dict(iou_thr=0.5)", "voc_key.py")  # VOC's evaluate's argument
+    failed(run(capsys, "train", cfg, "--launcher", "none", "--work-dir", tmp_path / "w"),
+           "evaluation.iou_thr", "ShapesDataset.evaluate takes no 'iou_thr'")
 
 
 @pytest.mark.parametrize("num_classes", [5, 2])

@@ -4,7 +4,6 @@ seed per run, per-rank RNG across a resume, float16 loss scaling's skip rule, Sy
 The multi-rank tests run real gloo groups in spawned processes (a file store, loopback sockets),
 without Ray.
 """
-import copy
 import glob
 import json
 import logging

@@ -4,7 +4,6 @@ import os
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from raydet.apis import inference_detector, init_detector, show_result_pyplot, train_from_config
 from raydet.visualization import draw_det_result, palette

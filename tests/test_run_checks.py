@@ -2,7 +2,6 @@
 the run, accumulation over more iterations than it has, classes that differ between splits; and
 mmdet's helper variables at top level are accepted as mmdet accepts them."""
 import argparse
-import os
 
 import pytest
 

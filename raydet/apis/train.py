@@ -17,11 +17,11 @@ from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterBasedRu
                       Precision, Runner, TensorboardLoggerHook, TextLoggerHook, build_lr_hook,
                       build_optimizer, find_latest_checkpoint, load_file)
 from ..engine.checkpoint import CheckpointWriter, checkpoint_dirs
-from ..engine.dist import StepModule, all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist, unwrap
+from ..engine.dist import StepModule, all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist
 from ..engine.hooks import HOOKS, MOMENTUM_POLICIES
 from ..config import import_custom_modules
 from ..config.loader import save_run_config
-from ..config.schema import OPTIMIZER_HOOKS
+from ..config.schema import EVALUATE_KEYS, OPTIMIZER_HOOKS
 from ..engine.hooks.evaluation import check_metrics
 from ..errors import ConfigError, DataError
 
@@ -443,7 +443,8 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         if by_iter and "interval" not in eval_cfg:  # mmdet's default would evaluate every iteration
             raise ConfigError("IterBasedRunner evaluates every evaluation.interval iterations: set "
                               "evaluation=dict(interval=N) (or use --no-validate)")
-        check_metrics(val_ds, eval_cfg.get("metric", "bbox"), model, save_best=eval_cfg.get("save_best"))
+        check_metrics(val_ds, eval_cfg.get("metric", "bbox"), model, save_best=eval_cfg.get("save_best"),
+                      eval_kwargs={k: v for k, v in eval_cfg.items() if k in EVALUATE_KEYS})
         _check_evaluation_happens(cfg, eval_cfg, by_iter)
         _check_same_classes(datasets[0], val_ds)
     if validate and not async_eval:

@@ -25,6 +25,10 @@ HELPERS = {
     "dataset_type", "data_root", "img_norm_cfg", "train_pipeline", "test_pipeline", "val_pipeline",
     "classes", "img_scale", "norm_cfg", "file_client_args", "albu_train_transforms",
 }
+#: ``evaluation`` keys that go to the val dataset's ``evaluate`` (mmdet's ``EvalHook`` passes them on)
+EVALUATE_KEYS = ("classwise", "iou_thr", "iou_thrs", "proposal_nums", "metric_items", "scale_ranges",
+                 "jsonfile_prefix")
+
 SECTIONS = {
     "data": {"samples_per_gpu", "workers_per_gpu", "imgs_per_gpu", "persistent_workers",
              "pin_memory", "train", "val", "test", "train_dataloader", "val_dataloader",
@@ -33,8 +37,8 @@ SECTIONS = {
     "checkpoint_config": {"interval", "by_epoch", "save_optimizer", "out_dir", "max_keep_ckpts",
                           "save_last", "meta", "create_symlink", "async_save"},
     "log_config": {"interval", "hooks"},
-    "evaluation": {"interval", "start", "by_epoch", "metric", "save_best", "rule", "classwise",
-                   "gpu_collect", "tmpdir", "greater_keys", "less_keys", "async_eval"},
+    "evaluation": {"interval", "start", "by_epoch", "metric", "save_best", "rule",
+                   "gpu_collect", "tmpdir", "greater_keys", "less_keys", "async_eval", *EVALUATE_KEYS},
     "optimizer_config": {"type", "grad_clip", "loss_scale", "distributed", "coalesce", "bucket_size_mb",
                          "cumulative_iters"},
     "fp16": {"loss_scale", "dtype", "max_consecutive_nonfinite"},

@@ -428,7 +428,8 @@ class CocoDataset(ImageSet, mmdet_datasets_coco.CocoDataset):
         return mmdet_datasets_coco.CocoDataset.evaluate(self, results, metric=metric,
                                                         logger=logger or globals()["logger"], **kwargs)
 
-    def evaluate(self, results, metric=("bbox",), logger=None, classwise=False, **_):
+    def evaluate(self, results, metric=("bbox",), logger=None, classwise=False, jsonfile_prefix=None,
+                 proposal_nums=None, iou_thrs=None, metric_items=None):
         """COCO mAP, computed by faster-coco-eval's C++ COCOeval (the same 12 numbers as
         pycocotools' on the same input, checked by ``tests/test_dataset.py``; ~10x faster on a
         COCO-val-sized result set, ``benchmarks/coco_eval.py``).
@@ -439,12 +440,19 @@ class CocoDataset(ImageSet, mmdet_datasets_coco.CocoDataset):
         RLE. Returns ``{f'{m}_mAP', f'{m}_mAP_50', _75, _s, _m, _l, f'{m}_mAP_copypaste'}`` for
         each metric ``m`` in ``bbox``/``segm``; ``classwise`` also logs each category's AP.
         ``proposal``/``proposal_fast`` (``results[i]``: an ``[N, 5]`` array of proposals) are mmdet's
-        own evaluation (``AR@100``, ...).
+        own evaluation (``AR@100``, ...), and so is every metric when one of mmdet's other arguments
+        (``jsonfile_prefix``, ``proposal_nums``, ``iou_thrs``, ``metric_items``) is given.
         """
         from faster_coco_eval import COCOeval_faster
         metrics = [metric] if isinstance(metric, str) else list(metric)
         if len(results) != len(self):
             raise ValueError(f"{len(results)} results for a dataset of {len(self)} images")
+        mmdet_args = dict(jsonfile_prefix=jsonfile_prefix, proposal_nums=proposal_nums, iou_thrs=iou_thrs,
+                          metric_items=metric_items)
+        if any(v is not None for v in mmdet_args.values()):
+            if proposal_nums is None:
+                mmdet_args.pop("proposal_nums")  # mmdet's default
+            return self.mmdet_evaluate(results, metrics, logger, classwise=classwise, **mmdet_args)
         out = {}
         names = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
         proposals = [m for m in metrics if m in ("proposal", "proposal_fast")]

@@ -14,7 +14,6 @@ import json
 import os.path as osp
 import xml.etree.ElementTree as ET
 
-import numpy as np
 from mmdet.datasets import voc as mmdet_voc, xml_style as mmdet_xml
 
 from ..errors import ConfigError, DataError, MissingFileError

@@ -26,6 +26,7 @@ import time
 
 import ray.train
 
+from ..config.schema import EVALUATE_KEYS
 from ..engine.hooks import Hook
 from ..engine.hooks.base import PRIORITIES
 from ..engine.hooks.evaluation import eval_due
@@ -209,7 +210,7 @@ def _evaluate(cfg, path: str, parts: list | None = None) -> tuple[dict, list[str
     log.addHandler(handler)
     try:
         metrics = dataset.evaluate(results, logger=log, metric=ev.get("metric", "bbox"),
-                                   classwise=ev.get("classwise", False))
+                                   **{k: v for k, v in ev.items() if k in EVALUATE_KEYS})
     finally:
         log.removeHandler(handler)
     return dict(metrics), [line for line in captured.getvalue().splitlines() if line.strip()]

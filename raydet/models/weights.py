@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 
 logger = logging.getLogger("raydet")
 

@@ -1,7 +1,7 @@
 """Evaluation during training, with ``save_best``."""
 from __future__ import annotations
 
-import logging
+import inspect
 import os
 
 from ...errors import ConfigError
@@ -9,7 +9,7 @@ from ..checkpoint import move_aside
 from ..dist import is_main
 from ..inference import evaluate_distributed
 from .base import PRIORITIES, Hook
-from .logger import FILE_ONLY
+from .logger import file_only_logger
 
 GREATER_KEYS = ("mAP", "AR", "acc", "top")
 LESS_KEYS = ("loss",)
@@ -46,11 +46,13 @@ def key_and_rule(save_best: str, rule: str | None, keys, greater_keys=GREATER_KE
     return key, rule
 
 
-def check_metrics(dataset, metric, model=None, save_best=None, key: str = "evaluation.metric") -> list[str]:
+def check_metrics(dataset, metric, model=None, save_best=None, key: str = "evaluation.metric",
+                  eval_kwargs: dict | None = None) -> list[str]:
     """The metrics ``metric`` asks of ``dataset`` (a name or a list), checked before any
     prediction is made: each must be one the dataset computes (``dataset.METRICS``), ``segm``
-    needs a model with a mask head, and ``save_best`` (other than ``'auto'``) must be one of the
-    keys they produce (``dataset.metric_keys``). Raises :class:`ConfigError` naming the key."""
+    needs a model with a mask head, ``save_best`` (other than ``'auto'``) must be one of the
+    keys they produce (``dataset.metric_keys``), and ``eval_kwargs`` arguments its ``evaluate``
+    takes. Raises :class:`ConfigError` naming the key."""
     metrics = [metric] if isinstance(metric, str) else list(metric)
     known = getattr(dataset, "METRICS", None)
     name = type(dataset).__name__
@@ -61,6 +63,11 @@ def check_metrics(dataset, metric, model=None, save_best=None, key: str = "evalu
     module = getattr(model, "module", model)
     if "segm" in metrics and module is not None and not getattr(module, "with_mask", False):
         raise ConfigError(f"{key}='segm': the model predicts no masks (it has no mask head); use 'bbox'")
+    for name in eval_kwargs or {}:  # the other keys go to the dataset's evaluate: it must take them
+        params = inspect.signature(dataset.evaluate).parameters
+        if name not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            takes = ", ".join(p for p in params if p not in ("self", "results", "logger"))
+            raise ConfigError(f"evaluation.{name}: {type(dataset).__name__}.evaluate takes no '{name}' (it takes {takes})")
     keys = dataset.metric_keys(metrics) if hasattr(dataset, "metric_keys") else None
     if save_best not in (None, "auto") and keys is not None and save_best not in keys:
         raise ConfigError(f"evaluation.save_best={save_best!r} is not among the metrics {', '.join(keys)}")
@@ -86,18 +93,20 @@ class EvalHook(Hook):
     priority = PRIORITIES["NORMAL"] - 1
 
     def __init__(self, dataloader, start=None, interval=1, by_epoch=True, save_best=None, rule=None,
-                 metric="bbox", classwise=False, gpu_collect=False, tmpdir=None, greater_keys=None,
-                 less_keys=None, autocast=None):
+                 metric="bbox", gpu_collect=False, tmpdir=None, greater_keys=None,
+                 less_keys=None, autocast=None, **eval_kwargs):
         if rule not in (None, "greater", "less"):
             raise ConfigError(f"evaluation.rule must be 'greater' or 'less', got {rule!r}")
         if start is not None and start < 0:
             raise ConfigError(f"evaluation.start must be >= 0, got {start}")
-        check_metrics(dataloader.dataset, metric, save_best=save_best)
+        check_metrics(dataloader.dataset, metric, save_best=save_best, eval_kwargs=eval_kwargs)
         self.dataloader, self.start, self.interval, self.by_epoch = dataloader, start, interval, by_epoch
         self.save_best, self.rule = save_best, rule
         self.greater_keys = tuple(greater_keys or GREATER_KEYS)
         self.less_keys = tuple(less_keys or LESS_KEYS)
-        self.eval_kwargs = dict(metric=metric, classwise=classwise)
+        # as mmdet's EvalHook: the other keys (classwise, iou_thr, proposal_nums, ...) are the dataset's
+        # evaluate's, given only when the config sets them (VOC's evaluate has no classwise)
+        self.eval_kwargs = dict(metric=metric, **eval_kwargs)
         self.autocast = autocast
         self.last_metrics: dict = {}
 
@@ -123,7 +132,7 @@ class EvalHook(Hook):
         # the epoch's one Epoch(val) line from the logger hook
         # progress: a bar on a terminal, else a line per 10% in the log file
         metrics, _ = evaluate_distributed(runner.model, self.dataloader, self.eval_kwargs,
-                                          logger=logging.LoggerAdapter(runner.logger, FILE_ONLY),
+                                          logger=file_only_logger(runner.logger),
                                           autocast=self.autocast, progress=True, progress_log=runner.logger)
         runner.model.train()
         self.last_metrics = metrics

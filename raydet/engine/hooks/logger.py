@@ -31,6 +31,21 @@ FILE_ONLY = {"file_only": True}
 FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
+def _mark_file_only(record) -> bool:
+    record.file_only = True
+    return True
+
+
+def file_only_logger(logger: logging.Logger) -> logging.Logger:
+    """A child of ``logger`` whose lines reach the run's log file, not the console: what
+    :data:`FILE_ONLY` does, as a Logger (mmcv's ``print_log``, which mmdet's evaluations write their
+    tables with, takes no adapter)."""
+    child = logger.getChild("tables")
+    if _mark_file_only not in child.filters:
+        child.addFilter(_mark_file_only)
+    return child
+
+
 class _StdoutHandler(logging.StreamHandler):
     """Writes to ``sys.stdout`` as it is at each line, not as it was when the handler was made:
     a notebook kernel or a test harness may replace (and close) the stream in between."""
