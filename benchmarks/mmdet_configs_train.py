@@ -110,6 +110,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=180, help="seconds a config may take")
     parser.add_argument("--shard", default="0/1", help="I/N: every N-th config from the I-th (parallel runs)")
     parser.add_argument("--start", type=int, default=0, help="skip the shard's first N configs (a resumed survey)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="these configs only (paths relative to --configs: re-running an earlier survey's failures)")
     args = parser.parse_args()
     import logging
 
@@ -126,6 +128,11 @@ def main() -> int:
     files = coco_copy(scratch)
     paths = sorted(p for p in glob.glob(os.path.join(args.configs, "**", "*.py"), recursive=True)
                    if "_base_" not in p.split(os.sep))[:args.limit or None]
+    if args.only:
+        missing = set(args.only) - {os.path.relpath(p, args.configs) for p in paths}
+        if missing:
+            parser.error(f"--only: not configs under {args.configs}: {sorted(missing)}")
+        paths = [p for p in paths if os.path.relpath(p, args.configs) in args.only]
     shard, shards = map(int, args.shard.split("/"))
     paths = paths[shard::shards][args.start:]
 

@@ -1,6 +1,7 @@
 """mmdetection 2.x's own detectors trained by raydet: every family of ``tests/mmdet_zoo.py`` trains
 two iterations in-process on a tiny COCO copy; a user's own detector and head arrive through
 ``custom_imports``; raydet's loop equals a plain loop of mmdet's ``train_step`` bitwise."""
+import copy
 import glob
 import json
 import os
@@ -12,6 +13,7 @@ from raydet.apis import set_random_seed, train_from_config
 from raydet.config import load_config
 from raydet.engine import load_file
 from raydet.errors import ConfigError
+from raydet.models import build_detector
 
 from .conftest import NORM
 from .mmdet_zoo import MASKS, ZOO, model
@@ -133,3 +135,33 @@ def test_raydets_loop_equals_a_plain_loop_of_mmdets_train_step(shapes_root, tmp_
     assert set(ours) == set(theirs)
     differ = [k for k in ours if not torch.equal(ours[k], theirs[k])]
     assert not differ, differ[:5]
+
+
+@pytest.mark.parametrize("name", ["YOLOX", "DynamicRCNN"])
+def test_a_resume_keeps_what_the_model_learns_outside_its_weights(name, shapes_root, tmp_path):
+    """YOLOX's drawn input size and its counter, Dynamic R-CNN's IoU/beta statistics and the
+    thresholds they set: a run killed after a checkpoint and resumed ends bitwise equal to the
+    uninterrupted one, those values included (they are in each rank's part of the checkpoint)."""
+    from raydet.engine.dist import unwrap
+    from raydet.engine.hooks import ChaosError
+    from raydet.models.training_state import training_state
+    detector = model(name)
+    if name == "YOLOX":  # a new size every 2 iterations
+        detector["random_size_interval"] = 2
+    else:  # new thresholds every 2 iterations
+        detector["train_cfg"]["rcnn"]["dynamic_rcnn"]["update_iter_interval"] = 2
+    ckpt = dict(interval=3, async_save=False)
+
+    def run(work, **extra):
+        return train_from_config(coco_config(shapes_root, work, copy.deepcopy(detector), iters=7,
+                                             checkpoint_config=ckpt, **extra), validate=False)
+    straight = run(tmp_path / "straight")
+    chaos = [dict(type="ChaosHook", marker=str(tmp_path / "marker"), at_iter=5)]
+    with pytest.raises(ChaosError):
+        run(tmp_path / "killed", custom_hooks=chaos)
+    resumed = run(tmp_path / "killed", custom_hooks=chaos, resume_from=str(tmp_path / "killed" / "iter_3.pth"))
+    want, got = training_state(unwrap(straight.model)), training_state(unwrap(resumed.model))
+    assert want == got and want != training_state(build_detector(copy.deepcopy(detector)))
+    a, b = unwrap(straight.model).state_dict(), unwrap(resumed.model).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "ModelStateHook" in load_file(str(tmp_path / "killed" / "iter_3.pth"))["ranks"][0]

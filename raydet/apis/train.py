@@ -17,13 +17,16 @@ from ..engine import (CheckpointHook, DistSamplerSeedHook, EvalHook, IterBasedRu
                       Precision, Runner, TensorboardLoggerHook, TextLoggerHook, build_lr_hook,
                       build_optimizer, find_latest_checkpoint, load_file)
 from ..engine.checkpoint import CheckpointWriter, checkpoint_dirs
-from ..engine.dist import StepModule, all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist
+from ..engine.dist import (StepModule, all_reduce_mean, broadcast_object, get_rank, get_world_size, is_dist,
+                           unwrap)
 from ..engine.hooks import HOOKS, MOMENTUM_POLICIES
+from ..engine.hooks.model_state import ModelStateHook
 from ..config import import_custom_modules
 from ..config.loader import save_run_config
 from ..config.schema import EVALUATE_KEYS, OPTIMIZER_HOOKS
 from ..engine.hooks.evaluation import check_metrics
 from ..errors import ConfigError, DataError
+from ..models.training_state import load_training_state, training_state
 
 logger = logging.getLogger("raydet")
 
@@ -430,6 +433,10 @@ def build_training(model, dataset, cfg, validate=False, timestamp=None, meta=Non
         info.setdefault("interval", log_cfg.get("interval", 50))
         runner.register_hook(kind(**info))
     runner.register_hook(DistSamplerSeedHook())
+    detector = unwrap(model)
+    if training_state(detector):  # YOLOX's input size, Dynamic R-CNN's statistics: exact resume
+        runner.register_hook(ModelStateHook(lambda: training_state(detector),
+                                            lambda state: load_training_state(detector, state)))
     if validate:
         if cfg.data.get("val") is None:
             raise ConfigError("validation is on but data.val is not set (use --no-validate)")
