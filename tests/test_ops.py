@@ -197,29 +197,42 @@ def test_roi_pool():
     assert torch.autograd.gradcheck(lambda t: ops.roi_pool(t, rois.double(), (3, 2), 0.5), (x,))
 
 
-def test_deform_roi_pool():
-    g = torch.Generator().manual_seed(2)
-    feat = torch.randn(1, 2, 9, 9, generator=g, dtype=torch.float64)
-    rois = rand_rois(3, 1, 16, seed=5).double()
-    offset = torch.randn(3, 2, 2, 2, generator=g, dtype=torch.float64) * 0.3
-    out = ops.deform_roi_pool(feat, rois, offset, (2, 2), 0.5, 2, 0.1)
-    ref = feat.new_zeros(3, 2, 2, 2)
+def deform_roi_pool_ref(feat, rois, offset, out_size, scale, ratio, gamma):
+    """mmcv's deform_roi_pool_forward kernel, one bin and one sampling point at a time."""
+    ph, pw = out_size
+    out = feat.new_zeros(len(rois), feat.shape[1], ph, pw)
     for n, r in enumerate(rois.tolist()):
-        x1, y1, x2, y2 = (v * 0.5 - 0.5 for v in r[1:])
+        x1, y1, x2, y2 = (v * scale - 0.5 for v in r[1:])
         rw, rh = x2 - x1, y2 - y1
-        for i in range(2):
-            for j in range(2):
-                sx = x1 + 0.1 * rw * float(offset[n, 0, i, j])
-                sy = y1 + 0.1 * rh * float(offset[n, 1, i, j])
-                acc = feat.new_zeros(2)
-                for iy in range(2):
-                    for ix in range(2):
-                        acc += bilinear_ref(feat[0], sy + i * rh / 2 + (iy + 0.5) * rh / 4,
-                                            sx + j * rw / 2 + (ix + 0.5) * rw / 4)
-                ref[n, :, i, j] = acc / 4
-    assert torch.allclose(out, ref)
-    x, o = feat.clone().requires_grad_(), offset.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: ops.deform_roi_pool(a, rois, b, (2, 2), 0.5, 2, 0.1), (x, o))
+        gh = ratio if ratio > 0 else math.ceil(rh / ph)
+        gw = ratio if ratio > 0 else math.ceil(rw / pw)
+        for i in range(ph):
+            for j in range(pw):
+                sx = x1 + j * rw / pw + (gamma * rw * float(offset[n, 0, i, j]) if offset is not None else 0)
+                sy = y1 + i * rh / ph + (gamma * rh * float(offset[n, 1, i, j]) if offset is not None else 0)
+                acc = feat.new_zeros(feat.shape[1])
+                for iy in range(gh):
+                    for ix in range(gw):
+                        acc += bilinear_ref(feat[int(r[0])], sy + (iy + 0.5) * rh / ph / gh,
+                                            sx + (ix + 0.5) * rw / pw / gw)
+                out[n, :, i, j] = acc / max(gh * gw, 1)
+    return out
+
+
+@pytest.mark.parametrize("ratio,with_offset", [(2, True), (0, True), (0, False)])
+def test_deform_roi_pool(ratio, with_offset):
+    g = torch.Generator().manual_seed(2)
+    feat = torch.randn(2, 2, 9, 11, generator=g, dtype=torch.float64)
+    rois = rand_rois(7, 2, 18, seed=5).double()  # sizes from ~1 to ~14 pixels: 1 to 4 adaptive points a side
+    offset = torch.randn(7, 2, 2, 3, generator=g, dtype=torch.float64) * 0.3 if with_offset else None
+    out = ops.deform_roi_pool(feat, rois, offset, (2, 3), 0.5, ratio, 0.1)
+    assert torch.allclose(out, deform_roi_pool_ref(feat, rois, offset, (2, 3), 0.5, ratio, 0.1))
+    x = feat.clone().requires_grad_()
+    if with_offset:
+        o = offset.clone().requires_grad_()
+        assert torch.autograd.gradcheck(lambda a, b: ops.deform_roi_pool(a, rois, b, (2, 3), 0.5, ratio, 0.1), (x, o))
+    else:
+        assert torch.autograd.gradcheck(lambda a: ops.deform_roi_pool(a, rois, None, (2, 3), 0.5, ratio, 0.1), (x,))
 
 
 # ------------------------------------------------------------------------------------- deformable convolution

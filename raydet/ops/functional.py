@@ -83,10 +83,11 @@ def nms_match(dets: torch.Tensor, iou_threshold: float) -> list[list[int]]:
 
 
 # --------------------------------------------------------------------------- RoI pooling
-def _bilinear(feat: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _bilinear(feat: torch.Tensor, y: torch.Tensor, x: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
     """mmcv's ``bilinear_interpolate`` (RoIAlign's): ``feat [C, H, W]`` sampled at ``y``, ``x``
-    (any equal shapes S); zero outside ``[-1, H] x [-1, W]``, clamped to the border inside it.
-    Returns ``[C, *S]``; differentiable in ``feat``, ``y`` and ``x``."""
+    (any equal shapes S), or ``feat [N, C, H, W]`` with ``batch`` (shape S) naming each point's
+    image; zero outside ``[-1, H] x [-1, W]``, clamped to the border inside it. Returns
+    ``[C, *S]``; differentiable in ``feat``, ``y`` and ``x``."""
     height, width = feat.shape[-2:]
     outside = (y < -1.0) | (y > height) | (x < -1.0) | (x > width)
     y, x = y.clamp(min=0), x.clamp(min=0)
@@ -99,49 +100,68 @@ def _bilinear(feat: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Ten
     x = torch.where(x_edge, x_low.to(x.dtype), x)
     ly, lx = y - y_low, x - x_low
     hy, hx = 1 - ly, 1 - lx
-    flat = feat.reshape(feat.shape[0], -1)
+    channels = feat.shape[-3]
+    if batch is None:
+        flat, base = feat.reshape(channels, -1), 0
+    else:  # the images side by side: image b's pixel (h, w) at b * H * W + h * W + w
+        flat, base = feat.transpose(0, 1).reshape(channels, -1), batch * (height * width)
 
     def at(yy, xx):
-        return flat[:, (yy * width + xx).reshape(-1)].reshape(feat.shape[0], *yy.shape)
+        return flat[:, (base + yy * width + xx).reshape(-1)].reshape(channels, *yy.shape)
 
     val = hy * hx * at(y_low, x_low) + hy * lx * at(y_low, x_high) + ly * hx * at(y_high, x_low) \
         + ly * lx * at(y_high, x_high)
     return torch.where(outside, torch.zeros((), dtype=val.dtype, device=val.device), val)
 
 
+#: how many sampled values (channels x points) :func:`deform_roi_pool` computes at once
+POOL_CHUNK = 1 << 22
+
+
 def deform_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: torch.Tensor | None, pooled_h: int,
                     pooled_w: int, spatial_scale: float, sampling_ratio: int, gamma: float) -> torch.Tensor:
-    """mmcv's DeformRoIPool: RoIAlign (aligned, averaging ``sampling_ratio`` (0: adaptive) points
-    per bin) whose every bin is shifted by ``gamma * roi size * offset``.
-    ``input [N, C, H, W]``, ``rois [R, 5]`` (batch index, x1, y1, x2, y2), ``offset [R, 2, ph, pw]``
-    (x then y) or None/empty. Returns ``[R, C, ph, pw]``; loops over RoIs."""
-    out = input.new_zeros((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+    """mmcv's DeformRoIPool: RoIAlign (aligned, averaging ``sampling_ratio`` (0: adaptive,
+    ``ceil`` of the bin's size) points per bin) whose every bin is shifted by ``gamma * roi size *
+    offset``. ``input [N, C, H, W]``, ``rois [R, 5]`` (batch index, x1, y1, x2, y2), ``offset
+    [R, 2, ph, pw]`` (x then y) or None/empty. Returns ``[R, C, ph, pw]``. The RoIs with the same
+    number of sampling points are computed together (in chunks of :data:`POOL_CHUNK` values)."""
+    n_rois, channels = rois.shape[0], input.shape[1]
+    out = input.new_zeros((n_rois, channels, pooled_h, pooled_w))
+    if n_rois == 0:
+        return out
     has_offset = offset is not None and offset.numel() > 0
+    roi = rois.detach()
+    start_w, start_h = roi[:, 1] * spatial_scale - 0.5, roi[:, 2] * spatial_scale - 0.5
+    roi_w = roi[:, 3] * spatial_scale - 0.5 - start_w
+    roi_h = roi[:, 4] * spatial_scale - 0.5 - start_h
+    bin_h, bin_w = roi_h / pooled_h, roi_w / pooled_w
+    if sampling_ratio > 0:
+        grid_h = grid_w = torch.full((n_rois,), sampling_ratio, dtype=torch.long, device=rois.device)
+    else:
+        grid_h, grid_w = torch.ceil(roi_h / pooled_h).long(), torch.ceil(roi_w / pooled_w).long()
     ph = torch.arange(pooled_h, device=input.device, dtype=input.dtype)
     pw = torch.arange(pooled_w, device=input.device, dtype=input.dtype)
-    for n in range(rois.shape[0]):
-        roi = rois[n].detach()
-        start_w, start_h = roi[1] * spatial_scale - 0.5, roi[2] * spatial_scale - 0.5
-        roi_w = roi[3] * spatial_scale - 0.5 - start_w
-        roi_h = roi[4] * spatial_scale - 0.5 - start_h
-        bin_h, bin_w = roi_h / pooled_h, roi_w / pooled_w
-        grid_h = sampling_ratio if sampling_ratio > 0 else int(torch.ceil(roi_h / pooled_h))
-        grid_w = sampling_ratio if sampling_ratio > 0 else int(torch.ceil(roi_w / pooled_w))
-        count = max(grid_h * grid_w, 1)
-        if grid_h <= 0 or grid_w <= 0:
-            continue
-        y0 = (start_h + ph * bin_h)[:, None].expand(pooled_h, pooled_w)
-        x0 = (start_w + pw * bin_w)[None, :].expand(pooled_h, pooled_w)
-        if has_offset:
-            x0 = x0 + gamma * roi_w * offset[n, 0]
-            y0 = y0 + gamma * roi_h * offset[n, 1]
-        iy = (torch.arange(grid_h, device=input.device, dtype=input.dtype) + 0.5) * bin_h / grid_h
-        ix = (torch.arange(grid_w, device=input.device, dtype=input.dtype) + 0.5) * bin_w / grid_w
-        y = y0[:, :, None, None] + iy[:, None]  # [ph, pw, gh, 1]
-        x = x0[:, :, None, None] + ix[None, :]  # [ph, pw, 1, gw]
-        y, x = torch.broadcast_tensors(y, x)
-        val = _bilinear(input[int(roi[0])], y, x)  # [C, ph, pw, gh, gw]
-        out[n] = val.sum(dim=(-1, -2)) / count
+    grids = torch.stack([grid_h, grid_w], 1)
+    for gh, gw in torch.unique(grids, dim=0).tolist():
+        if gh <= 0 or gw <= 0:
+            continue  # an empty RoI pools to 0
+        same = torch.nonzero((grids[:, 0] == gh) & (grids[:, 1] == gw)).flatten()
+        step = max(1, POOL_CHUNK // (channels * pooled_h * pooled_w * gh * gw))
+        for idx in same.split(step):
+            bh, bw = bin_h[idx, None, None], bin_w[idx, None, None]
+            y0 = (start_h[idx, None, None] + ph[:, None] * bh).expand(-1, pooled_h, pooled_w)
+            x0 = (start_w[idx, None, None] + pw[None, :] * bw).expand(-1, pooled_h, pooled_w)
+            if has_offset:
+                x0 = x0 + gamma * roi_w[idx, None, None] * offset[idx, 0]
+                y0 = y0 + gamma * roi_h[idx, None, None] * offset[idx, 1]
+            iy = (torch.arange(gh, device=input.device, dtype=input.dtype) + 0.5) * bh[..., None] / gh  # [r, 1, 1, gh]
+            ix = (torch.arange(gw, device=input.device, dtype=input.dtype) + 0.5) * bw[..., None] / gw  # [r, 1, 1, gw]
+            y = y0[..., None, None] + iy[..., :, None]  # [r, ph, pw, gh, 1]
+            x = x0[..., None, None] + ix[..., None, :]  # [r, ph, pw, 1, gw]
+            y, x = torch.broadcast_tensors(y, x)
+            batch = roi[idx, 0].long()[:, None, None, None, None].expand_as(y)
+            val = _bilinear(input, y, x, batch)  # [C, r, ph, pw, gh, gw]
+            out[idx] = (val.sum(dim=(-1, -2)) / (gh * gw)).transpose(0, 1)
     return out
 
 
