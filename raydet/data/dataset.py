@@ -1,4 +1,4 @@
-"""COCO-format datasets with mmdet 2.x's interface and pycocotools evaluation.
+"""COCO-format datasets: mmdet 2.x's ``CocoDataset`` over raydet's compact annotation index.
 
 The pipelines are mmdet's own (:mod:`raydet.data.pipeline`). **Augmentation randomness is a
 pure function of (seed, epoch, sample index).** ``__getitem__`` takes either an index or a
@@ -19,7 +19,6 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-
 from mmdet.datasets import coco as mmdet_datasets_coco
 
 from ..errors import DataError, MissingFileError
