@@ -81,6 +81,22 @@ def cascade(mask=False):
     return two_stage("CascadeRCNN", roi_head=roi, rcnn=rcnn, rcnn_test=test)
 
 
+def htc():
+    """Hybrid Task Cascade: mask information flow, and a semantic branch at stride 8 trained on
+    segmentation maps (4 classes, 255 ignored; the pipeline's ``SegRescale`` takes them to 1/8)."""
+    model = cascade(mask=True)
+    model["type"] = "HybridTaskCascade"
+    model["roi_head"].update(
+        type="HybridTaskCascadeRoIHead", interleaved=True, mask_info_flow=True,
+        mask_head=[dict(MASK_HEAD, type="HTCMaskHead", with_conv_res=i > 0) for i in range(3)],
+        semantic_roi_extractor=dict(type="SingleRoIExtractor", out_channels=16, featmap_strides=[8],
+                                    roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0)),
+        semantic_head=dict(type="FusedSemanticHead", num_ins=3, fusion_level=1, num_convs=1, in_channels=16,
+                           conv_out_channels=16, num_classes=4,
+                           loss_seg=dict(type="CrossEntropyLoss", ignore_index=255, loss_weight=0.2)))
+    return model
+
+
 def mask_rcnn(backbone=BB, neck=NECK):
     roi = dict(type="StandardRoIHead", bbox_roi_extractor=roi_extractor(), bbox_head=bbox_head(),
                mask_roi_extractor=roi_extractor(7), mask_head=MASK_HEAD)

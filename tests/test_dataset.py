@@ -256,3 +256,24 @@ def test_batch_crosses_processes_packed_and_unchanged():
         assert [t.shape for t in back[key]] == [t.shape for t in batch[key]]
         assert all(torch.equal(a, b) for a, b in zip(back[key], batch[key]))
     assert back["img_metas"] == batch["img_metas"]
+
+
+def test_collate_stacks_what_mmdets_formatting_marks_stacked_and_a_sample_travels_with_the_marks():
+    import pickle
+
+    import torch
+    from mmcv.parallel import DataContainer as DC
+
+    from raydet.data.pipeline import uncontain
+
+    def sample(w):  # what mmdet's DefaultFormatBundle + Collect give
+        return uncontain({"img": DC(torch.ones(3, 4, w), stack=True),
+                          "gt_semantic_seg": DC(torch.ones(1, 4, w, dtype=torch.long), stack=True, padding_value=255),
+                          "gt_bboxes": DC(torch.zeros(w, 4)), "img_metas": DC({"w": w}, cpu_only=True)})
+    a, b = sample(6), pickle.loads(pickle.dumps(sample(8)))  # as a loader process sends it
+    assert a.stacked == b.stacked == {"img": (0, 2), "gt_semantic_seg": (255, 2)}
+    batch = collate([a, b])
+    assert batch["img"].shape == (2, 3, 4, 8) and batch["img"][0, :, :, 6:].eq(0).all()
+    seg = batch["gt_semantic_seg"]
+    assert seg.shape == (2, 1, 4, 8) and seg[0, :, :, 6:].eq(255).all() and seg[0, :, :, :6].eq(1).all()
+    assert [t.shape[0] for t in batch["gt_bboxes"]] == [6, 8] and batch["img_metas"] == [{"w": 6}, {"w": 8}]

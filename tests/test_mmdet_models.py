@@ -16,7 +16,7 @@ from raydet.errors import ConfigError
 from raydet.models import build_detector
 
 from .conftest import NORM
-from .mmdet_zoo import MASKS, ZOO, model
+from .mmdet_zoo import MASKS, ZOO, htc, model
 
 CLASSES = ("rectangle", "ellipse", "triangle")
 
@@ -165,3 +165,32 @@ def test_a_resume_keeps_what_the_model_learns_outside_its_weights(name, shapes_r
     a, b = unwrap(straight.model).state_dict(), unwrap(resumed.model).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "ModelStateHook" in load_file(str(tmp_path / "killed" / "iter_3.pth"))["ranks"][0]
+
+
+def test_htc_trains_its_semantic_branch_on_maps_batched_as_mmcv_batches_them(shapes_root, tmp_path):
+    """mmdet's ``DefaultFormatBundle`` marks ``gt_semantic_seg`` to be stacked (padded with 255):
+    raydet's batches give HTC's semantic head one ``[B, 1, H, W]`` tensor, as mmcv's collate does."""
+    import cv2
+    import numpy as np
+    data = json.load(open(os.path.join(shapes_root, "annotations", "instances_train.json")))
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    boxes = {}
+    for ann in data["annotations"]:
+        boxes.setdefault(ann["image_id"], []).append(ann)
+    for img in data["images"]:  # each box's category inside it, background 0
+        label = np.zeros((img["height"], img["width"]), np.uint8)
+        for ann in boxes.get(img["id"], []):
+            x, y, w, h = (int(v) for v in ann["bbox"])
+            label[y:y + h, x:x + w] = ann["category_id"]
+        cv2.imwrite(str(seg / img["file_name"].replace("jpg", "png")), label)
+    cfg = coco_config(shapes_root, tmp_path / "work", htc(), masks=True)
+    train = cfg.data.train
+    train.seg_prefix = str(seg)  # mmdet's own CocoDataset reads the maps
+    train.pipeline[1].with_seg = True
+    train.pipeline.insert(-2, dict(type="SegRescale", scale_factor=1 / 8))
+    train.pipeline[-1]["keys"].append("gt_semantic_seg")
+    runner = train_from_config(cfg, validate=False)
+    records = logged_iterations(tmp_path / "work")
+    assert [r["iter"] for r in records] == [1, 2] and all(r["loss_semantic_seg"] > 0 for r in records)
+    assert runner.iter == 2

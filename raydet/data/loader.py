@@ -46,20 +46,35 @@ def _unpack(plain: dict, packed: dict) -> Batch:
 
 
 def collate(batch: list[dict]) -> dict:
-    """Batch pipeline outputs: ``img`` -> padded ``[B, C, H, W]``; everything else -> a list per
-    image (``img_metas``, ``gt_bboxes``, ...). Test-time augmented samples (values are lists over
-    augmentations) collate per augmentation: ``img`` -> a list of ``[B, C, H, W]``."""
+    """Batch samples as mmcv's ``collate`` and a one-device ``scatter`` would: a key mmdet's
+    formatting marked to be stacked (a :class:`~raydet.data.pipeline.Sample`'s ``stacked``: ``img``,
+    ``gt_semantic_seg``) -> one tensor ``[B, ...]`` padded with its ``padding_value`` (mmcv's
+    ``collate`` does it); a bare ``img`` (``ImageToTensor``) -> zero-padded ``[B, C, H, W]``;
+    everything else -> a list per image (``img_metas``, ``gt_bboxes``, ...). Test-time augmented
+    samples (values are lists over augmentations) collate per augmentation."""
+    stacked = getattr(batch[0], "stacked", {})
+
+    def one(key, values):
+        if key in stacked:
+            return _mmcv_stack(values, *stacked[key])
+        return _pad_stack(values) if key == "img" else values
+
     out = Batch()
     for key in batch[0]:
         values = [sample[key] for sample in batch]
         if isinstance(values[0], list):  # MultiScaleFlipAug: one entry per augmentation
-            per_aug = list(zip(*values))
-            out[key] = [_pad_stack(list(v)) if key == "img" else list(v) for v in per_aug]
-        elif key == "img":
-            out[key] = _pad_stack(values)
+            out[key] = [one(key, list(v)) for v in zip(*values)]
         else:
-            out[key] = values
+            out[key] = one(key, values)
     return out
+
+
+def _mmcv_stack(values: list, padding_value, pad_dims) -> torch.Tensor:
+    """mmcv's ``collate`` of ``DataContainer(value, stack=True, padding_value, pad_dims)``s."""
+    from mmcv.parallel import DataContainer
+    from mmcv.parallel import collate as mmcv_collate
+    batch = [DataContainer(v, stack=True, padding_value=padding_value, pad_dims=pad_dims) for v in values]
+    return mmcv_collate(batch, samples_per_gpu=len(batch)).data[0]
 
 
 def batch_to_device(batch: dict, device) -> dict:

@@ -49,15 +49,34 @@ def seeded(*key: int):
 
 
 def uncontain(value):
-    """A pipeline output with every ``DataContainer`` replaced by what it holds (lists too)."""
+    """A pipeline output with every ``DataContainer`` replaced by what it holds (lists too); a
+    dict at the top is a :class:`Sample`, which remembers how mmdet's formatting asked each key to
+    be batched."""
     from mmcv.parallel import DataContainer
     if isinstance(value, DataContainer):
         return value.data
     if isinstance(value, dict):
-        return {k: uncontain(v) for k, v in value.items()}
+        out = Sample({k: uncontain(v) for k, v in value.items()})
+        for key, item in value.items():
+            first = item[0] if isinstance(item, list) and item else item  # MultiScaleFlipAug: one per view
+            if isinstance(first, DataContainer) and first.stack:
+                out.stacked[key] = (first.padding_value, first.pad_dims)
+        return out
     if isinstance(value, list):
         return [uncontain(v) for v in value]
     return value
+
+
+class Sample(dict):
+    """A sample as raydet's datasets give it: mmdet's pipeline output without its
+    ``DataContainer`` wrappers, and in ``stacked`` each key that mmdet's formatting marked to be
+    stacked into one batch tensor (``DataContainer(stack=True)``: ``img``, ``gt_semantic_seg``)
+    with its ``(padding_value, pad_dims)``, which :func:`raydet.data.collate` batches with
+    mmcv's own ``collate``. Every other key batches as a list."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stacked: dict = {}
 
 
 class Pipeline:
