@@ -1,6 +1,7 @@
 """The pipelines are mmdet's own: raydet's COCO dataset (its compact annotation index) gives the
 samples mmdet's own CocoDataset gives, and a random pipeline is a pure function of the sample's
 key that leaves the process's own random generators where they were."""
+import copy
 import os
 import random
 
@@ -108,6 +109,47 @@ def test_yolox_on_mmdets_multi_image_mix_dataset_trains_and_resamples_exactly(sh
     cfg.data.train = train
     train_from_config(cfg, validate=False)
     assert (tmp_path / "iter_2.pth").exists()
+
+
+def test_yolox_mode_switch_holds_after_a_resume_past_it(shapes_root, tmp_path):
+    """mmdet's YOLOXModeSwitchHook turns Mosaic off and YOLOX's L1 loss on only in the epoch where
+    exactly ``num_last_epochs`` remain; raydet's (mmdet's, registered over it) also switches when
+    a run resumes after that epoch: the resumed run ends bitwise equal to the straight one."""
+    from raydet.apis import train_from_config
+    from raydet.engine.dist import unwrap
+    from raydet.engine.hooks import ChaosError
+
+    from .mmdet_zoo import model
+    from .test_mmdet_models import coco_config
+    train = dict(type="MultiImageMixDataset",
+                 dataset=dict(type="CocoDataset", classes=CLASSES, pipeline=[
+                     dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True)],
+                     filter_empty_gt=False, **files(shapes_root)),
+                 pipeline=[dict(type="Mosaic", img_scale=(64, 64), pad_val=114.0), dict(type="RandomFlip", flip_ratio=0.5),
+                           dict(type="Resize", img_scale=(64, 64), keep_ratio=True),
+                           dict(type="Pad", pad_to_square=True, pad_val=dict(img=(114.0, 114.0, 114.0))),
+                           dict(type="FilterAnnotations", min_gt_bbox_wh=(1, 1), keep_empty=False),
+                           dict(type="DefaultFormatBundle"), dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels"])])
+    switch = dict(type="YOLOXModeSwitchHook", num_last_epochs=1, priority=48)  # off from epoch 2 of 3
+
+    def run(work, *hooks, **extra):
+        cfg = coco_config(shapes_root, work, model("YOLOX"), runner=dict(type="EpochBasedRunner", max_epochs=3),
+                          checkpoint_config=dict(interval=4, by_epoch=False, async_save=False),
+                          custom_hooks=[switch, *hooks], **extra)
+        cfg.data.train = copy.deepcopy(train)
+        return train_from_config(cfg, validate=False)
+    straight = run(tmp_path / "straight")
+    ipe = straight.iters_per_epoch
+    chaos = dict(type="ChaosHook", marker=str(tmp_path / "marker"), at_iter=2 * ipe + 6)  # in the last epoch
+    with pytest.raises(ChaosError):
+        run(tmp_path / "killed", chaos)
+    at = 4 * ((2 * ipe + 5) // 4)
+    assert at > 2 * ipe  # the checkpoint is past the switch epoch's start
+    resumed = run(tmp_path / "killed", chaos, resume_from=str(tmp_path / "killed" / f"iter_{at}.pth"))
+    assert unwrap(resumed.model).bbox_head.use_l1
+    assert tuple(resumed.data_loader.dataset._skip_type_keys) == ("Mosaic", "RandomAffine", "MixUp")
+    a, b = unwrap(straight.model).state_dict(), unwrap(resumed.model).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_coco_bbox_metrics_equal_mmdets_own_evaluate(shapes_root):

@@ -12,6 +12,7 @@ from .num_class import NumClassCheckHook
 from .optimizer import OptimizerHook
 from .profiler import ProfilerHook
 from .timer import DistSamplerSeedHook, IterTimerHook
+from .yolox import YOLOXModeSwitchHook
 
 __all__ = ["HOOKS", "PRIORITIES", "Hook", "get_priority", "CheckpointHook", "EvalHook", "LogBuffer",
            "LoggerHook", "TextLoggerHook", "TensorboardLoggerHook", "LR_POLICIES", "MOMENTUM_POLICIES",
@@ -19,4 +20,4 @@ __all__ = ["HOOKS", "PRIORITIES", "Hook", "get_priority", "CheckpointHook", "Eva
            "OneCycleLrUpdaterHook", "CosineAnnealingMomentumUpdaterHook", "CyclicMomentumUpdaterHook",
            "build_lr_hook", "OptimizerHook", "IterTimerHook", "DistSamplerSeedHook", "ChaosHook",
            "ChaosError", "ReportHook", "NumClassCheckHook", "BaseEMAHook", "EMAHook", "ExpMomentumEMAHook",
-           "LinearMomentumEMAHook", "ProfilerHook"]
+           "LinearMomentumEMAHook", "ProfilerHook", "YOLOXModeSwitchHook"]
