@@ -264,10 +264,10 @@ def test_collate_stacks_what_mmdets_formatting_marks_stacked_and_a_sample_travel
     import torch
     from mmcv.parallel import DataContainer as DC
 
-    from raydet.data.pipeline import uncontain
+    from raydet.data.pipeline import Sample
 
     def sample(w):  # what mmdet's DefaultFormatBundle + Collect give
-        return uncontain({"img": DC(torch.ones(3, 4, w), stack=True),
+        return Sample.of({"img": DC(torch.ones(3, 4, w), stack=True),
                           "gt_semantic_seg": DC(torch.ones(1, 4, w, dtype=torch.long), stack=True, padding_value=255),
                           "gt_bboxes": DC(torch.zeros(w, 4)), "img_metas": DC({"w": w}, cpu_only=True)})
     a, b = sample(6), pickle.loads(pickle.dumps(sample(8)))  # as a loader process sends it

@@ -2,6 +2,9 @@
 see mmcv's runner attributes and are called at mmcv's stages in priority order."""
 import json
 
+import pytest
+import torch
+
 from raydet.apis import train_from_config
 
 USER_HOOK = '''
@@ -54,3 +57,14 @@ def test_mmcv_and_mmdet_hooks_run_with_mmcvs_runner_surface(make_cfg, tmp_path, 
     assert [s["end_of_epoch"] for s in iters] == [False] * (len(iters) - 1) + [True]
     assert {s["detector"] for s in iters} == {"FCOS"}  # runner.model.module: the detector's attributes
     assert runner.epoch == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the 'cuda' defaults stay on a CUDA machine")
+def test_mmdets_cuda_device_defaults_are_the_cpu_without_cuda():
+    """mmdet's SyncRandomSizeHook (v2.16's YOLOX configs) and prior generators default to 'cuda'."""
+    from raydet.engine.hooks import HOOKS
+    hook = HOOKS.build(dict(type="SyncRandomSizeHook", ratio_range=(14, 26), img_scale=(640, 640)), "custom_hooks.0")
+    assert hook.device == "cpu"
+    from mmdet.core.anchor import AnchorGenerator
+    anchors = AnchorGenerator(strides=[8], ratios=[1.0], scales=[4]).grid_priors([(2, 2)])
+    assert anchors[0].device.type == "cpu"

@@ -446,12 +446,10 @@ class CocoDataset(ImageSet, mmdet_datasets_coco.CocoDataset):
         metrics = [metric] if isinstance(metric, str) else list(metric)
         if len(results) != len(self):
             raise ValueError(f"{len(results)} results for a dataset of {len(self)} images")
-        mmdet_args = dict(jsonfile_prefix=jsonfile_prefix, proposal_nums=proposal_nums, iou_thrs=iou_thrs,
-                          metric_items=metric_items)
-        if any(v is not None for v in mmdet_args.values()):
-            if proposal_nums is None:
-                mmdet_args.pop("proposal_nums")  # mmdet's default
-            return self.mmdet_evaluate(results, metrics, logger, classwise=classwise, **mmdet_args)
+        given = {k: v for k, v in dict(jsonfile_prefix=jsonfile_prefix, proposal_nums=proposal_nums,
+                                       iou_thrs=iou_thrs, metric_items=metric_items).items() if v is not None}
+        if given:
+            return self.mmdet_evaluate(results, metrics, logger, classwise=classwise, **given)
         out = {}
         names = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
         proposals = [m for m in metrics if m in ("proposal", "proposal_fast")]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError, DataError
 from .dataset import as_key
-from .pipeline import seeded, uncontain
+from .pipeline import Sample, seeded
 
 
 class MMDetDataset:
@@ -43,7 +43,7 @@ class MMDetDataset:
                                 f"{exc}") from exc
         if out is None:  # a test-mode mmdet dataset returns what its pipeline returns, None included
             raise DataError(f"{type(self.dataset).__name__}: the pipeline dropped sample {key.index}{self._name(key.index)}")
-        return uncontain(out)
+        return Sample.of(out)
 
     def _name(self, index: int) -> str:
         infos = getattr(self.dataset, "data_infos", None)

@@ -49,19 +49,12 @@ def seeded(*key: int):
 
 
 def uncontain(value):
-    """A pipeline output with every ``DataContainer`` replaced by what it holds (lists too); a
-    dict at the top is a :class:`Sample`, which remembers how mmdet's formatting asked each key to
-    be batched."""
+    """A pipeline output with every ``DataContainer`` replaced by what it holds (lists too)."""
     from mmcv.parallel import DataContainer
     if isinstance(value, DataContainer):
         return value.data
     if isinstance(value, dict):
-        out = Sample({k: uncontain(v) for k, v in value.items()})
-        for key, item in value.items():
-            first = item[0] if isinstance(item, list) and item else item  # MultiScaleFlipAug: one per view
-            if isinstance(first, DataContainer) and first.stack:
-                out.stacked[key] = (first.padding_value, first.pad_dims)
-        return out
+        return {k: uncontain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [uncontain(v) for v in value]
     return value
@@ -78,10 +71,21 @@ class Sample(dict):
         super().__init__(*args, **kwargs)
         self.stacked: dict = {}
 
+    @classmethod
+    def of(cls, output: dict) -> "Sample":
+        """The sample of a pipeline output (a dict of values and ``DataContainer``s)."""
+        from mmcv.parallel import DataContainer
+        sample = cls(uncontain(output))
+        for key, item in output.items():
+            first = item[0] if isinstance(item, list) and item else item  # MultiScaleFlipAug: one per view
+            if isinstance(first, DataContainer) and first.stack:
+                sample.stacked[key] = (first.padding_value, first.pad_dims)
+        return sample
+
 
 class Pipeline:
-    """mmdet's ``Compose`` of ``steps`` (dicts of mmdet's ``PIPELINES``), returning plain
-    outputs (:func:`uncontain`), or ``None`` where a transform drops the sample."""
+    """mmdet's ``Compose`` of ``steps`` (dicts of mmdet's ``PIPELINES``), returning a
+    :class:`Sample`, or ``None`` where a transform drops the sample."""
 
     def __init__(self, steps, where: str = "pipeline"):
         from mmdet.datasets.pipelines import Compose
@@ -96,7 +100,7 @@ class Pipeline:
 
     def __call__(self, results: dict):
         out = self.compose(results)
-        return None if out is None else uncontain(out)
+        return None if out is None else Sample.of(out)
 
     def __repr__(self):
         return f"Pipeline({[s.get('type') for s in self.steps]})"

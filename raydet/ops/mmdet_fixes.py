@@ -1,8 +1,8 @@
 """Where mmdetection 2.28's own code assumes a GPU or an older numpy, made to run here too.
 
-mmdet's prior generators (anchors and points) and a few heads default ``device='cuda'`` and some
-callers leave it out (RepPoints' ``get_points`` asks for valid flags without a device): on a
-machine without CUDA that raises "Found no NVIDIA driver". :func:`apply` makes those defaults
+mmdet's prior generators (anchors and points), a few heads and ``SyncRandomSizeHook`` default
+``device='cuda'`` and some callers leave it out (RepPoints' ``get_points`` asks for valid flags
+without a device): on a machine without CUDA that raises "Found no NVIDIA driver". :func:`apply` makes those defaults
 ``'cpu'`` when CUDA is unavailable (on a GPU machine nothing changes).
 
 numpy >= 1.24 removed what some of mmdet's modules use: the aliases ``np.int``/``np.float``/
@@ -70,10 +70,11 @@ def apply() -> list[str]:
     if torch.cuda.is_available():
         return ["numpy < 1.24 for mmdet"]
     import mmdet.core.anchor as anchor
+    import mmdet.core.hook as hooks
     import mmdet.core.utils.misc as misc
     import mmdet.models.dense_heads as heads
     changed = []
-    for module in (anchor, heads):
+    for module in (anchor, heads, hooks):  # hooks: SyncRandomSizeHook's device
         for name, cls in vars(module).items():
             if inspect.isclass(cls):
                 for attr, func in vars(cls).items():

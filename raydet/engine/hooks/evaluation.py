@@ -63,11 +63,12 @@ def check_metrics(dataset, metric, model=None, save_best=None, key: str = "evalu
     module = getattr(model, "module", model)
     if "segm" in metrics and module is not None and not getattr(module, "with_mask", False):
         raise ConfigError(f"{key}='segm': the model predicts no masks (it has no mask head); use 'bbox'")
-    for name in eval_kwargs or {}:  # the other keys go to the dataset's evaluate: it must take them
-        params = inspect.signature(dataset.evaluate).parameters
-        if name not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    params = inspect.signature(dataset.evaluate).parameters if eval_kwargs else {}
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for arg in eval_kwargs or {}:  # the other keys go to the dataset's evaluate: it must take them
+        if arg not in params and not open_ended:
             takes = ", ".join(p for p in params if p not in ("self", "results", "logger"))
-            raise ConfigError(f"evaluation.{name}: {type(dataset).__name__}.evaluate takes no '{name}' (it takes {takes})")
+            raise ConfigError(f"evaluation.{arg}: {name}.evaluate takes no '{arg}' (it takes {takes})")
     keys = dataset.metric_keys(metrics) if hasattr(dataset, "metric_keys") else None
     if save_best not in (None, "auto") and keys is not None and save_best not in keys:
         raise ConfigError(f"evaluation.save_best={save_best!r} is not among the metrics {', '.join(keys)}")
