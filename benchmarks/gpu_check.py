@@ -50,7 +50,7 @@ def worker_path(args, root: str) -> dict:
     import torch
     import torch.distributed as dist
 
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.config import load_config
     from raydet.engine import ChaosError, load_file
 
@@ -135,7 +135,7 @@ def loop_cost(args) -> dict:
 
 
 def demo(args) -> dict:
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.config import load_config
 
     extra = {}

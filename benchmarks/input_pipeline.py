@@ -114,7 +114,7 @@ def _subset(n):
 
 
 def data_time_share(iters):
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     subset = _subset(BATCH * iters)
     cfg = load_config(CONFIG, {"data.samples_per_gpu": BATCH, "data.train.root": subset["root"],
                                "data.train.num_images": subset["num_images"],

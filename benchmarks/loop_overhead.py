@@ -177,7 +177,7 @@ def raydet_side(args, out):
 def none_side(args, out):
     import torch
 
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.config import load_config
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, overrides(args, out))

@@ -118,7 +118,7 @@ def main() -> int:
     import torch
 
     import raydet  # noqa: F401
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.config import load_config
     os.environ["RAYDET_OFFLINE"] = "1"
     for name in ("raydet", "mmdet", "mmcv"):

@@ -91,7 +91,7 @@ def raydet_side(out_dir: str) -> dict:
 
 def none_side(out_dir: str) -> dict:
     """``raydet train --launcher none``: the same run in this process, without Ray."""
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.config import load_config
     count = os.path.join(out_dir, "count")
     cfg = load_config(_tiny_config(out_dir, custom_hooks=[

@@ -17,7 +17,7 @@ from mmcv import DictAction
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import scratch  # noqa: E402
-from raydet.apis import train_from_config  # noqa: E402
+from raydet.run import train_from_config  # noqa: E402
 from raydet.cli import setup_console_logging  # noqa: E402
 from raydet.config import load_config  # noqa: E402
 

@@ -1,5 +1,5 @@
 """raydet: fault-tolerant object-detection training with mmdetection-2.x configs on Ray Train."""
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401
 
 import logging as _logging
 import warnings as _warnings

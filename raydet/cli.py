@@ -183,7 +183,7 @@ def cmd_plot(args) -> int:
 
 
 def setup_console_logging(level=logging.INFO):
-    from .engine.hooks.logger import console_handler
+    from .logs import console_handler
     log = logging.getLogger("raydet")
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers):
         log.addHandler(console_handler())
@@ -204,75 +204,41 @@ def _workers(text: str):
     return value
 
 
-def prepare_train_config(args):
-    """The resolved config of ``raydet train``: CLI flags folded in, work_dir chosen (flag, then
-    config, then ``./work_dirs/<config name>``). Raises ConfigError before anything starts."""
-    from .config import load_config
-    from .config.schema import check_values
-    from .engine.checkpoint import check_work_dir
-    cfg = load_config(args.config, args.cfg_options)
-    if args.work_dir:
-        cfg.work_dir = args.work_dir
-    elif not cfg.get("work_dir"):
-        cfg.work_dir = os.path.join("work_dirs", os.path.splitext(os.path.basename(args.config))[0])
-    cfg.work_dir = os.path.expandvars(cfg.work_dir)
-    cfg.work_dir = os.path.abspath(cfg.work_dir) if "://" not in cfg.work_dir else cfg.work_dir
-    if args.resume_from:
-        cfg.resume_from = args.resume_from
-    if args.auto_resume is not None:
-        cfg.auto_resume = args.auto_resume
-    if args.seed is not None:
-        cfg.seed = args.seed
-    if args.deterministic:
-        cfg.deterministic = True
-    ray_cfg = dict(cfg.get("ray") or {})
-    if args.num_workers is not None:
-        ray_cfg["num_workers"] = args.num_workers
-    if args.use_gpu is not None:
-        ray_cfg["use_gpu"] = args.use_gpu
-    if args.address:
-        ray_cfg["address"] = args.address
-    cfg.ray = ray_cfg
-    check_values(cfg)  # the flags folded in, e.g. --num-workers
-    if "://" not in cfg.work_dir:
-        check_work_dir(cfg.work_dir)
-    return cfg
+def train_overrides(args) -> dict:
+    """``raydet train``'s flags as config overrides, applied when the config is loaded (after
+    ``--cfg-options``: a flag wins)."""
+    flags = {"work_dir": args.work_dir, "resume_from": args.resume_from, "auto_resume": args.auto_resume,
+             "seed": args.seed, "deterministic": True if args.deterministic else None,
+             "ray.num_workers": args.num_workers, "ray.use_gpu": args.use_gpu, "ray.address": args.address}
+    return dict(args.cfg_options, **{k: v for k, v in flags.items() if v is not None})
 
 
 def cmd_train(args) -> int:
+    from .config import load_config
+    from .config.frozen import freeze
     setup_console_logging()
-    cfg = prepare_train_config(args)
+    cfg = freeze(load_config(args.config, train_overrides(args)))
+    start = time.time()
     if args.launcher == "ray":
         from .launch import train as ray_train  # a local instance it starts stays on loopback
-        start = time.time()
+        from .run.plan import locate
         result = ray_train(cfg, validate=not args.no_validate)
         ret = getattr(result, "return_value", None) or {}
-        print(summary(result.metrics or {}, cfg.work_dir, time.time() - start, best=ret.get("best_checkpoint"),
+        print(summary(result.metrics or {}, locate(cfg)[0], time.time() - start, best=ret.get("best_checkpoint"),
                       best_score=ret.get("best_score"), last=ret.get("last_checkpoint"),
                       ray_checkpoint=result.checkpoint.path if result.checkpoint is not None else None))
         return 0
-    from .apis import train_from_config
-    from .apis.train import checkpoint_dirs_of, finished_notice
-    from .engine.checkpoint import finished_meta, set_aside
-    if "://" in cfg.work_dir:
-        raise RaydetError(f"work_dir={cfg.work_dir}: a bucket work_dir needs the Ray launcher (--launcher ray)")
-    # as the Ray launcher: the same command again resumes; --no-auto-resume keeps the old run aside
-    if cfg.get("auto_resume") is None:
-        cfg.auto_resume = True
-    if cfg.auto_resume and cfg.get("resume_from") is None:  # an explicit resume_from comes first (mmdet)
-        done = finished_meta(checkpoint_dirs_of(cfg), cfg.runner)
-        if done is not None:
-            print(finished_notice(cfg, done))
-            print(f"checkpoint: {os.path.join(cfg.work_dir, 'latest.pth')}")
-            return 0
-    elif cfg.get("resume_from") is None:
-        set_aside(cfg.work_dir)
-    os.makedirs(cfg.work_dir, exist_ok=True)
-    start = time.time()
-    runner = train_from_config(cfg, validate=not args.no_validate)
+    from .run import build_from_config, plan_run, train
+    from .run.plan import finished_notice
+    plan = plan_run(cfg, validate=not args.no_validate, auto_resume=True, source=args.config)
+    if plan.finished is not None:
+        print(finished_notice(plan, cfg))
+        print(f"checkpoint: {os.path.join(plan.work_dir, 'latest.pth')}")
+        return 0
+    runner = train(build_from_config(cfg, plan), plan)
     evals = [h for h in runner.hooks if hasattr(h, "last_metrics") and h.last_metrics]
     msgs = runner.meta.get("hook_msgs") or {}
-    print(summary(evals[0].last_metrics if evals else {}, cfg.work_dir, time.time() - start,
+    print(summary(evals[0].last_metrics if evals else {}, plan.work_dir, time.time() - start,
                   best=msgs.get("best_ckpt"), best_score=msgs.get("best_score"),
                   last=msgs.get("last_ckpt") or runner.resumed_from))
     return 0

@@ -36,7 +36,7 @@ class ProgressBar:
         line = (f"{self.desc}{self.done}/{self.total} ({pct}%), {fps:.1f} task/s, elapsed: {int(elapsed)}s, "
                 f"ETA: {int(eta)}s")
         if self.log is not None:
-            from .engine.hooks.logger import FILE_ONLY
+            from .logs import FILE_ONLY
             self.log.info(line, extra=FILE_ONLY)
         else:
             self.stream.write(line + "\n")

@@ -117,7 +117,7 @@ def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: fl
     with ``keep_existing`` a file already there is moved aside first (a user's, or an earlier
     run's), else written over (a resumed run's own). Returns the paths. The model is left in
     eval mode."""
-    from .apis.inference import predict_samples
+    from .engine.inference import predict_samples
     from .engine.checkpoint import move_aside
     from .engine.dist import unwrap
     module = unwrap(model)

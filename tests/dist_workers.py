@@ -72,7 +72,7 @@ def collectives(rank, world, init_file, out_dir):
 def train(rank, world, init_file, cfg_dict):
     """``train_from_config`` as one rank of a gloo group (what a Ray worker runs)."""
     init_group(rank, world, init_file, "gloo")
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.config import load_config
     train_from_config(load_config(cfg_dict), validate=False)
     dist.destroy_process_group()
@@ -87,7 +87,7 @@ def train_reporting(rank, world, init_file, cfg_dict, out_dir, write_delay_s):
     import time
 
     import raydet.engine.checkpoint as ckpt
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.config import load_config
     from raydet.engine import ReportHook
     from raydet.engine.dist import barrier

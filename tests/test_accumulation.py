@@ -5,7 +5,7 @@ import glob
 import pytest
 import torch
 
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 from raydet.engine import ChaosError, OptimizerHook, Precision, Runner, load_file
 
 
@@ -79,7 +79,7 @@ def test_config_names_and_a_resume_inside_a_group_is_bitwise_exact(make_cfg, tmp
 
 def test_cumulative_iters_is_checked_and_belongs_to_its_hook(make_cfg):
     from raydet.config.schema import check_values
-    from raydet.apis.train import optimizer_hook_config
+    from raydet.run.build import optimizer_hook_config
     from raydet.errors import ConfigError
     with pytest.raises(ConfigError, match=r"optimizer_config.cumulative_iters=0"):
         check_values(make_cfg(optimizer_config=dict(type="GradientCumulativeOptimizerHook", cumulative_iters=0)))

@@ -51,7 +51,7 @@ def test_cal_train_time_and_the_command(tmp_path, capsys):
 
 
 def test_a_finished_run_leaves_its_curves_and_drawn_predictions(make_cfg, tmp_path):
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     train_from_config(make_cfg(tmp_path / "w", runner=dict(max_epochs=1)), validate=True)
     assert (tmp_path / "w" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     vis = sorted(os.listdir(tmp_path / "w" / "vis"))  # and the first val images' predictions, drawn

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from raydet.apis import batch_processor, parse_losses, set_random_seed
-from raydet.apis.train import _data_cfg
+from raydet.run.build import loader_settings
 from raydet.config import load_config
 
 
@@ -39,12 +39,12 @@ def test_batch_processor():
 def test_imgs_per_gpu_overrides_with_warning():
     cfg = load_config("configs/fcos/fcos_gn_tiny_shapes.py", {"data.imgs_per_gpu": 3})
     with pytest.warns(DeprecationWarning, match="imgs_per_gpu"):
-        loader = _data_cfg(cfg)
+        loader = loader_settings(cfg, torch.device("cpu"))
     assert loader["samples_per_gpu"] == 3
     cfg = load_config("configs/fcos/fcos_gn_tiny_shapes.py")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert _data_cfg(cfg)["samples_per_gpu"] == 8
+        assert loader_settings(cfg, torch.device("cpu"))["samples_per_gpu"] == 8
 
 
 def test_set_random_seed_repeats():

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 import raydet.engine.checkpoint as ckpt
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 from raydet.engine import Hook, find_latest_checkpoint, load_file
 from raydet.engine.checkpoint import CheckpointWriter
 from raydet.errors import CheckpointError
@@ -98,7 +98,7 @@ def test_a_kill_during_a_background_write_resumes_exactly_from_the_checkpoint_be
         "    fsync(fd)\n"
         "os.fsync = slow\n"
         "import torch; torch.set_num_threads(int(os.environ['RAYDET_TEST_THREADS']))\n"  # as the tests' (conftest)
-        "from raydet.apis import train_from_config\n"
+        "from raydet.run import train_from_config\n"
         "from raydet.config import load_config\n"
         "train_from_config(load_config(pickle.load(open(sys.argv[1], 'rb'))), validate=False)\n")
     with open(tmp_path / "cfg.pkl", "wb") as f:

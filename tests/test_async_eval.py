@@ -10,7 +10,7 @@ pytest.importorskip("ray")
 from pyarrow import fs  # noqa: E402
 from ray.train import Checkpoint  # noqa: E402
 
-from raydet.apis import train_from_config  # noqa: E402
+from raydet.run import train_from_config  # noqa: E402
 from raydet.cli import main  # noqa: E402
 from raydet.config import dump_config, load_config  # noqa: E402
 from raydet.errors import ConfigError  # noqa: E402

@@ -13,7 +13,7 @@ import stat
 import pytest
 import torch
 
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 from raydet.engine.checkpoint import (checkpoint_progress, find_latest_checkpoint, load_file, remove_orphans,
                                       save_file)
 from raydet.engine import ChaosError
@@ -96,10 +96,9 @@ def test_out_dir_keeps_mmcvs_layout_and_a_resume_looks_there(make_cfg, tmp_path,
         train_from_config(make_cfg(work, checkpoint_config=ckpt, runner=dict(max_epochs=2), auto_resume=True),
                           validate=False)
     assert f"resumed from {out / 'run' / 'epoch_1.pth'}" in caplog.text
-    from raydet.apis.train import checkpoint_dirs_of
-    from raydet.engine.checkpoint import finished_meta
-    cfg = make_cfg(work, checkpoint_config=ckpt, runner=dict(max_epochs=2))
-    assert finished_meta(checkpoint_dirs_of(cfg), dict(type="EpochBasedRunner", max_epochs=2))["epoch"] == 2
+    from raydet.run import plan_run
+    assert plan_run(make_cfg(work, checkpoint_config=ckpt, runner=dict(max_epochs=2), auto_resume=True)
+                    ).finished["epoch"] == 2
 
 
 def test_lines_of_a_later_attempt_that_died_before_its_first_checkpoint_are_cut(make_cfg, tmp_path):

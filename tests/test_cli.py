@@ -48,19 +48,22 @@ def test_elastic_workers_and_a_bucket_work_dir_from_the_command_line(monkeypatch
     import argparse
 
     import pytest
-    from raydet.cli import _train_parser, prepare_train_config
-    from raydet.launch.driver import build_trainer, resolve_work_dir
+    from raydet.cli import _train_parser, train_overrides
+    from raydet.config import load_config
+    from raydet.launch.driver import build_trainer
+    from raydet.run import plan_run
     monkeypatch.setenv("RAYDET_BUCKET", "my-bucket")
     parser = argparse.ArgumentParser()
     _train_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "configs/fcos/fcos_gn_tiny_shapes.py", "--num-workers", "1-4",
                               "--work-dir", "s3://${RAYDET_BUCKET}/runs/fcos?region=us-east-1"])
-    cfg = prepare_train_config(args)
-    assert cfg.ray.num_workers == (1, 4) and cfg.work_dir == "s3://my-bucket/runs/fcos?region=us-east-1"
-    resolve_work_dir(cfg)
-    assert cfg.ray.storage_path == "s3://my-bucket/runs?region=us-east-1"
-    assert cfg.work_dir.endswith(os.path.join("raydet-staging", "fcos")) and os.path.isabs(cfg.work_dir)
-    assert build_trainer(cfg).scaling_config.num_workers == (1, 4)
+    cfg = load_config(args.config, train_overrides(args))
+    assert cfg.ray.num_workers == (1, 4) and cfg.work_dir == "s3://${RAYDET_BUCKET}/runs/fcos?region=us-east-1"
+    plan = plan_run(cfg, launcher="ray")
+    assert plan.storage == "s3://my-bucket/runs?region=us-east-1"
+    assert plan.work_dir.endswith(os.path.join("raydet-staging", "fcos")) and os.path.isabs(plan.work_dir)
+    assert build_trainer(cfg, plan).scaling_config.num_workers == (1, 4)
+    assert cfg.work_dir == "s3://${RAYDET_BUCKET}/runs/fcos?region=us-east-1"  # the config is as loaded
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "x.py", "--num-workers", "two"])
 
@@ -73,7 +76,7 @@ def test_test_writes_coco_results_and_drawings_and_never_over_a_file(shapes_root
 
     import cv2
 
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.cli import main
     cfg_path = str(tmp_path / "tiny.py")
     cfg = load_config(tiny_config(shapes_root, tmp_path / "w", runner=dict(max_epochs=1)))

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 from raydet.cli import main
 from raydet.config import dump_config, load_config
 from raydet.errors import DataError

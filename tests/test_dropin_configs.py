@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 from raydet.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 from raydet.engine import ChaosError, Hook, OptimizerHook, Precision, Runner, load_file
 from raydet.engine.hooks import EMAHook, ExpMomentumEMAHook, LinearMomentumEMAHook
 

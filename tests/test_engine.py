@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from raydet.apis import build_training, train_from_config
+from raydet.run import train_from_config
 from raydet.engine import ChaosError, OptimizerHook, Precision, Runner, find_latest_checkpoint, load_file
 from raydet.errors import CheckpointError, NonFiniteLossError
 
@@ -24,11 +24,9 @@ def _train_records(work_dir):
 
 
 def test_hook_order_is_mmcv_priority_order_and_logged(make_cfg, caplog):
-    from raydet.data import build_dataset
-    from raydet.models import build_detector
+    from raydet.run import build_parts, make_runner, plan_run
     cfg = make_cfg(custom_hooks=[dict(type="ChaosHook", marker="/nonexistent/never", at_iter=10 ** 6)])
-    model = build_detector(cfg.model)
-    runner, loaders = build_training(model, build_dataset(cfg.data.train), cfg, validate=True, timestamp="t")
+    runner = make_runner(build_parts(cfg, seed=0, validate=True), plan_run(cfg))
     names = [(type(h).__name__, h.priority) for h in runner.hooks]
     assert names == [("StepLrUpdaterHook", 10), ("OptimizerHook", 40), ("EvalHook", 49), ("CheckpointHook", 50),
                      ("DistSamplerSeedHook", 50), ("IterTimerHook", 70), ("TextLoggerHook", 90), ("ChaosHook", 100)]

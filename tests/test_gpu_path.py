@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from raydet.apis import train_from_config
-from raydet.apis.train import sync_batchnorm
+from raydet.run import train_from_config
+from raydet.run.build import sync_batchnorm
 from raydet.engine import ChaosError, Hook, OptimizerHook, Precision, Runner, load_file
 from raydet.errors import ConfigError, NonFiniteLossError
 
@@ -114,7 +114,7 @@ def test_a_seedless_run_keeps_its_seed_across_a_restart(make_cfg, tmp_path, capl
         train_from_config(make_cfg(work, seed=None, checkpoint_config=ckpt, custom_hooks=[chaos]), validate=False,
                           extra_hooks=[_RecordBatches(record)])
     drawn = load_file(str(work / "iter_8.pth"))["meta"]["seed"]
-    assert f"seed {drawn} (drawn on rank 0: the config sets no seed)" in caplog.text
+    assert f"seed {drawn} (drawn once for this run by the launcher)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="raydet"):
         runner = train_from_config(make_cfg(work, seed=None, checkpoint_config=ckpt, custom_hooks=[chaos],
@@ -244,17 +244,22 @@ def test_gpu_workers_get_nccl_for_cuda_and_gloo_for_host_tensors(shapes_root, tm
     from raydet.config import load_config
     from raydet.launch.driver import build_trainer
 
-    cfg = load_config(tiny_config(shapes_root, tmp_path / "w"))
-    cfg.ray = dict(num_workers=2, use_gpu=True)
-    backend = build_trainer(cfg).backend_config.backend
+    from raydet.run import plan_run
+
+    def trainer(use_gpu, seed=0):
+        cfg = load_config(tiny_config(shapes_root, tmp_path / "w", seed=seed))
+        cfg.ray = dict(num_workers=2, use_gpu=use_gpu)
+        plan = plan_run(cfg, launcher="ray")
+        return build_trainer(cfg, plan), plan
+
+    backend = trainer(True)[0].backend_config.backend
     assert backend == "cpu:gloo,cuda:nccl" and _is_backend_nccl(backend)  # Ray still sets NCCL's env
-    cfg.ray = dict(num_workers=2, use_gpu=False)
-    assert build_trainer(cfg).backend_config.backend == "gloo"
-    seeds = {build_trainer(cfg).train_loop_config["seed"] for _ in range(3)}
-    assert cfg.seed == 0 and seeds == {None}  # the config's seed is the run's; nothing drawn
-    cfg.seed = None
-    drawn = build_trainer(cfg).train_loop_config["seed"]
-    assert isinstance(drawn, int) and 0 <= drawn < 2 ** 31
+    assert trainer(False)[0].backend_config.backend == "gloo"
+    plans = [trainer(False)[1] for _ in range(3)]
+    assert {(p.seed, p.seed_from) for p in plans} == {(0, "from the config")}  # the config's seed is the run's
+    drawn = [trainer(False, seed=None)[0].train_loop_config["job"].plan for _ in range(2)]
+    assert all(0 <= p.seed < 2 ** 31 and p.seed_from.startswith("drawn once") for p in drawn)
+    assert drawn[0].seed != drawn[1].seed  # drawn once a launch, on the driver
 
 
 def test_gpu_check_runs_its_logic_on_cpu(tmp_path):

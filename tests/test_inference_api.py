@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from raydet.apis import inference_detector, init_detector, show_result_pyplot, train_from_config
+from raydet.apis import inference_detector, init_detector, show_result_pyplot
+from raydet.run import train_from_config
 from raydet.visualization import draw_det_result, palette
 
 

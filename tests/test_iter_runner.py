@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from raydet.analysis import load_json_log
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 from raydet.config import load_config
 from raydet.engine import ChaosError, load_file
 from raydet.errors import ConfigError
@@ -85,9 +85,10 @@ def test_a_kill_mid_data_epoch_resumes_bitwise_and_logs_each_iteration_once(iter
     assert [r["iter"] for r in records if r["mode"] == "train"] == list(range(1, ITERS + 1))
     assert [r["iter"] for r in records if r["mode"] == "val"] == [EPOCH]
     # the launchers see that the run is complete (and would not train it again), by max_iters
-    from raydet.engine.checkpoint import finished_meta
-    assert finished_meta([str(work)], dict(type="IterBasedRunner", max_iters=ITERS))["iter"] == ITERS
-    assert finished_meta([str(work)], dict(type="IterBasedRunner", max_iters=ITERS + 1)) is None
+    from raydet.engine.checkpoint import finished
+    meta = load_file(os.path.join(work, "latest.pth"))["meta"]
+    assert finished(meta, dict(type="IterBasedRunner", max_iters=ITERS))["iter"] == ITERS
+    assert finished(meta, dict(type="IterBasedRunner", max_iters=ITERS + 1)) is None
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -655,3 +655,43 @@ def test_the_drivers_annotation_index_is_mapped_zero_copy_by_each_worker(ray_loc
     # leaves each worker to build its own
     assert share_indexes(load_config(dict(cfg.to_dict(), data=dict(cfg.data.to_dict(), train=dict(
         type="CocoDataset", ann_file=str(tmp_path / "missing.json"), img_prefix=str(tmp_path)))))) is None
+
+
+def test_resume_from_into_a_used_work_dir_does_the_same_in_process_and_on_ray(ray_local, shapes_root, tmp_path,
+                                                                               capsys):
+    """The run plan's one precedence rule (raydet.run.plan): ``--resume-from X`` starts from X
+    whatever the work_dir holds — here the finished run X came from, whose newest checkpoint
+    auto-resume alone would take (and so train nothing) — in this process and on Ray alike; the
+    retrained epochs are bitwise those of the first run (same seed, deterministic)."""
+    import glob as glob_
+
+    import raydet
+    from raydet.cli import main
+    from raydet.config import dump_config, load_config
+    from raydet.engine import load_file
+    torch.set_num_threads(1)  # as a Ray worker of one CPU: the same float sums, so bitwise comparable
+    cfg = tiny_config(shapes_root, tmp_path / "unused", runner=dict(max_epochs=3), auto_resume=True)
+    cfg["ray"] = dict(num_workers=1)
+    path = str(tmp_path / "tiny.py")
+    dump_config(load_config(cfg), path)
+    first = tmp_path / "first"
+    assert main(["train", path, "--launcher", "none", "--work-dir", str(first), "--no-validate"]) == 0
+    finished = load_file(str(first / "epoch_3.pth"))
+    runs = {}
+    for how in ("none", "ray"):
+        work = tmp_path / how
+        shutil.copytree(first, work)
+        start = str(work / "epoch_1.pth")
+        if how == "none":
+            assert main(["train", path, "--launcher", "none", "--work-dir", str(work), "--resume-from", start,
+                         "--no-validate"]) == 0
+        else:
+            raydet.train(path, validate=False, work_dir=str(work), resume_from=start)
+        (log,) = glob_.glob(str(work / "*.log"))
+        assert f"resumed from {start} at epoch 2" in open(log).read(), how
+        runs[how] = load_file(str(work / "epoch_3.pth"))
+    capsys.readouterr()
+    for how, state in runs.items():
+        assert state["meta"]["launch"] != finished["meta"]["launch"], f"{how}: epoch 3 was not trained again"
+        assert all(torch.equal(state["state_dict"][k], v) for k, v in finished["state_dict"].items()), how
+    assert runs["none"]["meta"]["launch"] != runs["ray"]["meta"]["launch"]

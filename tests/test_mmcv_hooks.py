@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 
 USER_HOOK = '''
 from mmcv.runner import HOOKS, Hook

@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from raydet.apis import train_from_config
-from raydet.apis.train import optimizer_hook_config
+from raydet.run import train_from_config
+from raydet.run.build import optimizer_hook_config
 from raydet.config import load_config
 from raydet.errors import ConfigError
 

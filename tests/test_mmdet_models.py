@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from raydet.apis import set_random_seed, train_from_config
+from raydet.apis import set_random_seed
+from raydet.run import train_from_config
 from raydet.config import load_config
 from raydet.engine import load_file
 from raydet.errors import ConfigError

@@ -84,7 +84,7 @@ def test_yolox_on_mmdets_multi_image_mix_dataset_trains_and_resamples_exactly(sh
     """mmdet's own MultiImageMixDataset (Mosaic, RandomAffine, MixUp draw other images at random)
     around mmdet's own CocoDataset: keyed by raydet, a sample is a pure function of its key, and
     YOLOX trains on it in raydet's loop."""
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.data import build_dataset
 
     from .mmdet_zoo import model
@@ -115,7 +115,7 @@ def test_yolox_mode_switch_holds_after_a_resume_past_it(shapes_root, tmp_path):
     """mmdet's YOLOXModeSwitchHook turns Mosaic off and YOLOX's L1 loss on only in the epoch where
     exactly ``num_last_epochs`` remain; raydet's (mmdet's, registered over it) also switches when
     a run resumes after that epoch: the resumed run ends bitwise equal to the straight one."""
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.engine.dist import unwrap
     from raydet.engine.hooks import ChaosError
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 
 
 def _steps(path):

@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from raydet.apis import train_from_config
+from raydet.run import train_from_config
 from raydet.config import load_config
 from raydet.errors import ConfigError, DataError
 

@@ -93,7 +93,7 @@ def test_class_balanced_repeat_factors_follow_mmdets_rule(tmp_path):
 
 
 def test_a_wrapped_training_set_trains_and_its_keys_are_checked(make_cfg, tmp_path):
-    from raydet.apis import train_from_config
+    from raydet.run import train_from_config
     from raydet.config import load_config
     from .conftest import tiny_config
 

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import torch
 
+from ..engine.inference import predict_samples
 from ..errors import ConfigError, DataError
 
 logger = logging.getLogger("raydet")
@@ -82,15 +83,6 @@ def decode_sample(pipeline, data: bytes, filename: str) -> dict:
     for meta in sample["img_metas"]:  # mmdet's LoadImageFromWebcam leaves the name None: it is known here
         meta.update(filename=filename, ori_filename=filename)
     return sample
-
-
-@torch.no_grad()
-def predict_samples(model, samples: list[dict]) -> list:
-    """mmdet's per-image results (see :func:`inference_detector`) for test-pipeline ``samples``,
-    run as one batch on the model's device."""
-    from ..data.loader import batch_to_device, collate
-    batch = collate(samples)
-    return model(return_loss=False, rescale=True, **batch_to_device(batch, next(model.parameters()).device))
 
 
 def inference_detector(model, imgs):

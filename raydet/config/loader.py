@@ -190,21 +190,23 @@ def _lookup(cfg, dotted: str):
 RUN_STATE = ("resume_from", "auto_resume")
 
 
-def save_run_config(cfg: Config, work_dir: str, name: str, logger=None, source: str | None = None) -> str | None:
-    """Write the resolved config of a run to ``work_dir/<name>.py`` (mmdet's copy of the config
-    in the work_dir), without :data:`RUN_STATE`. Nothing is written over: the user's own config
-    at that path (a config kept in its work_dir) is left alone (``None`` is returned); an earlier
-    run's copy that differs is renamed to ``<name>.<its time>.py`` first; an identical one is kept.
-    Returns the path written or kept."""
+def run_config_text(cfg) -> str:
+    """The text of a run's config as its work_dir keeps it: resolved, without :data:`RUN_STATE`."""
+    return Config({k: v for k, v in cfg.to_dict().items() if k not in RUN_STATE}).pretty_text
+
+
+def save_run_config(text: str, work_dir: str, name: str, logger=None, source: str | None = None) -> str | None:
+    """Write a run's config ``text`` (:func:`run_config_text`) to ``work_dir/<name>.py`` (mmdet's
+    copy of the config in the work_dir). Nothing is written over: the user's own config at that
+    path (``source``, a config kept in its work_dir) is left alone (``None`` is returned); an
+    earlier run's copy that differs is renamed to ``<name>.<its time>.py`` first; an identical one
+    is kept. Returns the path written or kept."""
     import time
     path = os.path.join(work_dir, os.path.splitext(os.path.basename(name))[0] + ".py")
-    source = source or cfg.filename  # the config file, where this process can see it
     if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
         if logger is not None:
             logger.info(f"the config {source} lives in the work_dir: its resolved form is not written over it")
         return None
-    data = {k: v for k, v in cfg.to_dict().items() if k not in RUN_STATE}
-    text = Config(data).pretty_text
     if os.path.exists(path):
         with open(path) as f:
             if f.read() == text:

@@ -328,62 +328,18 @@ def _check_top_level(keys) -> list[str]:
 
 
 def validate_config(cfg, source: str | None = None) -> None:
-    """Raise :class:`ConfigError` for the first unknown or ill-typed key of ``cfg``."""
-    from ..data import DATASETS, PIPELINES
-    from ..engine.hooks import HOOKS, LR_POLICIES, MOMENTUM_POLICIES
-    from ..engine.hooks.lr import policy_name
-    from ..engine.optim import OPTIMIZERS
+    """Raise :class:`ConfigError` for the first unknown or ill-typed key of ``cfg`` (prefixed with
+    ``source``, the config file, when given)."""
+    from ..data import DATASETS
     from ..models import validate_model
-
     try:
         if cfg.get("model") is None:
             raise ConfigError("the config has no model: it is a shared base (as mmdetection's configs/common/*.py "
                               "are), not a runnable config; inherit it with _base_ and add a model")
-        _check_top_level(k for k in cfg.keys() if not k.startswith("_") and k not in HELPERS)
-        for section, allowed in SECTIONS.items():
-            value = cfg.get(section)
-            if value is None:
-                continue
-            if not isinstance(value, dict):
-                raise ConfigError(f"'{section}' must be a dict, got {type(value).__name__}")
-            check_keys(value.keys(), allowed, section)
-        for name, value in cfg.get("data", {}).items():
-            if name.endswith("_dataloader"):
-                check_keys(value.keys(), DATALOADER_KEYS, f"data.{name}")
-            elif name in ("train", "val", "test"):
-                _check_dataset(value, f"data.{name}", DATASETS, PIPELINES)
-        if cfg.get("model") is not None:
-            validate_model(cfg.model, cfg.get("train_cfg"), cfg.get("test_cfg"))
-        if cfg.get("optimizer") is not None:
-            OPTIMIZERS.check(cfg.optimizer, "optimizer", skip=("paramwise_cfg", "constructor"))
-            check_keys(cfg.optimizer.get("paramwise_cfg", {}).keys(),
-                       {"bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult",
-                        "dcn_offset_lr_mult", "bypass_duplicate", "custom_keys"},
-                       "optimizer.paramwise_cfg")
-        kind = (cfg.get("optimizer_config") or {}).get("type", "OptimizerHook")
-        if kind not in OPTIMIZER_HOOKS:
-            raise ConfigError(f"optimizer_config.type={kind!r} is not supported; supported: {', '.join(OPTIMIZER_HOOKS)}")
-        clip = (cfg.get("optimizer_config") or {}).get("grad_clip")
-        if clip:
-            check_keys(clip.keys(), GRAD_CLIP_KEYS, "optimizer_config.grad_clip")
-        for section, table in (("lr_config", LR_POLICIES), ("momentum_config", MOMENTUM_POLICIES)):
-            if cfg.get(section):
-                sub = dict(cfg[section])
-                policy = sub.pop("policy", None)
-                if policy is None:
-                    raise ConfigError(f"{section}.policy is missing; known: {', '.join(table.names())}")
-                if policy_name(policy) not in table:
-                    table.get(policy, section)  # the error, naming the policy as written
-                table.check(dict(type=policy_name(policy), **sub), section)
-        for i, hook in enumerate((cfg.get("log_config") or {}).get("hooks", [])):
-            htype = hook.get("type")
-            check_keys([htype], LOGGER_TYPES, f"log_config.hooks.{i}.type")
-            check_keys([k for k in hook if k != "type"], LOGGER_TYPES[htype], f"log_config.hooks.{i}")
-        for i, hook in enumerate(cfg.get("custom_hooks") or []):
-            HOOKS.check(hook, f"custom_hooks.{i}", skip=("priority",))
-        if cfg.get("fp16") is not None:
-            from ..engine.precision import Precision
-            Precision(cfg.fp16)  # raises ConfigError for a bad dtype, loss_scale or patience
+        _check_sections(cfg)
+        validate_model(cfg.model, cfg.get("train_cfg"), cfg.get("test_cfg"))
+        _check_optimization(cfg)
+        _check_hooks(cfg)
         _check_metric_names(cfg, DATASETS)
         for phase, _ in cfg.get("workflow", []):
             if phase not in ("train", "val"):
@@ -392,3 +348,64 @@ def validate_config(cfg, source: str | None = None) -> None:
         if source:
             raise ConfigError(f"{source}: {exc}") from None
         raise
+
+
+def _check_sections(cfg) -> None:
+    """The top-level keys, each known section's keys, and ``data``'s loaders and datasets."""
+    from ..data import DATASETS, PIPELINES
+    _check_top_level(k for k in cfg.keys() if not k.startswith("_") and k not in HELPERS)
+    for section, allowed in SECTIONS.items():
+        value = cfg.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{section}' must be a dict, got {type(value).__name__}")
+        check_keys(value.keys(), allowed, section)
+    for name, value in cfg.get("data", {}).items():
+        if name.endswith("_dataloader"):
+            check_keys(value.keys(), DATALOADER_KEYS, f"data.{name}")
+        elif name in ("train", "val", "test"):
+            _check_dataset(value, f"data.{name}", DATASETS, PIPELINES)
+
+
+def _check_optimization(cfg) -> None:
+    """``optimizer``, ``optimizer_config`` (its type and ``grad_clip``), ``fp16``, and the LR and
+    momentum schedules against their policies."""
+    from ..engine.hooks import LR_POLICIES, MOMENTUM_POLICIES
+    from ..engine.hooks.lr import policy_name
+    from ..engine.optim import OPTIMIZERS
+    if cfg.get("optimizer") is not None:
+        OPTIMIZERS.check(cfg.optimizer, "optimizer", skip=("paramwise_cfg", "constructor"))
+        check_keys(cfg.optimizer.get("paramwise_cfg", {}).keys(),
+                   {"bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult",
+                    "dcn_offset_lr_mult", "bypass_duplicate", "custom_keys"},
+                   "optimizer.paramwise_cfg")
+    kind = (cfg.get("optimizer_config") or {}).get("type", "OptimizerHook")
+    if kind not in OPTIMIZER_HOOKS:
+        raise ConfigError(f"optimizer_config.type={kind!r} is not supported; supported: {', '.join(OPTIMIZER_HOOKS)}")
+    clip = (cfg.get("optimizer_config") or {}).get("grad_clip")
+    if clip:
+        check_keys(clip.keys(), GRAD_CLIP_KEYS, "optimizer_config.grad_clip")
+    if cfg.get("fp16") is not None:
+        from ..engine.precision import Precision
+        Precision(cfg.fp16)  # raises ConfigError for a bad dtype, loss_scale or patience
+    for section, table in (("lr_config", LR_POLICIES), ("momentum_config", MOMENTUM_POLICIES)):
+        if cfg.get(section):
+            sub = dict(cfg[section])
+            policy = sub.pop("policy", None)
+            if policy is None:
+                raise ConfigError(f"{section}.policy is missing; known: {', '.join(table.names())}")
+            if policy_name(policy) not in table:
+                table.get(policy, section)  # the error, naming the policy as written
+            table.check(dict(type=policy_name(policy), **sub), section)
+
+
+def _check_hooks(cfg) -> None:
+    """``log_config.hooks`` (raydet's logger types) and ``custom_hooks`` (any registered hook)."""
+    from ..engine.hooks import HOOKS
+    for i, hook in enumerate((cfg.get("log_config") or {}).get("hooks", [])):
+        htype = hook.get("type")
+        check_keys([htype], LOGGER_TYPES, f"log_config.hooks.{i}.type")
+        check_keys([k for k in hook if k != "type"], LOGGER_TYPES[htype], f"log_config.hooks.{i}")
+    for i, hook in enumerate(cfg.get("custom_hooks") or []):
+        HOOKS.check(hook, f"custom_hooks.{i}", skip=("priority",))

@@ -6,9 +6,8 @@ from .hooks import __all__ as _hooks_all
 from .inference import evaluate_distributed, inference
 from .optim import OPTIMIZERS, build_optimizer
 from .precision import Precision
-from .iter_runner import IterBasedRunner
 from .runner import Runner
 
-__all__ = ["Runner", "IterBasedRunner", "Precision", "build_optimizer", "OPTIMIZERS", "find_latest_checkpoint", "load_file",
+__all__ = ["Runner", "Precision", "build_optimizer", "OPTIMIZERS", "find_latest_checkpoint", "load_file",
            "load_weights", "inference", "evaluate_distributed", "get_rank", "get_world_size",
            "is_main", *_hooks_all]

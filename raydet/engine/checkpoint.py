@@ -392,7 +392,7 @@ def restore_rng(saved, rank: int, seed: int, iteration: int) -> str:
     return "seeded"
 
 
-_NUMBERED = re.compile(r"^(epoch|iter)_(\d+)\.pth$")
+NUMBERED = re.compile(r"^(epoch|iter)_(\d+)\.pth$")
 
 
 def checkpoint_progress(path: str) -> tuple[int, int]:
@@ -407,6 +407,14 @@ def checkpoint_progress(path: str) -> tuple[int, int]:
         raise CheckpointError(f"{path} has no sampler position: not a raydet training checkpoint") from None
 
 
+def launch_of(path: str) -> str | None:
+    """The launch (see :class:`raydet.run.plan.RunPlan`) that wrote the checkpoint ``path``."""
+    try:
+        return load_file(path, mmap=True)["meta"].get("launch")
+    except (KeyError, TypeError):
+        return None
+
+
 def checkpoint_dirs(work_dir: str, out_dir: str | None = None) -> list[str]:
     """Where a run's periodic checkpoints are: the work_dir, and with ``checkpoint_config.out_dir``
     that directory's ``<work_dir's name>`` sub-directory (mmcv 1.x's layout, so that runs sharing
@@ -417,21 +425,24 @@ def checkpoint_dirs(work_dir: str, out_dir: str | None = None) -> list[str]:
     return dirs
 
 
-def find_latest_checkpoint(*dirs: str) -> str | None:
+def find_latest_checkpoint(*dirs: str, launch: str | None = None) -> str | None:
     """The newest loadable checkpoint in ``dirs``: of the ``epoch_N.pth``/``iter_N.pth`` files
     (and ``latest.pth``'s target), the one that got furthest by its own sampler position
     (:func:`checkpoint_progress`), not by ``latest.pth``: a kill between writing a checkpoint
     and re-linking leaves the link at the one before. Corrupt files are skipped with a warning.
-    ``None`` when there is none."""
+    ``launch``: only the checkpoints whose ``meta['launch']`` is that launch's. ``None`` when
+    there is none."""
     paths = set()
     for directory in dirs:
         for path in glob.glob(os.path.join(directory, "*.pth")) if directory and os.path.isdir(directory) else []:
             name = os.path.basename(path)
-            if _NUMBERED.match(name) or (name == "latest.pth" and os.path.exists(path)):
+            if NUMBERED.match(name) or (name == "latest.pth" and os.path.exists(path)):
                 paths.add(os.path.realpath(path))
     ranked = []
     for path in paths:
         try:
+            if launch is not None and launch_of(path) != launch:
+                continue
             ranked.append((checkpoint_progress(path), path))
         except CheckpointError as exc:
             logger.warning(f"skipping unusable checkpoint: {exc}")
@@ -491,17 +502,11 @@ def set_aside(work_dir: str) -> str | None:
     return old
 
 
-def finished_meta(dirs: list[str], runner: dict) -> dict | None:
-    """Meta of the newest checkpoint in ``dirs`` (:func:`checkpoint_dirs`) when that run already
-    reached the end ``runner`` (the config's ``runner`` dict) sets: ``max_epochs``, or
-    ``max_iters`` for ``IterBasedRunner``."""
-    latest = find_latest_checkpoint(*dirs)
-    if latest is None:
-        return None
-    meta = load_file(latest, mmap=True)["meta"]
+def finished(meta: dict, runner: dict) -> dict | None:
+    """``meta`` (a checkpoint's) when its run reached the end ``runner`` (the config's ``runner``
+    dict) sets: ``max_epochs``, or ``max_iters`` for ``IterBasedRunner``; else ``None``."""
     if runner.get("type") == "IterBasedRunner":
         done = meta.get("max_epochs") is None and meta["iter"] >= meta.get("max_iters", float("inf")) == runner["max_iters"]
     else:
         done = meta["iter"] >= meta.get("max_iters", float("inf")) and meta.get("max_epochs") == runner["max_epochs"]
     return meta if done else None
-

@@ -56,3 +56,12 @@ def evaluate_distributed(model, data_loader, eval_kwargs: dict, logger=None, pro
         results = [r for p in parts for r in p]
         metrics = data_loader.dataset.evaluate(results, logger=logger, **eval_kwargs)
     return broadcast_object(metrics), results
+
+
+@torch.no_grad()
+def predict_samples(model, samples: list[dict]) -> list:
+    """mmdet's per-image results (see :func:`inference_detector`) for test-pipeline ``samples``,
+    run as one batch on the model's device."""
+    from ..data.loader import batch_to_device, collate
+    batch = collate(samples)
+    return model(return_loss=False, rescale=True, **batch_to_device(batch, next(model.parameters()).device))

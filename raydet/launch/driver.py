@@ -7,7 +7,6 @@ import re
 import tempfile
 import time
 
-import numpy as np
 import ray
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -15,10 +14,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from .. import errors
 from ..config import load_config
-from ..engine.checkpoint import check_work_dir, finished_meta, set_aside
-from ..apis.train import checkpoint_dirs_of, finished_notice
+from ..config.frozen import freeze
+from ..run.plan import RunPlan, finished_notice, locate, plan_run, run_dir
 from . import validation
-from .worker import test_loop, train_loop
+from .worker import WorkerJob, test_loop, train_loop
 
 logger = logging.getLogger("raydet")
 
@@ -130,44 +129,6 @@ def _init_ray(address: str | None, num_cpus: int | None = None) -> None:
              runtime_env={"env_vars": WORKER_ENV})
 
 
-def run_dir(cfg) -> str:
-    """Ray's run directory of ``cfg``: the work_dir itself, or ``ray.storage_path``/<work_dir's
-    name> (a directory or a bucket URI, whose ``?query`` stays at the end)."""
-    storage = (cfg.get("ray") or {}).get("storage_path")
-    if not storage:
-        return cfg.work_dir
-    base, sep, query = storage.partition("?")
-    return base.rstrip("/") + "/" + os.path.basename(cfg.work_dir) + sep + query
-
-
-def resolve_work_dir(cfg) -> None:
-    """A work_dir on a bucket (``s3://bucket/runs/name?endpoint_override=...``, ``gs://...``) is
-    Ray's storage: ``ray.storage_path`` becomes its parent, and each node works in a local
-    directory of the same name under the temp dir (``/tmp/raydet-staging/name``: not ``raydet``,
-    which, as a directory without ``__init__.py`` under a current directory of /tmp, would be an
-    importable namespace package shadowing the real one), whose checkpoints and
-    logs are uploaded there. A local work_dir is made absolute. Environment variables in it
-    (``s3://${RAYDET_BUCKET}/...``) are expanded here, on the machine that runs the driver (the
-    head, for ``ray job submit`` and a KubeRay RayJob)."""
-    cfg.work_dir = os.path.expandvars(cfg.work_dir)
-    if "://" not in cfg.work_dir:
-        cfg.work_dir = os.path.abspath(cfg.work_dir)
-        return
-    base, sep, query = cfg.work_dir.partition("?")
-    parent, name = base.rstrip("/").rsplit("/", 1)
-    if "://" not in parent or not name:
-        raise errors.ConfigError(f"work_dir={cfg.work_dir!r}: a bucket work_dir needs a path, e.g. s3://bucket/runs/name")
-    cfg.setdefault("ray", {})
-    if cfg.ray.get("storage_path"):
-        raise errors.ConfigError("work_dir is a bucket URI and ray.storage_path is set: give one of them")
-    cfg.ray.storage_path = parent + sep + query
-    cfg.work_dir = os.path.join(tempfile.gettempdir(), STAGING, name)
-
-
-#: the directory under the temp dir where a bucket run's files are staged on each node
-STAGING = "raydet-staging"
-
-
 def _num_workers(value) -> int | tuple[int, int]:
     """``ray.num_workers``: a fixed count, or ``(min, max)`` for an elastic group (checked as
     the config schema checks it: a config given as a dict reaches here too)."""
@@ -177,18 +138,15 @@ def _num_workers(value) -> int | tuple[int, int]:
     return value if isinstance(value, int) else tuple(value)
 
 
-def _fresh_start(cfg) -> None:
-    """--no-auto-resume on an existing run: keep the old run, renamed, and start a new one. A run
-    on storage apart from the work_dir (a bucket) is not moved or deleted: Ray would resume it, so
-    this raises :class:`ConfigError` asking for another work_dir name."""
-    work_dir = cfg.work_dir
-    if (cfg.get("ray") or {}).get("storage_path"):
-        from pyarrow import fs
-        storage, path = fs.FileSystem.from_uri(run_dir(cfg))
-        if storage.get_file_info(path + "/checkpoint_manager_snapshot.json").type != fs.FileType.NotFound:
-            raise errors.ConfigError(f"--no-auto-resume: {run_dir(cfg)} already holds a run, which raydet does not "
-                                     f"delete from storage; give the new run another work_dir name")
-    set_aside(work_dir)
+def refuse_a_second_run_in_storage(plan: RunPlan) -> None:
+    """A fresh start (``--no-auto-resume``) on storage apart from the work_dir (a bucket): raydet
+    does not move or delete a run there, and Ray would resume it, so this raises
+    :class:`ConfigError` asking for another work_dir name when the storage holds one."""
+    from pyarrow import fs
+    storage, path = fs.FileSystem.from_uri(run_dir(plan))
+    if storage.get_file_info(path + "/checkpoint_manager_snapshot.json").type != fs.FileType.NotFound:
+        raise errors.ConfigError(f"--no-auto-resume: {run_dir(plan)} already holds a run, which raydet does not "
+                                 f"delete from storage; give the new run another work_dir name")
 
 
 def share_indexes(cfg, validate: bool = True):
@@ -198,10 +156,8 @@ def share_indexes(cfg, validate: bool = True):
     :mod:`raydet.data.index`). Returns the ``ObjectRef`` of ``{key: AnnIndex}``, or ``None``
     when the driver does not see an annotation file (a notebook attached to a remote cluster):
     then each worker builds its own. Bad data raises here, before any worker starts."""
-    from ..config.loader import import_custom_modules
     from ..data import build_dataset
     from ..data.index import collecting
-    import_custom_modules(cfg)
     start = time.perf_counter()
     try:
         with collecting() as got:
@@ -222,53 +178,43 @@ def share_indexes(cfg, validate: bool = True):
     return ref
 
 
-def build_trainer(cfg, validate: bool = True, objects=None, timestamp: str | None = None, meta=None,
-                  indexes=None) -> TorchTrainer:
-    """The ``TorchTrainer`` of a resolved config: run dir = ``cfg.work_dir``; ``indexes``: what
-    :func:`share_indexes` returned."""
+def build_trainer(cfg, plan: RunPlan, objects=None, meta=None, indexes=None) -> TorchTrainer:
+    """The ``TorchTrainer`` of a loaded config and its plan (Ray's run dir: :func:`run_dir`);
+    ``indexes``: what :func:`share_indexes` returned; ``objects``: the ``ObjectRef`` of
+    ``(model, datasets)`` given to ``train_detector``."""
     rc = dict(cfg.get("ray") or {})
-    workers = _num_workers(rc.get("num_workers", 2))
-    use_gpu = bool(rc.get("use_gpu", False))
-    work_dir = os.path.abspath(cfg.work_dir)
     upload = rc.get("checkpoint_upload_mode", "async")
     if upload not in ("sync", "async"):
         raise errors.ConfigError(f"ray.checkpoint_upload_mode must be 'sync' or 'async', got {upload!r}")
-    # Without a storage_path the work_dir is Ray's run dir: checkpoints are already in place.
-    storage = rc.get("storage_path")
-    # A config without a seed gets one here, once for the whole run: a worker group restarted
-    # before its first checkpoint then draws no other (later restarts take the checkpoint's).
-    drawn = None if cfg.get("seed") is not None else int(np.random.SeedSequence().generate_state(1)[0] >> 1)
-    loop_config = dict(cfg=cfg.to_dict(), filename=cfg.filename, validate=validate, objects=objects, seed=drawn,
-                       indexes=indexes,
-                       timestamp=timestamp or time.strftime("%Y%m%d_%H%M%S"), meta=meta,
-                       upload=upload if storage else "none", run_dir=run_dir(cfg) if storage else None,
-                       preemption_check_interval=rc.get("preemption_check_interval", 10))
-    evaluation = validation.plan(cfg, validate) if objects is None else None
-    if objects is not None and validate and (cfg.get("evaluation") or {}).get("async_eval"):
+    evaluation = validation.plan(cfg, plan.validate) if objects is None else None
+    if objects is not None and plan.validate and (cfg.get("evaluation") or {}).get("async_eval"):
         raise errors.ConfigError("evaluation.async_eval=True is for configs raydet builds (raydet.train); "
                                  "train_detector(model, dataset, cfg) evaluates in the loop")
-    loop_config["async_eval"] = evaluation
+    job = WorkerJob(cfg=cfg.to_dict(), plan=plan, objects=objects, indexes=indexes, meta=meta,
+                    upload=upload if plan.storage else "none", run_dir=run_dir(plan) if plan.storage else None,
+                    preemption_check_interval=rc.get("preemption_check_interval", 10), async_eval=evaluation)
     score = {} if not (evaluation and evaluation["best"]) else dict(
         checkpoint_score_attribute=evaluation["best"]["key"],
         checkpoint_score_order="max" if evaluation["best"]["rule"] == "greater" else "min")
     elastic = {} if rc.get("elastic_resize_monitor_interval_s") is None else dict(
         elastic_resize_monitor_interval_s=float(rc["elastic_resize_monitor_interval_s"]))
+    use_gpu = bool(rc.get("use_gpu", False))
     return TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={"job": job},
         # GPU workers: NCCL for DDP's CUDA tensors, gloo for raydet's host-side collectives in the
         # same group (see raydet.engine.dist); Ray still sets NCCL's environment for this list.
         torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+        scaling_config=ScalingConfig(num_workers=_num_workers(rc.get("num_workers", 2)), use_gpu=use_gpu,
                                      resources_per_worker=rc.get("resources_per_worker"), **elastic),
         run_config=RunConfig(
-            name=os.path.basename(work_dir), storage_path=storage or os.path.dirname(work_dir),
+            name=os.path.basename(plan.work_dir), storage_path=plan.storage or os.path.dirname(plan.work_dir),
             failure_config=FailureConfig(max_failures=rc.get("max_failures", 3),
                                          max_preemption_failures=rc.get("max_preemption_failures", -1)),
             checkpoint_config=CheckpointConfig(num_to_keep=rc.get("num_to_keep"), **score),
             callbacks=[FailFast()]),
         validation_config=None if evaluation is None else validation.validation_config(
-            dict(cfg=cfg.to_dict(), run_dir=run_dir(cfg)), evaluation))
+            dict(cfg=cfg.to_dict(), run_dir=run_dir(plan)), evaluation))
 
 
 def _fit(trainer: TorchTrainer):
@@ -278,48 +224,51 @@ def _fit(trainer: TorchTrainer):
         raise _unwrap(exc) from None
 
 
+def plan_on_driver(cfg, validate: bool = True, auto_resume: bool = True) -> RunPlan:
+    """The run's plan (:func:`raydet.run.plan_run`), with the Ray-only refusal of a fresh start
+    over a run kept in storage."""
+    if not cfg.get("auto_resume", auto_resume) and cfg.get("resume_from") is None:
+        where = locate(cfg)
+        if where[1]:
+            refuse_a_second_run_in_storage(RunPlan(work_dir=where[0], checkpoint_dirs=(), storage=where[1]))
+    return plan_run(cfg, validate=validate, auto_resume=auto_resume, launcher="ray")
+
+
 def train(config_or_path, address: str | None = None, validate: bool = True, **overrides) -> "ray.train.Result":
     """Train on Ray Train (the Python API; also from a notebook attached to a cluster).
 
     ``overrides`` are dotted config keys (``**{'optimizer.lr': 0.01}`` or ``work_dir='...'``).
-    Config errors are raised here, before any worker starts. Re-running with the same work_dir
-    resumes from its latest checkpoint (``auto_resume``, on by default); a finished run is not
-    retrained: its final metrics are returned. Returns Ray's ``Result`` (``metrics``,
-    ``checkpoint``, ``path``); raises the raydet error a worker hit, or Ray's
-    ``TrainingFailedError`` after ``ray.max_failures`` retries.
+    Config errors are raised here, before any worker starts. Which checkpoint the run starts from
+    follows :mod:`raydet.run.plan`'s rule (re-running with the same work_dir resumes; a finished
+    run is not retrained: its final metrics are returned). The config is not changed. Returns
+    Ray's ``Result`` (``metrics``, ``checkpoint``, ``path``); raises the raydet error a worker hit,
+    or Ray's ``TrainingFailedError`` after ``ray.max_failures`` retries.
     """
-    cfg = load_config(config_or_path, overrides)
-    if not cfg.get("work_dir"):
-        name = os.path.splitext(os.path.basename(cfg.filename or "raydet.py"))[0]
-        cfg.work_dir = os.path.join("work_dirs", name)
-    resolve_work_dir(cfg)
-    check_work_dir(cfg.work_dir)
-    cfg.setdefault("auto_resume", True)
-    if cfg.auto_resume and cfg.get("resume_from") is None:  # an explicit resume_from comes first (mmdet)
-        done = finished_meta(checkpoint_dirs_of(cfg), cfg.runner)
-        if done is not None:
-            logger.info(f"the run in {cfg.work_dir} is complete ({done['iter']}/{done['max_iters']} iterations)")
-            result = ray.train.Result.from_path(run_dir(cfg))
-            print(finished_notice(cfg, done))
-            print(f"final metrics: { {k: v for k, v in (result.metrics or {}).items() if 'mAP' in k} }")
-            return result
-    elif cfg.get("resume_from") is None:
-        _fresh_start(cfg)
+    cfg = freeze(load_config(config_or_path, overrides))
+    plan = plan_on_driver(cfg, validate)
+    if plan.finished is not None:
+        logger.info(f"the run in {plan.work_dir} is complete ({plan.finished['iter']}/{plan.finished['max_iters']} "
+                    "iterations)")
+        result = ray.train.Result.from_path(run_dir(plan))
+        print(finished_notice(plan, cfg))
+        print(f"final metrics: { {k: v for k, v in (result.metrics or {}).items() if 'mAP' in k} }")
+        return result
     _init_ray(address or (cfg.get("ray") or {}).get("address"))
-    return _fit(build_trainer(cfg, validate=validate, indexes=share_indexes(cfg, validate)))
+    return _fit(build_trainer(cfg, plan, indexes=share_indexes(cfg, validate)))
 
 
 def train_detector_on_ray(model, dataset, cfg, validate=False, timestamp=None, meta=None):
     """mmdet's ``train_detector(..., distributed=True)``: ``model`` and ``dataset`` travel once
     through Ray's object store (never in a closure); each worker trains its copy."""
-    cfg = load_config(cfg)
-    resolve_work_dir(cfg)
-    check_work_dir(cfg.work_dir)
-    cfg.setdefault("auto_resume", True)
+    import dataclasses
+    cfg = freeze(load_config(cfg))
+    plan = plan_on_driver(cfg, validate)
+    if timestamp:
+        plan = dataclasses.replace(plan, timestamp=timestamp)
     _init_ray((cfg.get("ray") or {}).get("address"))
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
     objects = ray.put((model, list(datasets)))
-    return _fit(build_trainer(cfg, validate=validate, objects=objects, timestamp=timestamp, meta=meta))
+    return _fit(build_trainer(cfg, plan, objects=objects, meta=meta))
 
 
 def test_on_ray(cfg, checkpoint: str, num_workers: int, use_gpu: bool = False, address: str | None = None) -> list:
@@ -329,7 +278,6 @@ def test_on_ray(cfg, checkpoint: str, num_workers: int, use_gpu: bool = False, a
     record goes to ``ray.storage_path`` or a temporary directory, removed afterwards. Raises the
     worker's raydet error, or Ray's ``TrainingFailedError``."""
     import shutil
-    import tempfile
     rc = dict(cfg.get("ray") or {})
     scratch = None if rc.get("storage_path") else tempfile.mkdtemp(prefix="raydet-test-")
     _init_ray(address or rc.get("address"))

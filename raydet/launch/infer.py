@@ -22,7 +22,8 @@ import numpy as np
 import ray
 import ray.data
 
-from ..apis.inference import build_test_pipeline, decode_sample, init_detector, predict_samples, result_to_records
+from ..apis.inference import build_test_pipeline, decode_sample, init_detector, result_to_records
+from ..engine.inference import predict_samples
 from ..errors import DataError, RaydetError
 from .driver import _as_raydet_error, _deterministic, _init_ray
 
@@ -139,6 +140,38 @@ def check_outputs(out: str, show_dir: str | None) -> None:
         raise RaydetError(f"--show-dir {show_dir} is not empty; raydet does not overwrite files it did not write")
 
 
+def _write_records(batches, out: str) -> tuple[int, int, tuple | None]:
+    """Write the records of the model's ``batches`` to ``out`` (one json list for ``.json``, a
+    record a line otherwise) through a new temporary file beside it, renamed when complete (removed
+    on failure: only what this call wrote). Returns ``(images, detections, first)``: ``first`` is
+    ``(time, images)`` of the first batch back, when the actors' start-up was over."""
+    images = detections = 0
+    first = None
+    # a name no file has (mkstemp creates it), so the clean-up below removes only what this call wrote
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(os.path.abspath(out)))
+    try:
+        with os.fdopen(fd, "w") as f:
+            as_list = out.endswith(".json")
+            for batch in batches:
+                if first is None:
+                    first = (time.perf_counter(), len(batch["records"]))
+                for records in batch["records"]:
+                    images += 1
+                    for record in json.loads(records):
+                        line = json.dumps(record)
+                        f.write((",\n" if detections else "[\n") + line if as_list else line + "\n")
+                        detections += 1
+            if as_list:
+                f.write("\n]\n" if detections else "[]\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return images, detections, first
+
+
 def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4, concurrency=1,
           use_gpu: bool = False, cpus_per_actor: float = 1, score_thr: float = 0.0, show_dir: str | None = None,
           show_score_thr: float = 0.3, address: str | None = None, cfg_options: dict | None = None) -> dict:
@@ -172,41 +205,18 @@ def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4
     pool = ray.data.ActorPoolStrategy(size=sizes[0]) if sizes[0] == sizes[1] else \
         ray.data.ActorPoolStrategy(min_size=sizes[0], max_size=sizes[1])
     start = time.perf_counter()
-    tmp = None
-    images = detections = 0
-    first = None  # (time, images) of the first batch back: the actors' start-up is over
     try:
         ds = _dataset(paths, filesystem, batch_size, pool, cpus_per_actor, use_gpu,
                       dict(cfg=cfg, scheme=scheme, keep_bytes=bool(show_dir)),
                       dict(cfg=cfg, checkpoint=weights, score_thr=score_thr,
                            show_dir=os.path.abspath(show_dir) if show_dir else None,
                            show_score_thr=show_score_thr, root=root, scheme=scheme))
-        # a name no file has (mkstemp creates it), so the clean-up below removes only what this run wrote
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(os.path.abspath(out)))
-        with os.fdopen(fd, "w") as f:
-            as_list = out.endswith(".json")
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                if first is None:
-                    first = (time.perf_counter(), len(batch["records"]))
-                for records in batch["records"]:
-                    images += 1
-                    for record in json.loads(records):
-                        line = json.dumps(record)
-                        f.write((",\n" if detections else "[\n") + line if as_list else line + "\n")
-                        detections += 1
-            if as_list:
-                f.write("\n]\n" if detections else "[]\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        images, detections, first = _write_records(ds.iter_batches(batch_size=None, batch_format="numpy"), out)
     except Exception as exc:
         found = _deterministic(exc) or _no_input(exc, source)
         if found:
             raise _as_raydet_error(*found) from None
         raise
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
     end = time.perf_counter()
     steady = (images - first[1]) / (end - first[0]) if first and images > first[1] and end > first[0] else None
     return dict(images=images, detections=detections, seconds=end - start, images_per_s=steady, out=out)

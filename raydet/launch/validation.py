@@ -11,7 +11,7 @@ The task (:func:`validate_checkpoint`) writes its result to
 ``<run_dir>/validation/<checkpoint name>.json``; with ``save_best`` it also keeps the best
 checkpoint (``best_{key}_epoch_N.pth`` in the work_dir, or ``<run_dir>/logs/`` when the run dir
 is a bucket) and its record ``validation/best.json``, so that the best survives restarts of the
-workers and of the driver. On rank 0, :class:`ValidationHook` writes each result into the logs
+workers and of the driver. On rank 0, :class:`Validation` (driven by the worker's :class:`RayAdapter`) writes each result into the logs
 (text, json, TensorBoard) in checkpoint order, as the ``Epoch(val)`` record of the point it
 evaluates, and at the end of training waits for every evaluation before the final report.
 """
@@ -27,8 +27,6 @@ import time
 import ray.train
 
 from ..config.schema import EVALUATE_KEYS
-from ..engine.hooks import Hook
-from ..engine.hooks.base import PRIORITIES
 from ..engine.hooks.evaluation import eval_due
 from ..errors import ConfigError
 
@@ -172,7 +170,7 @@ def _predict(cfg, path: str, part: int = 0, parts: int = 1):
     in-loop evaluation's loader settings and precision, on this process's device."""
     import torch
 
-    from ..apis.train import optimizer_hook_config
+    from ..run.build import optimizer_hook_config
     from ..config import import_custom_modules
     from ..data import build_dataloader, build_dataset
     from ..engine.checkpoint import load_weights
@@ -263,8 +261,10 @@ def validation_config(spec: dict, plan_: dict):
                             ray_remote_kwargs=plan_["remote"])
 
 
-class ValidationHook(Hook):
-    """Rank 0's side of the evaluations off the loop: which checkpoints were sent to be
+class Validation:
+    """The training side of the evaluations off the loop, driven by :class:`RayAdapter` (its
+    ``before_run``, ``after_train_iter`` and ``after_train_epoch`` run at the adapter's turn;
+    its state is the adapter's): which checkpoints were sent to be
     evaluated (``requested``, in report order, each with the val record of its point) and how
     many of their results are in the logs (``logged``); both are in every checkpoint, so a resumed
     attempt logs each result once (the text logger drops a record its cut-back log still holds).
@@ -277,8 +277,6 @@ class ValidationHook(Hook):
     an evaluation point that Ray never received (the previous attempt died between writing and
     reporting it) sends it again: no evaluation is lost.
     """
-
-    priority = PRIORITIES["LOWEST"]  # registered after the report hook: that iteration's reports come first
 
     def __init__(self, reporter, run_dir: str, schedule: dict, poll_s: float = 10.0):
         self.reporter, self.run_dir, self.poll_s = reporter, run_dir, poll_s
@@ -373,7 +371,8 @@ class ValidationHook(Hook):
         """Rank 0: log the results that came in, in order (``final``: a missing one is skipped
         with a warning instead of waited for)."""
         from ..engine.dist import is_main
-        from ..engine.hooks.logger import FILE_ONLY, LoggerHook
+        from ..engine.hooks.logger import LoggerHook
+        from ..logs import FILE_ONLY
         self._polled = time.monotonic()
         if not is_main():
             return

@@ -1,6 +1,7 @@
 """What runs on every Ray Train worker."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -22,7 +23,7 @@ CKPT_FILE = "checkpoint.pth"
 def _setup_logging(rank: int) -> logging.Logger:
     log = logging.getLogger("raydet")
     if rank == 0 and not log.handlers:
-        from ..engine.hooks.logger import console_handler
+        from ..logs import console_handler
         log.addHandler(console_handler())
     log.propagate = False
     return log
@@ -65,14 +66,17 @@ def _ray_candidates() -> list:
     return out
 
 
-def _newest_valid_ray_checkpoint(work_dir: str, log: logging.Logger):
+def _newest_valid_ray_checkpoint(work_dir: str, log: logging.Logger, launch: str | None = None):
     """``(checkpoint, local path)`` of Ray's newest checkpoint whose file loads (corrupt ones are
-    skipped with a warning, and the next older one Ray keeps is tried), or ``None``."""
+    skipped with a warning, and the next older one Ray keeps is tried) and, with ``launch``,
+    that this launch wrote; or ``None``."""
     from ..engine.checkpoint import load_file
     from ..errors import CheckpointError
     for ckpt in _ray_candidates():
         try:
             path = _local_file(ckpt, work_dir)
+            if launch is not None and load_file(path, mmap=True)["meta"].get("launch") != launch:
+                continue
             load_file(path)
             return ckpt, path
         except (CheckpointError, OSError) as exc:
@@ -80,45 +84,41 @@ def _newest_valid_ray_checkpoint(work_dir: str, log: logging.Logger):
     return None
 
 
-def choose_resume(dirs: list[str], resume_from: str | None) -> str | None:
-    """Where to continue, agreed by all ranks (collectives: every rank calls this).
+def choose_resume(plan) -> str | None:
+    """Where this attempt starts, agreed by all ranks (collectives: every rank calls this).
 
-    Rank 0 picks the further (by :func:`checkpoint_progress`) of Ray's newest loadable checkpoint
-    and the newest loadable one in ``dirs`` (the work_dir and any ``out_dir``, see
-    :func:`checkpoint_dirs`): Ray's can be one behind the last one written (its controller polls
-    reports every ~2 s), and resuming is idempotent either way; a corrupt newest checkpoint on
-    either side falls back to the next older one. The driver moves an old run aside
-    unless it is meant to be resumed, so whatever the work_dir holds belongs to this run. With
-    neither, ``resume_from``. A work_dir file is used only if every rank can read it (a node-local
-    work_dir with ``ray.storage_path`` on a bucket: other nodes then load Ray's checkpoint, each
+    Rank 0 applies :func:`raydet.run.plan.choose_start` (the plan's one precedence rule) to the
+    newest loadable checkpoint of the work_dir (and any ``out_dir``) and Ray's newest loadable
+    one — of this launch only when the plan resumes from an explicit checkpoint: Ray's can be
+    one behind the last one written (its controller polls reports every ~2 s), and resuming is
+    idempotent either way; a corrupt newest checkpoint on either side falls back to the next
+    older one. A work_dir file is used only if every rank can read it (a node-local work_dir
+    with ``ray.storage_path`` on a bucket: other nodes then load Ray's checkpoint, each
     downloading its own copy)."""
-    from ..engine.checkpoint import checkpoint_progress, find_latest_checkpoint
+    from ..engine.checkpoint import find_latest_checkpoint
     from ..engine.dist import all_reduce_mean, broadcast_object, get_rank
-    work_dir = dirs[0]
+    from ..run.plan import choose_start
     choice = None
     if get_rank() == 0:
-        candidates = []  # on a tie the work_dir's file (max keeps the first): Ray's is its hard link
-        latest = find_latest_checkpoint(*dirs)
-        if latest:
-            candidates.append(("file", None, latest))
-        found = _newest_valid_ray_checkpoint(work_dir, logging.getLogger("raydet"))
-        if found is not None:
-            candidates.append(("ray", found[0], found[1]))
-        choice = max(candidates, key=lambda c: checkpoint_progress(c[2])) if candidates else (
-            ("file", None, resume_from) if resume_from else None)
+        # on a tie the work_dir's file (the first): Ray's is its hard link
+        latest = find_latest_checkpoint(*plan.checkpoint_dirs, launch=plan.own_only)
+        found = _newest_valid_ray_checkpoint(plan.work_dir, logging.getLogger("raydet"), plan.own_only)
+        path = choose_start(plan, [latest, found and found[1]])
+        choice = None if path is None else ("ray", found[0], path) if found and path == found[1] and path != latest \
+            else ("file", None, path)
     choice = broadcast_object(choice)
     if choice is None:
         return None
     kind, ckpt, path = choice
     if kind == "file" and all_reduce_mean({"ok": float(os.path.exists(path))})["ok"] < 1.0:
-        found = _newest_valid_ray_checkpoint(work_dir, logging.getLogger("raydet")) if get_rank() == 0 else None
+        found = _newest_valid_ray_checkpoint(plan.work_dir, logging.getLogger("raydet")) if get_rank() == 0 else None
         ckpt = broadcast_object(found[0] if found else None)
         if ckpt is None:
             from ..errors import CheckpointError
             raise CheckpointError(f"{path}: not readable on every node and Ray has no checkpoint of this run")
         kind = "ray"
     if kind == "ray":  # each node needs its own copy (rank 0 has it already unless it fell back here)
-        path = _local_file(ckpt, work_dir)
+        path = _local_file(ckpt, plan.work_dir)
     return path
 
 
@@ -158,33 +158,87 @@ def restore_logs_from(checkpoint_path: str, work_dir: str) -> list[str]:
     return restored
 
 
-class RayReportHook(ReportHook):
-    """Reports each checkpoint to Ray Train once its file is complete, at the same iteration on
+class LeaveLoop(Exception):
+    """Raised out of the runner on every rank once a preemption checkpoint is committed;
+    ``deadline`` (epoch seconds) is when Ray will have ended this attempt at the latest."""
+
+    def __init__(self, reason: str, deadline: float):
+        super().__init__(reason)
+        self.deadline = deadline
+
+
+class RayAdapter(ReportHook):
+    """raydet's one hook on Ray Train: reports checkpoints, leaves the loop on a preemption,
+    hands checkpoints to the evaluation off the loop, and makes the final report.
+
+    **Reports.** Each checkpoint is reported once its file is complete, at the same iteration on
     every rank (see :class:`ReportHook`: after that iteration's log line, at LOWEST priority, so a
-    worker killed while blocked in the report has already logged it).
+    worker killed while blocked in the report has already logged it). Rank 0 attaches the file,
+    hard-linked into a directory of the work_dir (no copy). ``job.upload``: ``'none'`` when the
+    work_dir is Ray's run dir (the checkpoint is already in place), else ``'sync'`` (the report
+    returns once the copy in the storage is complete) or ``'async'`` (copied by a background
+    thread while training goes on; Ray removes the hard-linked directory afterwards, never the
+    checkpoint file itself). The time each report held up training is logged.
 
-    Every rank reports once per checkpoint; rank 0 attaches the file, hard-linked into a directory
-    of the work_dir (no copy). ``upload``: ``'none'`` when the work_dir is Ray's run dir (the
-    checkpoint is already in place), else ``'sync'`` (the report returns once the copy in
-    ``storage_path`` is complete) or ``'async'`` (copied by a background thread while training
-    goes on; Ray removes the hard-linked directory afterwards, never the checkpoint file itself).
-    The time each report held up training is logged, rank 0's wait for its file included.
+    **Preemption.** Every ``job.preemption_check_interval`` iterations all ranks ask Ray
+    (``ray.train.get_preemption_info()``, a collective: 7.7 ms on 2 CPU workers, 2% of the
+    default recipe's step, hence not every iteration; Ray itself looks for drains every 5 s).
+    When this worker group is about to lose a node (a spot reclaim: Ray marks it as draining),
+    the state before the next iteration is checkpointed, reported and waited for until Ray has
+    committed it, and :class:`LeaveLoop` is raised on every rank; the restart Ray makes at the
+    drain's deadline (counted against ``max_preemption_failures``) resumes from it.
 
-    With ``validation`` (a :class:`~raydet.launch.validation.ValidationHook`), a checkpoint of an
-    evaluation point is reported for Ray to evaluate (``report(..., validation=...)``);
-    ``score`` (``dict(key, rule)`` of ``save_best``) puts the worst value of that key into the
-    metrics of every report until its evaluation replaces it, so that Ray's score-ordered
-    retention has a number for each checkpoint.
+    **Evaluation off the loop** (``job.async_eval``, see :class:`raydet.launch.validation.Validation`):
+    a checkpoint of an evaluation point is reported for Ray to evaluate (``report(...,
+    validation=...)``); ``save_best``'s key gets its worst value in the metrics of every report
+    until its evaluation replaces it, so that Ray's score-ordered retention has a number for each.
     """
 
-    def __init__(self, upload: str, logs: "LogUploader | None" = None, taken=(), validation=None,
-                 score: dict | None = None, validation_timeout_s: float | None = None):
+    def __init__(self, job, plan, logs: "LogUploader | None" = None, taken=()):
         super().__init__()
-        if upload not in ("none", "sync", "async"):
-            raise ValueError(f"upload must be none, sync or async, got {upload!r}")
-        self.upload, self.logs = upload, logs
+        if job.upload not in ("none", "sync", "async"):
+            raise ValueError(f"upload must be none, sync or async, got {job.upload!r}")
+        if job.preemption_check_interval < 1:
+            raise ValueError(f"ray.preemption_check_interval must be >= 1, got {job.preemption_check_interval}")
+        self.upload, self.logs, self.interval = job.upload, logs, job.preemption_check_interval
         self.taken = set(taken)  # rank 0: directory names of the checkpoints Ray keeps
-        self.validation, self.score, self.validation_timeout_s = validation, score, validation_timeout_s
+        schedule = job.async_eval
+        self.score = schedule and schedule["best"]
+        self.validation_timeout_s = schedule and schedule["timeout_s"]
+        self.validation = None
+        if schedule:
+            from .validation import Validation
+            self.validation = Validation(self, job.run_dir or plan.work_dir, schedule)
+
+    # ------------------------------------------------------------------ the loop
+    def state_dict(self):
+        return self.validation.state_dict() if self.validation is not None else {}
+
+    def load_state_dict(self, state):
+        if self.validation is not None:
+            self.validation.load_state_dict(state)
+        else:
+            super().load_state_dict(state)
+
+    def before_run(self, runner):
+        if self.validation is not None:
+            self.validation.before_run(runner)
+
+    def before_train_iter(self, runner):
+        # between iterations, once every hook of the previous one has run (its log line, its
+        # periodic checkpoint's report)
+        if runner.iter % self.interval == 0:
+            self.leave_if_preempted(runner)
+
+    def after_train_iter(self, runner):
+        super().after_train_iter(runner)
+        if self.validation is not None:
+            self.validation.after_train_iter(runner)
+
+    def after_train_epoch(self, runner):
+        super().after_train_epoch(runner)
+        if self.validation is not None:
+            self.validation.after_train_epoch(runner)
 
     def on_saved(self, runner, path, ready_at):
         super().on_saved(runner, path, ready_at)
@@ -249,6 +303,68 @@ class RayReportHook(ReportHook):
                               if written is not None else ""))
         if self.logs is not None and get_rank() == 0:
             self.logs.sync(wait=self.upload == "sync")
+
+    # ------------------------------------------------------------------ preemption
+    def leave_if_preempted(self, runner) -> None:
+        """Every rank: ask Ray (a collective); on a preemption checkpoint, report, wait for Ray's
+        commit, then raise :class:`LeaveLoop`."""
+        info = ray.train.get_preemption_info()  # a collective: same iterations on every rank
+        if info is None:
+            return
+        start = time.perf_counter()
+        self.flush(runner, force=True)  # checkpoints whose writes are still in flight
+        _, iters = runner.progress()
+        if self.reported_iter != iters:
+            path = os.path.join(runner.work_dir, f"iter_{iters}.pth")
+            runner.save_checkpoint(path)  # every rank: a collective
+            self.report(runner, path, name=f"checkpoint_iter_{iters}")  # waits for the file
+        ray.train.get_all_reported_checkpoints()  # returns once Ray has committed every report
+        deadline = info.deadline_ms / 1000 if info.deadline_ms else time.time() + 120
+        runner.logger.info(
+            f"preemption of ranks {sorted(info.preempted_ranks)}: checkpoint of iter {iters} committed in "
+            f"{time.perf_counter() - start:.2f} s, {deadline - time.time():.1f} s before the deadline; "
+            f"leaving the loop until Ray restarts the worker group")
+        raise LeaveLoop("preemption", deadline)
+
+    def wait_to_be_ended(self, stop: "LeaveLoop") -> None:
+        """After :class:`LeaveLoop`: the logs uploaded, wait, holding no collective, for Ray to
+        end this attempt (Ray 2.60 counts a worker that exits by itself during a drain as an
+        ordinary failure); not being ended by the deadline is a bug to report."""
+        if self.logs is not None:
+            self.logs.sync(wait=True)
+        while time.time() < stop.deadline + 60:
+            time.sleep(1)
+        raise RuntimeError(f"{stop}: Ray did not restart the worker group within 60 s of the deadline") from None
+
+    # ------------------------------------------------------------------ the end
+    def finish(self, runner) -> dict | None:
+        """Every rank, after training: report the final state with the final evaluation once more
+        (Ray's ``Result.metrics`` are those of the last reported checkpoint), upload the logs.
+        Returns, on rank 0, what the driver's summary names (``Result.return_value``)."""
+        from ..engine.dist import get_rank
+        evals = [h.last_metrics for h in runner.hooks if getattr(h, "last_metrics", None)]
+        if self.validation is not None and self.validation.last_metrics:
+            evals.insert(0, self.validation.last_metrics)
+        final = dict(epoch=runner.epoch, iter=runner.iter, done=True,
+                     **{k: v for k, v in (evals[0] if evals else {}).items() if isinstance(v, (int, float))})
+        # The name carries the iteration: a run extended later reports another final checkpoint, and
+        # Ray's pruning of the older one must not delete a directory of the same name.
+        if not (runner.resumed_from and runner.iter == runner.saved_position[1]):  # else nothing new to report
+            # this attempt's newest checkpoint, wherever checkpoint_config put it (out_dir, no
+            # latest.pth); metrics alone where it saved none at the end (save_last=False)
+            path = self.last_saved if self.reported_iter == runner.iter else None
+            self.report(runner, path, metrics=final, name=f"checkpoint_final_{runner.iter}")
+        if self.logs is not None:
+            self.logs.sync(wait=True)
+        if get_rank() != 0:
+            return None
+        msgs = dict(runner.meta.get("hook_msgs") or {})
+        if self.validation is not None and self.validation.best:  # kept by the evaluation tasks
+            msgs.update(best_ckpt=self.validation.best["uri"], best_score=self.validation.best["score"])
+        return dict(final, best_checkpoint=msgs.get("best_ckpt"), best_score=msgs.get("best_score"),
+                    last_checkpoint=self.last_saved or runner.resumed_from)
+
+
 
 
 class LogUploader:
@@ -327,142 +443,72 @@ class LogUploader:
             self.thread.start()
 
 
-class LeaveLoop(Exception):
-    """Raised out of the runner on every rank once a preemption checkpoint is committed;
-    ``deadline`` (epoch seconds) is when Ray will have ended this attempt at the latest."""
+@dataclasses.dataclass
+class WorkerJob:
+    """What the driver hands every Ray worker (``train_loop_config={'job': WorkerJob}``): the
+    config as a plain dict (its file need not exist on the worker's node), the driver's
+    :class:`~raydet.run.plan.RunPlan`, the ``ObjectRef`` of the shared annotation indexes and of
+    ``train_detector``'s ``(model, datasets)``, the caller's ``meta``, how checkpoints reach
+    Ray's storage (``upload``: none, sync or async; ``run_dir``: Ray's run dir when it is not the
+    work_dir), how often preemption is looked for, and the plan of evaluation off the loop
+    (:func:`raydet.launch.validation.plan`) or ``None``."""
 
-    def __init__(self, reason: str, deadline: float):
-        super().__init__(reason)
-        self.deadline = deadline
-
-
-class PreemptionHook(Hook):
-    """Checkpoints before the next iteration when this worker group is about to lose a node (a
-    spot reclaim: Ray marks the node as draining), then leaves the training loop on every rank.
-
-    Every ``interval`` iterations all ranks ask Ray (``ray.train.get_preemption_info()``, a
-    collective: 7.7 ms on 2 CPU workers, 2% of the default recipe's step, hence not every
-    iteration; Ray itself looks for drains every 5 s). On a preemption the checkpoint is reported
-    to Ray and waited for until Ray has committed it; the restart Ray makes at the drain's deadline (counted against
-    ``max_preemption_failures``, not ``max_failures``) resumes from it, so no iteration is done
-    twice. The ranks then wait, holding no collective, for Ray to end the attempt: Ray 2.60 counts
-    a worker that exits by itself during a drain as an ordinary failure.
-    """
-
-    def __init__(self, reporter: RayReportHook, interval: int = 10):
-        if interval < 1:
-            raise ValueError(f"ray.preemption_check_interval must be >= 1, got {interval}")
-        self.reporter, self.interval = reporter, interval
-
-    def before_train_iter(self, runner):
-        # between iterations, once every hook of the previous one has run (its log line, its
-        # periodic checkpoint's report)
-        if runner.iter % self.interval:
-            return
-        info = ray.train.get_preemption_info()  # a collective: same iterations on every rank
-        if info is None:
-            return
-        start = time.perf_counter()
-        self.reporter.flush(runner, force=True)  # checkpoints whose writes are still in flight
-        _, iters = runner.progress()
-        if self.reporter.reported_iter != iters:
-            path = os.path.join(runner.work_dir, f"iter_{iters}.pth")
-            runner.save_checkpoint(path)  # every rank: a collective
-            self.reporter.report(runner, path, name=f"checkpoint_iter_{iters}")  # waits for the file
-        ray.train.get_all_reported_checkpoints()  # returns once Ray has committed every report
-        deadline = info.deadline_ms / 1000 if info.deadline_ms else time.time() + 120
-        runner.logger.info(
-            f"preemption of ranks {sorted(info.preempted_ranks)}: checkpoint of iter {iters} committed in "
-            f"{time.perf_counter() - start:.2f} s, {deadline - time.time():.1f} s before the deadline; "
-            f"leaving the loop until Ray restarts the worker group")
-        raise LeaveLoop("preemption", deadline)
+    cfg: dict
+    plan: object
+    objects: object = None
+    indexes: object = None
+    meta: dict | None = None
+    upload: str = "none"
+    run_dir: str | None = None
+    preemption_check_interval: int = 10
+    async_eval: dict | None = None
 
 
-def train_loop(config: dict) -> dict:
-    """The Ray Train worker function: rebuild the config, resume, train, report final metrics."""
-    from ..apis import build_training, train_from_config
-    from ..apis.train import run_seed, set_random_seed
-    from ..engine.dist import get_rank
-
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    log = _setup_logging(rank)
-    log.info(f"worker group of {ctx.get_world_size()} started (rank {rank} here, pid {os.getpid()}, "
-             f"node {ray.get_runtime_context().get_node_id()})")
-    cfg = Config(config["cfg"])  # a plain dict: the config file need not exist on this node
-    if config.get("indexes") is not None:  # the driver's annotation indexes, mapped from the object store
+def _start(job: WorkerJob, log):
+    """The read-only config and this attempt's plan (its start agreed by every rank), with the
+    logs a bucket run keeps restored; and the log uploader (rank 0, a bucket run)."""
+    from ..config.frozen import freeze
+    from ..config.loader import import_custom_modules
+    cfg = freeze(job.cfg)
+    import_custom_modules(cfg)  # a worker gets the config as a dict: import what it registers
+    if job.indexes is not None:  # the driver's annotation indexes, mapped from the object store
         from ..data.index import provide
-        provide(ray.get(config["indexes"]))
+        provide(ray.get(job.indexes))
     if cfg.get("device") == "cuda" or (cfg.get("device") is None and torch.cuda.is_available()):
         from ray.train.torch import get_device
         torch.cuda.set_device(get_device())
-    from ..apis.train import checkpoint_dirs_of
-    resume = choose_resume(checkpoint_dirs_of(cfg), cfg.get("resume_from"))
-    cfg.resume_from = resume
-    cfg.auto_resume = False
-    logs = (LogUploader(cfg.work_dir, config["run_dir"], owns_best=not config.get("async_eval"))
-            if config.get("run_dir") and rank == 0 else None)
+    plan = job.plan.starting_from(choose_resume(job.plan))
+    rank = ray.train.get_context().get_world_rank()
+    logs = (LogUploader(plan.work_dir, job.run_dir, owns_best=not job.async_eval)
+            if job.run_dir and rank == 0 else None)
     if logs is not None:
         logs.restore()
-        if resume:
-            for path in restore_logs_from(resume, cfg.work_dir):
-                log.info(f"log {os.path.basename(path)} restored from the checkpoint {resume}")
-    taken = [os.path.basename(c.path.rstrip("/")) for c in _ray_candidates()] if rank == 0 else []
-    plan = config.get("async_eval")  # evaluation off the loop: see raydet.launch.validation
-    reporter = RayReportHook(config.get("upload", "none"), logs, taken, score=plan and plan["best"],
-                             validation_timeout_s=plan and plan["timeout_s"])
-    hooks = [reporter, PreemptionHook(reporter, config.get("preemption_check_interval", 10))]
-    if plan:
-        from .validation import ValidationHook
-        reporter.validation = ValidationHook(reporter, config.get("run_dir") or cfg.work_dir, plan)
-        hooks.append(reporter.validation)
-    if resume:
-        log.info(f"attempt on world size {ctx.get_world_size()} resumes from {resume}")
+        for path in restore_logs_from(plan.start, plan.work_dir) if plan.start else []:
+            log.info(f"log {os.path.basename(path)} restored from the checkpoint {plan.start}")
+    if plan.start:
+        log.info(f"attempt on world size {ray.train.get_context().get_world_size()} resumes from {plan.start}")
+    return cfg, plan, logs
+
+
+def train_loop(config: dict) -> dict:
+    """The Ray Train worker function: agree where to start, build, train, report the final state."""
+    from ..run import build_from_config, train
+    job: WorkerJob = config["job"]
+    ctx = ray.train.get_context()
+    log = _setup_logging(ctx.get_world_rank())
+    log.info(f"worker group of {ctx.get_world_size()} started (rank {ctx.get_world_rank()} here, pid {os.getpid()}, "
+             f"node {ray.get_runtime_context().get_node_id()})")
+    cfg, plan, logs = _start(job, log)
+    taken = [os.path.basename(c.path.rstrip("/")) for c in _ray_candidates()] if ctx.get_world_rank() == 0 else []
+    adapter = RayAdapter(job, plan, logs, taken)
+    objects = dict(zip(("model", "datasets"), ray.get(job.objects))) if job.objects is not None else {}
     try:
-        if config.get("objects") is not None:  # train_detector(model, dataset, cfg, distributed=True)
-            model, datasets = ray.get(config["objects"])
-            cfg.seed = run_seed(cfg, resume, config.get("seed"))
-            set_random_seed(cfg.seed, cfg.get("deterministic", False))
-            runner, loaders = build_training(model, datasets, cfg, validate=config["validate"],
-                                             timestamp=config["timestamp"],
-                                             meta=dict(config.get("meta") or {}, seed=cfg.seed),
-                                             on_checkpoint=reporter.on_saved, extra_hooks=hooks)
-            runner.run(loaders, cfg.workflow)
-        else:
-            runner = train_from_config(cfg, validate=config["validate"], timestamp=config["timestamp"],
-                                       on_checkpoint=reporter.on_saved, extra_hooks=hooks,
-                                       exp_name=os.path.basename(config.get("filename") or "config.py"),
-                                       drawn_seed=config.get("seed"), source=config.get("filename"),
-                                       async_eval=bool(plan))
+        parts = build_from_config(cfg, plan, meta=job.meta, on_checkpoint=adapter.on_saved, extra_hooks=[adapter],
+                                  async_eval=bool(job.async_eval), **objects)
+        runner = train(parts, plan)
     except LeaveLoop as stop:
-        if logs is not None:
-            logs.sync(wait=True)
-        # Ray ends this attempt (kills this actor) by the deadline; not being ended is a bug to report.
-        while time.time() < stop.deadline + 60:
-            time.sleep(1)
-        raise RuntimeError(f"{stop}: Ray did not restart the worker group within 60 s of the deadline") from None
-    evals = [h.last_metrics for h in runner.hooks if getattr(h, "last_metrics", None)]
-    final = dict(epoch=runner.epoch, iter=runner.iter, done=True,
-                 **{k: v for k, v in (evals[0] if evals else {}).items() if isinstance(v, (int, float))})
-    # Ray's Result.metrics are those of the last reported checkpoint: report the final state with
-    # the final evaluation once more.
-    # The name carries the iteration: a run extended later reports another final checkpoint, and
-    # Ray's pruning of the older one must not delete a directory of the same name.
-    if not (runner.resumed_from and runner.iter == runner.saved_position[1]):  # else nothing new to report
-        # this attempt's newest checkpoint, wherever checkpoint_config put it (out_dir, no latest.pth);
-        # metrics alone where it saved none at the end (save_last=False)
-        path = reporter.last_saved if reporter.reported_iter == runner.iter else None
-        reporter.report(runner, path, metrics=final, name=f"checkpoint_final_{runner.iter}")
-    if logs is not None:
-        logs.sync(wait=True)
-    if get_rank() != 0:
-        return None
-    msgs = dict(runner.meta.get("hook_msgs") or {})
-    if reporter.validation is not None and reporter.validation.best:  # kept by the evaluation tasks
-        msgs.update(best_ckpt=reporter.validation.best["uri"], best_score=reporter.validation.best["score"])
-    # Result.return_value (rank 0's): what the driver's summary names
-    return dict(final, best_checkpoint=msgs.get("best_ckpt"), best_score=msgs.get("best_score"),
-                last_checkpoint=reporter.last_saved or runner.resumed_from)
+        adapter.wait_to_be_ended(stop)
+    return adapter.finish(runner)
 
 
 def test_loop(config: dict):

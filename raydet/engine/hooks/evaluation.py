@@ -9,7 +9,7 @@ from ..checkpoint import move_aside
 from ..dist import is_main
 from ..inference import evaluate_distributed
 from .base import PRIORITIES, Hook
-from .logger import file_only_logger
+from ...logs import file_only_logger
 
 GREATER_KEYS = ("mAP", "AR", "acc", "top")
 LESS_KEYS = ("loss",)

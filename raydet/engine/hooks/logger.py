@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -25,47 +24,7 @@ import torch
 from ..dist import is_main
 from .base import PRIORITIES, Hook
 
-#: ``logger.info(text, extra=FILE_ONLY)``: the run's log file gets the line, the console not
-#: (long tables a person looks up when needed, such as the hook order)
-FILE_ONLY = {"file_only": True}
-FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
-
-
-def _mark_file_only(record) -> bool:
-    record.file_only = True
-    return True
-
-
-def file_only_logger(logger: logging.Logger) -> logging.Logger:
-    """A child of ``logger`` whose lines reach the run's log file, not the console: what
-    :data:`FILE_ONLY` does, as a Logger (mmcv's ``print_log``, which mmdet's evaluations write their
-    tables with, takes no adapter)."""
-    child = logger.getChild("tables")
-    if _mark_file_only not in child.filters:
-        child.addFilter(_mark_file_only)
-    return child
-
-
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to ``sys.stdout`` as it is at each line, not as it was when the handler was made:
-    a notebook kernel or a test harness may replace (and close) the stream in between."""
-
-    @property
-    def stream(self):
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, _):
-        pass
-
-
-def console_handler() -> logging.Handler:
-    """The console's handler for the ``raydet`` logger: standard output, mmcv's line format, and
-    lines logged with :data:`FILE_ONLY` left out."""
-    handler = _StdoutHandler()
-    handler.setFormatter(logging.Formatter(FORMAT))
-    handler.addFilter(lambda record: not getattr(record, "file_only", False))
-    return handler
+from ...logs import FORMAT
 
 
 class LogBuffer:
@@ -235,36 +194,41 @@ class TextLoggerHook(LoggerHook):
         """Cut the logs back to the resumed checkpoint (see the module docstring). Returns the
         epochs of the val records kept after the checkpoint's position (``None`` for a checkpoint
         of an older raydet, which recorded no position)."""
+        if self.sizes is None:
+            self._cut_by_world_size(runner, text_path, json_path)
+            return None
         ipe, done = runner.saved_position
-        if self.sizes is not None:
-            text_size, json_size = self.sizes
-            val_epochs = set()
+        text_size, json_size = self.sizes
+        val_epochs = set()
 
-            def text_after(line):
-                if not self.by_epoch:
-                    m = self.TEXT_RUN_ITER.search(line)
-                    return m is not None and int(m[1]) > done
-                m = self.TEXT_ITER.search(line)
-                return m is not None and (int(m[1]) - 1) * int(m[3]) + int(m[2]) > done
+        def text_after(line):
+            if not self.by_epoch:
+                m = self.TEXT_RUN_ITER.search(line)
+                return m is not None and int(m[1]) > done
+            m = self.TEXT_ITER.search(line)
+            return m is not None and (int(m[1]) - 1) * int(m[3]) + int(m[2]) > done
 
-            def json_after(line):
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    return True  # a torn last line
-                if rec.get("mode") == "val":
-                    val_epochs.add(self._val_key(runner, rec))
-                if not self.by_epoch:
-                    return rec.get("mode") == "train" and rec["iter"] > done
-                return rec.get("mode") == "train" and ipe is not None and (rec["epoch"] - 1) * ipe + rec["iter"] > done
+        def json_after(line):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                return True  # a torn last line
+            if rec.get("mode") == "val":
+                val_epochs.add(self._val_key(runner, rec))
+            if not self.by_epoch:
+                return rec.get("mode") == "train" and rec["iter"] > done
+            return rec.get("mode") == "train" and ipe is not None and (rec["epoch"] - 1) * ipe + rec["iter"] > done
 
-            self._cut(text_path, text_after, text_size)
-            self._cut(json_path, json_after, json_size)
-            return val_epochs
-        # An older checkpoint: a line is past it if it was logged at the checkpoint's world size
-        # (its iterations per epoch) after the checkpoint's iteration; lines of other world sizes
-        # are taken as earlier attempts'. The json file holds the same train records in the same
-        # order, so it keeps as many.
+        self._cut(text_path, text_after, text_size)
+        self._cut(json_path, json_after, json_size)
+        return val_epochs
+
+    def _cut_by_world_size(self, runner, text_path, json_path) -> None:
+        """The cut for a checkpoint of an older raydet, which recorded no log sizes: a line is past
+        it if it was logged at the checkpoint's world size (its iterations per epoch) after the
+        checkpoint's iteration; lines of other world sizes are taken as earlier attempts'. The
+        json file holds the same train records in the same order, so it keeps as many."""
+        ipe, done = runner.saved_position
         kept = 0
 
         def text_past(line):
@@ -291,7 +255,6 @@ class TextLoggerHook(LoggerHook):
 
         self._cut(text_path, text_past)
         self._cut(json_path, json_past)
-        return None
 
     def before_train_iter(self, runner):
         if self.start_iter is None:

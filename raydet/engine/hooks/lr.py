@@ -6,6 +6,8 @@ LR is ``linear``: ``regular * (1 - (1 - i / W) * (1 - ratio))``, ``constant``: `
 """
 from __future__ import annotations
 
+import inspect
+
 import math
 
 from ...registry import Registry
@@ -141,19 +143,27 @@ class FixedLrUpdaterHook(LrUpdaterHook):
         return base
 
 
-@LR_POLICIES.register("Step")
-class StepLrUpdaterHook(LrUpdaterHook):
-    """``lr = base * gamma ** (number of milestones <= progress)``; ``step`` an int means every
-    ``step`` epochs/iterations."""
+class _Step:
+    """``value = base * gamma ** (number of milestones <= progress)``, at least ``minimum``;
+    ``step`` an int means every ``step`` epochs/iterations. A subclass names ``minimum`` as its
+    config key (``min_lr``, ``min_momentum``)."""
 
-    def __init__(self, step, gamma=0.1, min_lr=None, **kwargs):
+    def __init__(self, step, gamma, minimum, /, **kwargs):
         _check_step(step)
-        self.step, self.gamma, self.min_lr = step, gamma, min_lr
+        self.step, self.gamma, self.minimum = step, gamma, minimum
         super().__init__(**kwargs)
 
     def get_value(self, runner, base):
-        lr = base * self.gamma ** _step_exponent(self.step, _progress(self, runner)[0])
-        return max(lr, self.min_lr) if self.min_lr is not None else lr
+        value = base * self.gamma ** _step_exponent(self.step, _progress(self, runner)[0])
+        return max(value, self.minimum) if self.minimum is not None else value
+
+
+@LR_POLICIES.register("Step")
+class StepLrUpdaterHook(_Step, LrUpdaterHook):
+    """mmcv's ``StepLrUpdaterHook`` (see :class:`_Step`)."""
+
+    def __init__(self, step, gamma=0.1, min_lr=None, **kwargs):
+        super().__init__(step, gamma, min_lr, **kwargs)
 
 
 def _check_step(step):
@@ -216,18 +226,42 @@ class InvLrUpdaterHook(LrUpdaterHook):
         return base * (1 + self.gamma * _progress(self, runner)[0]) ** (-self.power)
 
 
-@LR_POLICIES.register("LinearAnnealing")
-class LinearAnnealingLrUpdaterHook(LrUpdaterHook):
-    """Linear from ``base`` to ``min_lr`` (or ``base * min_lr_ratio``) over the run."""
+class _Annealing:
+    """From ``base`` to ``min_<kind>`` (or ``base * min_<kind>_ratio``; exactly one is given) over
+    the run, along ``anneal`` (:func:`annealing_linear` or :func:`annealing_cos`). A subclass sets
+    ``policy`` and ``kind`` (``'lr'`` or ``'momentum'``) and gets an ``__init__`` taking those two
+    keyword arguments by their names (the config's keys), the rest going to its base class."""
 
-    def __init__(self, min_lr=None, min_lr_ratio=None, **kwargs):
-        _one_of(min_lr, min_lr_ratio, "lr", "LinearAnnealing")
-        self.min_lr, self.min_lr_ratio = min_lr, min_lr_ratio
-        super().__init__(**kwargs)
+    kind, policy, anneal = "lr", "", staticmethod(annealing_linear)
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "__init__" in cls.__dict__:  # its own (YOLOX's): the base's is called through it
+            return
+        names = (f"min_{cls.kind}", f"min_{cls.kind}_ratio")
+
+        def __init__(self, **kwargs):
+            minimum, ratio = kwargs.pop(names[0], None), kwargs.pop(names[1], None)
+            _one_of(minimum, ratio, cls.kind, cls.policy)
+            self.target = (minimum, ratio)
+            super(cls, self).__init__(**kwargs)
+
+        P = inspect.Parameter
+        __init__.__signature__ = inspect.Signature(  # what the config check (accepted_kwargs) reads
+            [P("self", P.POSITIONAL_OR_KEYWORD)] + [P(n, P.KEYWORD_ONLY, default=None) for n in names]
+            + [P("kwargs", P.VAR_KEYWORD)])
+        cls.__init__ = __init__
 
     def get_value(self, runner, base):
         progress, total = _progress(self, runner)
-        return annealing_linear(base, _target(base, self.min_lr, self.min_lr_ratio), progress / total)
+        return self.anneal(base, _target(base, *self.target), progress / total)
+
+
+@LR_POLICIES.register("LinearAnnealing")
+class LinearAnnealingLrUpdaterHook(_Annealing, LrUpdaterHook):
+    """Linear from ``base`` to ``min_lr`` (or ``base * min_lr_ratio``) over the run."""
+
+    policy = "LinearAnnealing"
 
 
 @LR_POLICIES.register("FlatCosineAnnealing")
@@ -284,19 +318,10 @@ class CosineRestartLrUpdaterHook(LrUpdaterHook):
 
 
 @LR_POLICIES.register("CosineAnnealing")
-class CosineAnnealingLrUpdaterHook(LrUpdaterHook):
+class CosineAnnealingLrUpdaterHook(_Annealing, LrUpdaterHook):
     """Cosine from ``base`` to ``min_lr`` (or ``base * min_lr_ratio``); exactly one is given."""
 
-    def __init__(self, min_lr=None, min_lr_ratio=None, **kwargs):
-        if (min_lr is None) == (min_lr_ratio is None):
-            raise ValueError("CosineAnnealing needs exactly one of min_lr and min_lr_ratio")
-        self.min_lr, self.min_lr_ratio = min_lr, min_lr_ratio
-        super().__init__(**kwargs)
-
-    def get_value(self, runner, base):
-        progress, total = _progress(self, runner)
-        target = base * self.min_lr_ratio if self.min_lr_ratio is not None else self.min_lr
-        return annealing_cos(base, target, progress / total)
+    policy, anneal = "CosineAnnealing", staticmethod(annealing_cos)
 
 
 @LR_POLICIES.register("YOLOX")
@@ -320,10 +345,23 @@ class YOLOXLrUpdaterHook(CosineAnnealingLrUpdaterHook):
         last = runner.iters_per_epoch * self.num_last_epochs
         progress, total = (runner.epoch, runner.max_epochs) if self.by_epoch else (runner.iter, runner.max_iters)
         progress += 1
-        target = base * self.min_lr_ratio if self.min_lr_ratio is not None else self.min_lr
+        target = _target(base, *self.target)
         if progress >= total - last:
             return target
         return annealing_cos(base, target, (progress - self.warmup_iters) / (total - self.warmup_iters - last))
+
+
+def _one_cycle_checks(kwargs: dict, pct_start, anneal_strategy, policy: str):
+    """OneCycle's arguments checked (``ValueError``), ``kwargs['by_epoch']`` set to False (it
+    updates per iteration); returns the anneal function of ``anneal_strategy``."""
+    if kwargs.get("by_epoch", False):
+        raise ValueError(f"{policy} updates per iteration; by_epoch must be False")
+    kwargs["by_epoch"] = False
+    if not 0 <= pct_start <= 1:
+        raise ValueError(f"pct_start must be in [0, 1], got {pct_start}")
+    if anneal_strategy not in _ANNEAL:
+        raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy}")
+    return _ANNEAL[anneal_strategy]
 
 
 @LR_POLICIES.register("OneCycle")
@@ -333,15 +371,8 @@ class OneCycleLrUpdaterHook(LrUpdaterHook):
 
     def __init__(self, max_lr, total_steps=None, pct_start=0.3, anneal_strategy="cos", div_factor=25.0,
                  final_div_factor=1e4, three_phase=False, **kwargs):
-        if kwargs.get("by_epoch", False):
-            raise ValueError("OneCycle updates per iteration; by_epoch must be False")
-        kwargs["by_epoch"] = False
-        if not 0 <= pct_start <= 1:
-            raise ValueError(f"pct_start must be in [0, 1], got {pct_start}")
-        if anneal_strategy not in _ANNEAL:
-            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy}")
+        self.anneal = _one_cycle_checks(kwargs, pct_start, anneal_strategy, "OneCycle")
         self.max_lr, self.total_steps, self.pct_start = max_lr, total_steps, pct_start
-        self.anneal = _ANNEAL[anneal_strategy]
         self.div_factor, self.final_div_factor, self.three_phase = div_factor, final_div_factor, three_phase
         super().__init__(**kwargs)
 
@@ -373,17 +404,10 @@ class OneCycleLrUpdaterHook(LrUpdaterHook):
 
 
 @MOMENTUM_POLICIES.register("CosineAnnealing")
-class CosineAnnealingMomentumUpdaterHook(MomentumUpdaterHook):
-    def __init__(self, min_momentum=None, min_momentum_ratio=None, **kwargs):
-        if (min_momentum is None) == (min_momentum_ratio is None):
-            raise ValueError("CosineAnnealing momentum needs exactly one of min_momentum and min_momentum_ratio")
-        self.min_momentum, self.min_momentum_ratio = min_momentum, min_momentum_ratio
-        super().__init__(**kwargs)
+class CosineAnnealingMomentumUpdaterHook(_Annealing, MomentumUpdaterHook):
+    """Cosine from ``base`` to ``min_momentum`` (or ``base * min_momentum_ratio``); exactly one is given."""
 
-    def get_value(self, runner, base):
-        progress, total = _progress(self, runner)
-        target = base * self.min_momentum_ratio if self.min_momentum_ratio is not None else self.min_momentum
-        return annealing_cos(base, target, progress / total)
+    kind, policy, anneal = "momentum", "CosineAnnealing", staticmethod(annealing_cos)
 
 
 class _Cyclic:
@@ -450,29 +474,18 @@ class CyclicMomentumUpdaterHook(_Cyclic, MomentumUpdaterHook):
 
 
 @MOMENTUM_POLICIES.register("Step")
-class StepMomentumUpdaterHook(MomentumUpdaterHook):
-    """``momentum = base * gamma ** (number of milestones <= progress)``, at least ``min_momentum``."""
+class StepMomentumUpdaterHook(_Step, MomentumUpdaterHook):
+    """mmcv's ``StepMomentumUpdaterHook``: gamma 0.5 by default (see :class:`_Step`)."""
 
     def __init__(self, step, gamma=0.5, min_momentum=None, **kwargs):
-        _check_step(step)
-        self.step, self.gamma, self.min_momentum = step, gamma, min_momentum
-        super().__init__(**kwargs)
-
-    def get_value(self, runner, base):
-        momentum = base * self.gamma ** _step_exponent(self.step, _progress(self, runner)[0])
-        return max(momentum, self.min_momentum) if self.min_momentum is not None else momentum
+        super().__init__(step, gamma, min_momentum, **kwargs)
 
 
 @MOMENTUM_POLICIES.register("LinearAnnealing")
-class LinearAnnealingMomentumUpdaterHook(MomentumUpdaterHook):
-    def __init__(self, min_momentum=None, min_momentum_ratio=None, **kwargs):
-        _one_of(min_momentum, min_momentum_ratio, "momentum", "LinearAnnealing")
-        self.min_momentum, self.min_momentum_ratio = min_momentum, min_momentum_ratio
-        super().__init__(**kwargs)
+class LinearAnnealingMomentumUpdaterHook(_Annealing, MomentumUpdaterHook):
+    """Linear from ``base`` to ``min_momentum`` (or ``base * min_momentum_ratio``) over the run."""
 
-    def get_value(self, runner, base):
-        progress, total = _progress(self, runner)
-        return annealing_linear(base, _target(base, self.min_momentum, self.min_momentum_ratio), progress / total)
+    kind, policy = "momentum", "LinearAnnealing"
 
 
 @MOMENTUM_POLICIES.register("OneCycle")
@@ -483,15 +496,9 @@ class OneCycleMomentumUpdaterHook(MomentumUpdaterHook):
 
     def __init__(self, base_momentum=0.85, max_momentum=0.95, pct_start=0.3, anneal_strategy="cos",
                  three_phase=False, **kwargs):
-        if kwargs.get("by_epoch", False):
-            raise ValueError("OneCycle momentum updates per iteration; by_epoch must be False")
-        kwargs["by_epoch"] = False
-        if not 0 <= pct_start <= 1:
-            raise ValueError(f"pct_start must be in [0, 1], got {pct_start}")
-        if anneal_strategy not in _ANNEAL:
-            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy}")
+        self.anneal = _one_cycle_checks(kwargs, pct_start, anneal_strategy, "OneCycle momentum")
         self.base_momentum, self.max_momentum, self.pct_start = base_momentum, max_momentum, pct_start
-        self.anneal, self.three_phase = _ANNEAL[anneal_strategy], three_phase
+        self.three_phase = three_phase
         super().__init__(**kwargs)
 
     def before_run(self, runner):
