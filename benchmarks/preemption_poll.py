@@ -1,6 +1,6 @@
 """What checking for a spot reclaim costs each iteration, on 2 Ray workers of this machine.
 
-raydet's PreemptionHook calls ``ray.train.get_preemption_info()`` (a Ray collective: rank 0's
+raydet's Ray hook (RayAdapter) calls ``ray.train.get_preemption_info()`` (a Ray collective: rank 0's
 answer broadcast through Ray) every ``ray.preemption_check_interval`` iterations. Both sides run
 in the same 2-worker group, alternating in rounds: that call, and a one-float gloo all_reduce
 (the cheapest collective the step already makes). Prints ms per call and the share of a default

@@ -23,20 +23,10 @@ def init_detector(config, checkpoint: str | None = None, device: str = "cpu", cf
     ``model.CLASSES`` the class names, from the checkpoint's meta (else the test dataset's)."""
     from ..config import load_config
     from ..data import DATASETS
-    from ..engine.checkpoint import load_weights
-    from ..models import build_detector
+    from ..run.build import trained_detector
     cfg = load_config(config, cfg_options)
-    # the checkpoint brings every weight: nothing is initialised or downloaded (mmdet's init_detector
-    # sets pretrained=None for the same reason)
-    model = build_detector(cfg.model, train_cfg=None, test_cfg=cfg.get("test_cfg"), init=False)
-    classes = None
-    if isinstance(checkpoint, dict):  # already in memory (raydet infer ships it to its actors)
-        model.load_state_dict(checkpoint["state_dict"])
-        classes = (checkpoint.get("meta") or {}).get("CLASSES")
-    elif checkpoint is not None:
-        ckpt = load_weights(model, checkpoint, logger, require="all")
-        classes = (ckpt.get("meta") or {}).get("CLASSES")
-    else:
+    model, classes = trained_detector(cfg, checkpoint, logger)
+    if checkpoint is None:
         logger.warning("init_detector: no checkpoint, the detector keeps its initial weights")
     if not classes:
         test = (cfg.get("data") or {}).get("test") or {}

@@ -18,12 +18,9 @@ def build_test(cfg, checkpoint: str, logger=None):
     every tensor of ``checkpoint`` (strict: :class:`CheckpointError` otherwise), its class names
     from the checkpoint's meta, on this process's device."""
     from ..data import build_dataset
-    from ..engine.checkpoint import load_weights
-    from ..models import build_detector
+    from ..run.build import trained_detector
     dataset = build_dataset(cfg.data.test, test_mode=True)
-    model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"), init=False)
-    ckpt = load_weights(model, checkpoint, logger, require="all")
-    saved = (ckpt.get("meta") or {}).get("CLASSES")
+    model, saved = trained_detector(cfg, checkpoint, logger)
     from ..engine.hooks.num_class import check_num_classes
     check_num_classes(model, dataset, logger)  # label i must be the dataset's class i
     if saved and tuple(saved) != tuple(dataset.CLASSES):

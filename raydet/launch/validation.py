@@ -173,16 +173,14 @@ def _predict(cfg, path: str, part: int = 0, parts: int = 1):
     from ..run.build import optimizer_hook_config
     from ..config import import_custom_modules
     from ..data import build_dataloader, build_dataset
-    from ..engine.checkpoint import load_weights
     from ..engine.inference import inference
     from ..engine.precision import Precision
-    from ..models import build_detector
+    from ..run.build import trained_detector
     import_custom_modules(cfg)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dataset = build_dataset(cfg.data.val, test_mode=True)
-    model = build_detector(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"), init=False)
-    ckpt = load_weights(model, path, logging.getLogger("raydet.validation"), require="all")
-    model.CLASSES = list((ckpt.get("meta") or {}).get("CLASSES") or dataset.CLASSES)
+    model, classes = trained_detector(cfg, path, logging.getLogger("raydet.validation"))
+    model.CLASSES = list(classes or dataset.CLASSES)
     model.to(device)
     loader_cfg = dict(cfg.data.get("val_dataloader") or {})
     loader = build_dataloader(dataset, loader_cfg.get("samples_per_gpu", 1),

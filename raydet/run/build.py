@@ -71,6 +71,26 @@ def build_model(cfg) -> torch.nn.Module:
                           test_cfg=cfg.get("test_cfg"))
 
 
+def trained_detector(cfg, checkpoint=None, logger=None) -> tuple[torch.nn.Module, list | None]:
+    """mmdet's detector of ``cfg.model`` with every tensor of ``checkpoint`` — a file (strict:
+    :class:`CheckpointError` names what does not fit) or a dict ``{state_dict, meta}`` already in
+    memory —, nothing initialised or downloaded (the checkpoint brings every weight; mmdet's
+    ``init_detector`` sets ``pretrained=None`` for the same reason). ``checkpoint=None`` keeps the
+    initial weights. Returns ``(model, classes)``: the class names the checkpoint records, or
+    ``None``; ``model.CLASSES`` is the caller's to set."""
+    from ..engine.checkpoint import load_weights
+    model = build_detector(copy.deepcopy(cfg.model), train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"),
+                           init=False)
+    if isinstance(checkpoint, dict):  # already in memory (raydet infer ships it to its actors)
+        model.load_state_dict(checkpoint["state_dict"])
+        meta = checkpoint.get("meta") or {}
+    elif checkpoint is not None:
+        meta = load_weights(model, checkpoint, logger, require="all").get("meta") or {}
+    else:
+        meta = {}
+    return model, meta.get("CLASSES")
+
+
 def build_datasets(cfg, seed: int) -> list:
     """``data.train``, and for a two-phase workflow ``data.val`` with the training pipeline
     (mmdet's rule: the train pipeline, or a wrapper's dataset's), in workflow order."""
