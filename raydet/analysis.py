@@ -49,10 +49,10 @@ def load_json_log(path: str) -> dict:
 
 def plot_curves(logs: list[str], keys: list[str], out: str | None = None, legend: list[str] | None = None,
                 title: str | None = None):
-    """One panel per key, one line per log: a val metric (``bbox_mAP``) by epoch with markers,
-    a train value (``loss``, ``lr``) by iteration. Returns the matplotlib figure; ``out`` (.png,
+    """One panel per key, one line per log: a train value (``loss``, ``lr``) by iteration, a val
+    metric (``bbox_mAP``) by epoch with markers. Returns the matplotlib figure; ``out`` (.png,
     .jpg, .pdf) also writes it. ``legend``: a name per log (default: the file names). Raises
-    ``KeyError`` naming a key no log has."""
+    ``KeyError`` naming a key no log has, with the keys present."""
     import matplotlib
     if out is not None:
         matplotlib.use("Agg")  # a file: no display needed
@@ -66,7 +66,8 @@ def plot_curves(logs: list[str], keys: list[str], out: str | None = None, legend
     for ax, key in zip(axes[:, 0], keys):
         found = False
         for log, name in zip(loaded, names):
-            mode = "val" if key in log["val"] else "train" if key in log["train"] else None
+            # a key both have (lr) by iteration, from the train records; a metric by its val records
+            mode = "train" if key in log["train"] else "val" if key in log["val"] else None
             if mode is None:
                 continue
             found = True
@@ -76,7 +77,8 @@ def plot_curves(logs: list[str], keys: list[str], out: str | None = None, legend
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.25"
         if not found:
             plt.close(fig)
-            raise KeyError(f"no log has the key {key!r}")
+            present = sorted({k for log in loaded for mode in ("train", "val") for k in log[mode]})
+            raise KeyError(f"no log has the key {key!r}; the keys present: {', '.join(present)}")
         ax.set_ylabel(key)
         ax.legend()
     if title:

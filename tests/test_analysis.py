@@ -37,6 +37,39 @@ def test_plot_has_a_line_per_key_and_run_and_writes_the_picture(tmp_path):
         plot_curves([a], ["segm_mAP"])
 
 
+def test_lr_is_plotted_by_iteration_from_the_train_records(tmp_path):
+    """``lr`` is in the train and the val records: its curve is the per-iteration schedule."""
+    lines = [dict(env_info="x")] + [dict(mode="train", epoch=1, iter=i, lr=0.01 * i, time=0.1, loss=1.0)
+                                     for i in range(1, 5)] + [dict(mode="val", epoch=1, iter=4, lr=0.04, bbox_mAP=0.1)]
+    path = tmp_path / "lr.log.json"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (ax,) = plot_curves([str(path)], ["lr"]).axes
+    assert list(ax.lines[0].get_xdata()) == [1, 2, 3, 4] and ax.get_xlabel() == "iter"
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([0.01, 0.02, 0.03, 0.04])
+
+
+def test_tensorboard_has_train_and_val_tags_as_mmcv_writes_them(make_cfg, tmp_path):
+    """The in-loop evaluation's metrics are ``val/...`` (mmcv's layout), the losses ``train/...``;
+    COCO's -1 (no object of that size) makes no curve."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from raydet.run import train_from_config
+    log = dict(interval=1, hooks=[dict(type="TextLoggerHook"), dict(type="TensorboardLoggerHook")])
+    train_from_config(make_cfg(tmp_path / "w", runner=dict(max_epochs=2), log_config=log), validate=True)
+    events = EventAccumulator(str(tmp_path / "w" / "tf_logs"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "train/loss" in tags and "learning_rate" in tags and not any(t.startswith("train/bbox") for t in tags)
+    (json_log,) = [p for p in os.listdir(tmp_path / "w") if p.endswith(".log.json")]
+    vals = [r for r in load_json_log(str(tmp_path / "w" / json_log))["val"]["bbox_mAP"]]
+    assert [round(e.value, 4) for e in events.Scalars("val/bbox_mAP")] == [round(v, 4) for _, v in vals]
+    per_epoch = max(json.loads(line).get("iter", 0) for line in open(tmp_path / "w" / json_log))
+    assert [e.step for e in events.Scalars("val/bbox_mAP")] == [per_epoch, 2 * per_epoch]  # iterations done
+    flat = [k for k, points in load_json_log(str(tmp_path / "w" / json_log))["val"].items()
+            if all(v == -1 for _, v in points)]
+    assert flat and not any(f"val/{k}" in tags for k in flat)
+
+
 def test_cal_train_time_and_the_command(tmp_path, capsys):
     a = _log(tmp_path / "a.log.json")
     t = train_time(a)  # the first logged iteration of each epoch is left out
@@ -46,7 +79,8 @@ def test_cal_train_time_and_the_command(tmp_path, capsys):
     assert main(["plot", a, "--keys", "loss", "bbox_mAP", "--out", str(tmp_path / "x.png")]) == 0
     assert (tmp_path / "x.png").exists()
     assert main(["plot", a, "--keys", "nope", "--out", str(tmp_path / "y.png")]) == 2
-    assert "no log has the key 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no log has the key 'nope'; the keys present: bbox_mAP, data_time, loss, lr, time" in err
     assert main(["plot", str(tmp_path / "missing.json")]) == 2
 
 

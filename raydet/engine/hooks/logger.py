@@ -116,6 +116,12 @@ class LoggerHook(Hook):
         return {k: v for k, v in runner.log_buffer.output.items()
                 if isinstance(v, (int, float)) and k not in ("time", "data_time")}
 
+    @staticmethod
+    def mode_of(runner) -> str:
+        """mmcv's ``get_mode``: ``'train'`` for a training record (it has ``time``), else ``'val'``
+        (an evaluation's metrics, logged while the runner is in training mode)."""
+        return "train" if runner.mode == "train" and "time" in runner.log_buffer.output else "val"
+
 
 class TextLoggerHook(LoggerHook):
     """``Epoch [e][i/n]\\tlr: ..., eta: ..., time: ..., data_time: ..., [memory: ...,] loss_x: ...``
@@ -276,7 +282,7 @@ class TextLoggerHook(LoggerHook):
 
     def log(self, runner):
         out = runner.log_buffer.output
-        mode = "train" if runner.mode == "train" and "time" in out else "val"
+        mode = self.mode_of(runner)
         # by_epoch=False: mmcv's iteration count of the run, not of the epoch
         record = OrderedDict(mode=mode, epoch=runner.epoch + 1,
                              iter=runner.inner_iter + 1 if self.by_epoch else runner.progress()[1])
@@ -349,17 +355,22 @@ class TensorboardLoggerHook(LoggerHook):
     def log(self, runner):
         if self.writer is None:
             return
-        step = runner.progress()[1]  # iterations done; in after_train_iter the one that just ended counts
-        for key, value in self.tag_values(runner).items():
-            self.writer.add_scalar(f"{runner.mode}/{key}", value, step)
-        self.writer.add_scalar("learning_rate", self.current_lr(runner), step)
+        step = runner.progress()[1]  # iterations done: the one that just ended counts
+        mode = self.mode_of(runner)
+        self._scalars(mode, self.tag_values(runner), step)
+        if mode == "train":
+            self.writer.add_scalar("learning_rate", self.current_lr(runner), step)
 
     def log_val(self, runner, record, metrics, step):
-        if self.writer is None:
-            return
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"val/{key}", value, step)
+        if self.writer is not None:
+            self._scalars("val", metrics, step)
+
+    def _scalars(self, mode: str, values: dict, step: int) -> None:
+        """``<mode>/<key>`` scalars (mmcv's layout: ``train/loss``, ``val/bbox_mAP``), leaving out
+        COCO's -1 (no object of that size in the evaluation set: a flat line saying nothing)."""
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not (mode == "val" and value == -1):
+                self.writer.add_scalar(f"{mode}/{key}", value, step)
 
     def after_run(self, runner):
         if self.writer is not None:
