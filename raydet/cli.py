@@ -77,13 +77,21 @@ def _seed(text: str) -> int:
 
 
 def _train_parser(sub):
-    p = sub.add_parser("train", help="train a detector from a config")
+    p = sub.add_parser("train", help="train a detector from a config", **_described(
+        "Train a detector from an mmdetection 2.x config, on Ray Train workers (default) or in this process. "
+        "The same command again resumes the run (see the README's 'Where a run starts').",
+        "raydet train configs/fcos/fcos_gn_tiny_shapes.py",
+        "raydet train CONFIG --num-workers 4 --use-gpu --address ray://head:10001",
+        "raydet train CONFIG --work-dir s3://$RAYDET_BUCKET/runs/fcos --num-workers 2-8",
+        "raydet train CONFIG --launcher none --cfg-options optimizer.lr=0.01 runner.max_epochs=6"))
     p.add_argument("config", help="config file (.py/.yaml/.json)")
     p.add_argument("--work-dir", help="where logs and checkpoints go (default ./work_dirs/<config name>)")
-    p.add_argument("--resume-from", help="checkpoint to resume from exactly")
+    p.add_argument("--resume-from", metavar="CKPT", help="checkpoint to resume from exactly, whatever the work_dir "
+                   "holds (see the README's 'Where a run starts')")
     p.add_argument("--auto-resume", dest="auto_resume", action="store_true", default=None,
-                   help="resume from the latest checkpoint in the work_dir (the default with Ray)")
-    p.add_argument("--no-auto-resume", dest="auto_resume", action="store_false")
+                   help="resume from the run's newest checkpoint (the default, unless the config sets auto_resume=False)")
+    p.add_argument("--no-auto-resume", dest="auto_resume", action="store_false",
+                   help="start afresh: an earlier run's checkpoints in the work_dir are moved aside with it")
     p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     p.add_argument("--seed", type=_seed, default=None, help="the run's seed, 0 <= SEED < 2**32 (default: the "
                    "config's, else the checkpoint's, else drawn once)")
@@ -91,18 +99,22 @@ def _train_parser(sub):
     p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={},
                    help="override config keys, e.g. optimizer.lr=0.01 lr_config.step=[8,11]")
     p.add_argument("--launcher", choices=["ray", "none"], default="ray",
-                   help="ray: Ray Train workers (default); none: this process")
+                   help="ray: Ray Train workers; none: this process")
     p.add_argument("--num-workers", type=_workers, metavar="N|MIN-MAX",
-                   help="Ray workers (ray.num_workers); MIN-MAX for an elastic group")
-    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per Ray worker")
+                   help="Ray workers; MIN-MAX for an elastic group (default: the config's ray.num_workers, else 2)")
+    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per Ray worker (default: the config's ray.use_gpu)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     return p
 
 
 def _test_parser(sub):
-    p = sub.add_parser("test", help="evaluate a checkpoint")
-    p.add_argument("config")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("test", help="evaluate a checkpoint", **_described(
+        "Evaluate a checkpoint on the config's data.test (mmdet's tools/test.py).",
+        "raydet test configs/fcos/fcos_gn_tiny_shapes.py work_dirs/fcos_gn_tiny_shapes/latest.pth --eval bbox",
+        "raydet test CONFIG CKPT --out results.json --format-only",
+        "raydet test CONFIG CKPT --show-dir shown/ --num-workers 2"))
+    p.add_argument("config", help="the config the checkpoint was trained with (.py/.yaml/.json)")
+    p.add_argument("checkpoint", help="a checkpoint file (.pth) of that config")
     p.add_argument("--eval", nargs="+", default=None, choices=["bbox", "segm", "mAP"],
                    help="metrics (default: the config's evaluation.metric)")
     p.add_argument("--out", help="write the results: .pkl (mmdet's raw results) or .json (COCO's results format)")
@@ -110,19 +122,22 @@ def _test_parser(sub):
                    help="only write the results (--out x.json, e.g. for a test server); no evaluation")
     p.add_argument("--show-dir", help="draw each image's predictions into this directory (same file names)")
     p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
-    p.add_argument("--num-workers", type=int, help="shard the test set over N Ray workers (same results)")
+    p.add_argument("--num-workers", type=int, help="shard the test set over N Ray workers (same results; default: this process, no Ray)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray worker")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
+    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={}, help="override config keys: KEY=VALUE ... (mmcv's --cfg-options, e.g. model.test_cfg.score_thr=0.3)")
     return p
 
 
 def _browse_parser(sub):
-    p = sub.add_parser("browse", help="draw training samples after the train pipeline, with their ground truth")
-    p.add_argument("config")
+    p = sub.add_parser("browse", help="draw training samples after the train pipeline, with their ground truth",
+                       **_described("Draw training samples as the model sees them: after the train pipeline "
+                                    "(augmentations included), with their ground truth (mmdet's browse_dataset).",
+                                    "raydet browse configs/fcos/fcos_gn_tiny_shapes.py --out-dir browse/ --num 8"))
+    p.add_argument("config", help="config file (.py/.yaml/.json) whose data.train is drawn")
     p.add_argument("--out-dir", required=True, help="where the drawings go (one per sample)")
-    p.add_argument("--num", type=int, default=20, help="how many samples (default 20)")
-    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
+    p.add_argument("--num", type=int, default=20, help="how many samples")
+    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={}, help="override config keys: KEY=VALUE ... (mmcv's --cfg-options, e.g. model.test_cfg.score_thr=0.3)")
     return p
 
 
@@ -141,12 +156,17 @@ def cmd_browse(args) -> int:
 
 
 def _plot_parser(sub):
-    p = sub.add_parser("plot", help="training curves or iteration times from .log.json files")
+    p = sub.add_parser("plot", help="training curves or iteration times from .log.json files", **_described(
+        "Training curves from json logs (mmdet's analyze_logs.py): train values (loss, lr) by iteration, "
+        "val metrics by epoch; or seconds per iteration by epoch.",
+        "raydet plot work_dirs/fcos_gn_tiny_shapes/*.log.json --keys loss lr bbox_mAP --out curves.png",
+        "raydet plot run_a.log.json run_b.log.json --keys bbox_mAP --legend a b --out compare.png",
+        "raydet plot work_dirs/fcos_gn_tiny_shapes/*.log.json --cal-train-time"))
     p.add_argument("logs", nargs="+", help="json logs (several runs: overlaid)")
     p.add_argument("--keys", nargs="+", default=["loss"], help="values to plot, e.g. loss bbox_mAP lr")
     p.add_argument("--out", help="the picture (.png/.jpg/.pdf); default: show it")
     p.add_argument("--legend", nargs="+", help="a name per log (default: the file names)")
-    p.add_argument("--title")
+    p.add_argument("--title", help="the picture's title")
     p.add_argument("--cal-train-time", action="store_true", help="print seconds per iteration by epoch instead")
     p.add_argument("--include-outliers", action="store_true",
                    help="with --cal-train-time: keep each epoch's first logged iteration")
@@ -294,23 +314,26 @@ def _test_outputs(args, dataset) -> list[str]:
 
 def _infer_parser(sub):
     p = sub.add_parser("infer", help="detect objects in the images of a directory, glob, list file or bucket "
-                                     "prefix (Ray Data)")
-    p.add_argument("config")
-    p.add_argument("checkpoint")
+                                     "prefix (Ray Data)", **_described(
+        "Detect objects in many images with a pool of model actors on Ray Data; COCO-style records out.",
+        "raydet infer CONFIG CKPT images/ --out detections.jsonl --score-thr 0.3",
+        "raydet infer CONFIG CKPT 's3://bucket/images/**/*.jpg' --out dets.json --concurrency 2,8 --use-gpu"))
+    p.add_argument("config", help="the config the checkpoint was trained with (.py/.yaml/.json)")
+    p.add_argument("checkpoint", help="a checkpoint file (.pth) of that config")
     p.add_argument("input", help="a directory, a glob ('imgs/**/*.jpg'), a text file of image paths, one image, "
                                  "or a bucket URI (s3://bucket/prefix)")
     p.add_argument("--out", required=True, help="the detections: .json (one list) or .jsonl (a record per line)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per model call (default 4)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per model call")
     p.add_argument("--concurrency", type=_concurrency, default=(1, 1),
                    help="model actors: N, or MIN,MAX to let Ray Data scale the pool (default 1)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
-    p.add_argument("--cpus-per-actor", type=float, default=1, help="CPUs per model actor (default 1)")
-    p.add_argument("--score-thr", type=float, default=0.0, help="keep detections scoring at least this (default 0)")
+    p.add_argument("--cpus-per-actor", type=float, default=1, help="CPUs per model actor")
+    p.add_argument("--score-thr", type=float, default=0.0, help="keep detections scoring at least this")
     p.add_argument("--show-dir", help="draw each image's detections into this directory (paths relative to "
                                       "the input)")
     p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={})
+    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={}, help="override config keys: KEY=VALUE ... (mmcv's --cfg-options, e.g. model.test_cfg.score_thr=0.3)")
     return p
 
 
@@ -385,14 +408,48 @@ def cmd_test(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="raydet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; ``(default: X)`` after an option's help unless the
+    default is empty or the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is argparse.SUPPRESS or isinstance(default, bool) or default == {}
+                or "default" in text or not action.option_strings):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else " ".join(map(str, default)) \
+            if isinstance(default, list) else default
+        return f"{text} (default: {shown})"
+
+
+def _described(description: str, *examples: str) -> dict:
+    """A sub-command's ``description`` and its examples (argparse keyword arguments)."""
+    return dict(description=description, epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                formatter_class=HelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="raydet", formatter_class=HelpFormatter,
+        description="Fault-tolerant training of mmdetection 2.x detectors on Ray Train, with mmdet's flags.",
+        epilog="examples:\n  raydet train configs/fcos/fcos_gn_tiny_shapes.py\n"
+               "  raydet test configs/fcos/fcos_gn_tiny_shapes.py work_dirs/fcos_gn_tiny_shapes/latest.pth\n"
+               "  raydet plot work_dirs/fcos_gn_tiny_shapes/*.log.json --keys loss bbox_mAP --out curves.png\n"
+               "  raydet COMMAND --help    (each command's arguments and examples)")
+    parser.add_argument("--version", action="version", version=f"raydet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
     _test_parser(sub)
     _plot_parser(sub)
     _browse_parser(sub)
     _infer_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return {"train": cmd_train, "test": cmd_test, "plot": cmd_plot, "browse": cmd_browse,

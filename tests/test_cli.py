@@ -2,6 +2,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from raydet.config import dump_config, load_config
 
 from .conftest import tiny_config
@@ -98,3 +100,22 @@ def test_test_writes_coco_results_and_drawings_and_never_over_a_file(shapes_root
     assert "does not overwrite" in capsys.readouterr().err
     assert main(["test", cfg_path, ckpt, "--format-only"]) == 2
     assert "--out RESULTS.json" in capsys.readouterr().err
+
+
+def test_every_help_line_has_text_and_the_version_is_printed(capsys):
+    """``--help`` of raydet and of each command: every argument explained, examples given."""
+    import argparse
+
+    from raydet import __version__
+    from raydet.cli import build_parser, main
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"train", "test", "plot", "browse", "infer"}
+    for name, command in commands.choices.items():
+        unexplained = [a.dest for a in command._actions if not (a.help or "").strip()]
+        assert unexplained == [], name
+        assert "examples:" in command.format_help() and command.description, name
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"raydet {__version__}"
+    assert "(default: 4)" in commands.choices["infer"].format_help()  # defaults are shown
