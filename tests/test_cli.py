@@ -49,7 +49,6 @@ def test_elastic_workers_and_a_bucket_work_dir_from_the_command_line(monkeypatch
     staging directory of the same name."""
     import argparse
 
-    import pytest
     from raydet.cli import _train_parser, train_overrides
     from raydet.config import load_config
     from raydet.launch.driver import build_trainer

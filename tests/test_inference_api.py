@@ -29,9 +29,8 @@ def _close(got, expected):
 
 
 def test_inference_detector_gives_raydet_tests_boxes(trained):
-    """One image at a time (path or array), or a batch of same-size images: the boxes `raydet
-    test` computes (batch 1). A batch of mixed sizes is zero-padded to one shape, as a loader
-    batch is (GroupNorm then sees the padding, so its boxes differ a little)."""
+    """One image at a time (path or array), or a batch of any sizes: the boxes `raydet test`
+    computes (batch 1); a batch runs its images of one shape together, never padded to another's."""
     from raydet.data import build_dataloader, build_dataset
     from raydet.engine import inference
     cfg, ckpt = trained
@@ -46,10 +45,33 @@ def test_inference_detector_gives_raydet_tests_boxes(trained):
     _close([inference_detector(model, p) for p in paths], expected[:4])  # paths, one at a time
     _close([inference_detector(model, cv2.imread(p)) for p in paths], expected[:4])  # BGR arrays
     _close(inference_detector(model, paths[:3]), expected[:3])  # a batch of one size
-    mixed = inference_detector(model, paths)  # padded to one shape: each image's boxes in its own frame
-    for result, (w, h) in zip(mixed, sizes):
-        boxes = np.concatenate(result)
-        assert len(result) == 3 and len(boxes) and (boxes[:, [0, 2]] <= w + 1).all() and (boxes[:, [1, 3]] <= h + 1).all()
+    _close(inference_detector(model, paths), expected[:4])  # a batch of mixed sizes
+
+
+def test_the_records_do_not_depend_on_the_batch_size(trained):
+    """What `raydet infer`'s model actors compute: portrait and landscape images mixed, in
+    batches of 4 and one at a time, give the same records, record by record."""
+    from raydet.apis.inference import build_test_pipeline, result_to_records
+    from raydet.data import build_dataset
+    from raydet.engine.inference import predict_samples
+    cfg, ckpt = trained
+    model = init_detector(cfg, ckpt)
+    dataset = build_dataset(cfg.data.test, test_mode=True)
+    infos = dataset.data_infos[:16]
+    assert len({(i["width"] > i["height"]) for i in infos}) == 2  # both orientations
+    pipeline = build_test_pipeline(model.cfg, from_array=False)
+    samples = [pipeline(dict(img_info=dict(filename=os.path.join(dataset.img_prefix, i["filename"])), img_prefix=None))
+               for i in infos]
+
+    def records(batch_size):
+        results = [r for k in range(0, len(samples), batch_size) for r in predict_samples(model, samples[k:k + batch_size])]
+        return [result_to_records(r, model.CLASSES, i["filename"], score_thr=0.05) for r, i in zip(results, infos)]
+
+    one, four = records(1), records(4)
+    assert sum(map(len, one)) > 0 and [len(r) for r in one] == [len(r) for r in four]
+    for a, b in zip((x for r in one for x in r), (x for r in four for x in r)):
+        assert a["category_id"] == b["category_id"] and a["bbox"] == pytest.approx(b["bbox"], abs=1e-3)
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
 def test_a_checkpoint_of_another_model_is_refused(trained, make_cfg):

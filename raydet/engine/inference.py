@@ -59,9 +59,25 @@ def evaluate_distributed(model, data_loader, eval_kwargs: dict, logger=None, pro
 
 
 @torch.no_grad()
+def _input_shape(sample: dict) -> tuple:
+    images = sample["img"] if isinstance(sample["img"], (list, tuple)) else [sample["img"]]
+    return tuple(tuple(getattr(image, "shape", ())) for image in images)
+
+
 def predict_samples(model, samples: list[dict]) -> list:
     """mmdet's per-image results (see :func:`inference_detector`) for test-pipeline ``samples``,
-    run as one batch on the model's device."""
+    in their order, on the model's device: samples of one input shape run as one batch, so no
+    image is padded to another's shape (padding changes what GroupNorm and the heads see: a
+    batch of mixed portrait and landscape images gave other boxes, some inside the padding,
+    than the same images one at a time); the results are those of batch size 1."""
     from ..data.loader import batch_to_device, collate
-    batch = collate(samples)
-    return model(return_loss=False, rescale=True, **batch_to_device(batch, next(model.parameters()).device))
+    device = next(model.parameters()).device
+    groups: dict[tuple, list[int]] = {}
+    for i, sample in enumerate(samples):
+        groups.setdefault(_input_shape(sample), []).append(i)
+    results = [None] * len(samples)
+    for members in groups.values():
+        batch = batch_to_device(collate([samples[i] for i in members]), device)
+        for i, result in zip(members, model(return_loss=False, rescale=True, **batch)):
+            results[i] = result
+    return results
