@@ -76,14 +76,46 @@ def _seed(text: str) -> int:
     return value
 
 
+#: each command's one-line help, its description and its examples (``raydet COMMAND --help``)
+COMMANDS = {
+    "train": ("train a detector from a config",
+              "Train a detector from an mmdetection 2.x config, on Ray Train workers (default) or in this "
+              "process. The same command again resumes the run (see the README's 'Where a run starts').",
+              ["raydet train configs/fcos/fcos_gn_tiny_shapes.py",
+               "raydet train CONFIG --num-workers 4 --use-gpu --address ray://head:10001",
+               "raydet train CONFIG --work-dir s3://$RAYDET_BUCKET/runs/fcos --num-workers 2-8",
+               "raydet train CONFIG --launcher none --cfg-options optimizer.lr=0.01 runner.max_epochs=6"]),
+    "test": ("evaluate a checkpoint", "Evaluate a checkpoint on the config's data.test (mmdet's tools/test.py).",
+             ["raydet test configs/fcos/fcos_gn_tiny_shapes.py work_dirs/fcos_gn_tiny_shapes/latest.pth --eval bbox",
+              "raydet test CONFIG CKPT --out results.json --format-only",
+              "raydet test CONFIG CKPT --eval bbox --eval-options classwise=True --work-dir results/",
+              "raydet test CONFIG CKPT --show-dir shown/ --show-score-thr 0.5 --num-workers 2"]),
+    "plot": ("training curves or iteration times from .log.json files",
+             "Training curves from json logs (mmdet's analyze_logs.py): train values (loss, lr) by iteration, val "
+             "metrics by epoch; or seconds per iteration by epoch.",
+             ["raydet plot work_dirs/fcos_gn_tiny_shapes/*.log.json --keys loss lr bbox_mAP --out curves.png",
+              "raydet plot run_a.log.json run_b.log.json --keys bbox_mAP --legend a b --out compare.png",
+              "raydet plot work_dirs/fcos_gn_tiny_shapes/*.log.json --cal-train-time"]),
+    "browse": ("draw training samples after the train pipeline, with their ground truth",
+               "Draw training samples as the model sees them: after the train pipeline (augmentations "
+               "included), with their ground truth (mmdet's browse_dataset).",
+               ["raydet browse configs/fcos/fcos_gn_tiny_shapes.py --out-dir browse/ --num 8"]),
+    "infer": ("detect objects in the images of a directory, glob, list file or bucket prefix (Ray Data)",
+              "Detect objects in many images with a pool of model actors on Ray Data; COCO-style records out.",
+              ["raydet infer CONFIG CKPT images/ --out detections.jsonl --score-thr 0.3",
+               "raydet infer CONFIG CKPT 's3://bucket/images/**/*.jpg' --out dets.json --concurrency 2,8 --use-gpu"]),
+}
+
+
+def _command(sub, name: str) -> argparse.ArgumentParser:
+    """The sub-parser of command ``name``, with its help, description and examples."""
+    short, description, examples = COMMANDS[name]
+    return sub.add_parser(name, help=short, description=description, formatter_class=HelpFormatter,
+                          epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
+
+
 def _train_parser(sub):
-    p = sub.add_parser("train", help="train a detector from a config", **_described(
-        "Train a detector from an mmdetection 2.x config, on Ray Train workers (default) or in this process. "
-        "The same command again resumes the run (see the README's 'Where a run starts').",
-        "raydet train configs/fcos/fcos_gn_tiny_shapes.py",
-        "raydet train CONFIG --num-workers 4 --use-gpu --address ray://head:10001",
-        "raydet train CONFIG --work-dir s3://$RAYDET_BUCKET/runs/fcos --num-workers 2-8",
-        "raydet train CONFIG --launcher none --cfg-options optimizer.lr=0.01 runner.max_epochs=6"))
+    p = _command(sub, "train")
     p.add_argument("config", help="config file (.py/.yaml/.json)")
     p.add_argument("--work-dir", help="where logs and checkpoints go (default ./work_dirs/<config name>)")
     p.add_argument("--resume-from", metavar="CKPT", help="checkpoint to resume from exactly, whatever the work_dir "
@@ -108,11 +140,7 @@ def _train_parser(sub):
 
 
 def _test_parser(sub):
-    p = sub.add_parser("test", help="evaluate a checkpoint", **_described(
-        "Evaluate a checkpoint on the config's data.test (mmdet's tools/test.py).",
-        "raydet test configs/fcos/fcos_gn_tiny_shapes.py work_dirs/fcos_gn_tiny_shapes/latest.pth --eval bbox",
-        "raydet test CONFIG CKPT --out results.json --format-only",
-        "raydet test CONFIG CKPT --show-dir shown/ --num-workers 2"))
+    p = _command(sub, "test")
     p.add_argument("config", help="the config the checkpoint was trained with (.py/.yaml/.json)")
     p.add_argument("checkpoint", help="a checkpoint file (.pth) of that config")
     p.add_argument("--eval", nargs="+", default=None, choices=["bbox", "segm", "mAP"],
@@ -121,7 +149,12 @@ def _test_parser(sub):
     p.add_argument("--format-only", action="store_true",
                    help="only write the results (--out x.json, e.g. for a test server); no evaluation")
     p.add_argument("--show-dir", help="draw each image's predictions into this directory (same file names)")
-    p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
+    p.add_argument("--show-score-thr", type=float, default=0.3,
+                   help="draw only detections scoring at least this (--show-dir)")
+    p.add_argument("--eval-options", nargs="+", action=CfgOptions, default={}, metavar="KEY=VALUE",
+                   help="arguments of the dataset's evaluate, over the config's evaluation keys, e.g. "
+                        "classwise=True (a per-class AP table) iou_thrs=[0.5]")
+    p.add_argument("--work-dir", help="write the metrics to WORK_DIR/eval_<time>.json (mmdet's layout)")
     p.add_argument("--num-workers", type=int, help="shard the test set over N Ray workers (same results; default: this process, no Ray)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray worker")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
@@ -130,10 +163,7 @@ def _test_parser(sub):
 
 
 def _browse_parser(sub):
-    p = sub.add_parser("browse", help="draw training samples after the train pipeline, with their ground truth",
-                       **_described("Draw training samples as the model sees them: after the train pipeline "
-                                    "(augmentations included), with their ground truth (mmdet's browse_dataset).",
-                                    "raydet browse configs/fcos/fcos_gn_tiny_shapes.py --out-dir browse/ --num 8"))
+    p = _command(sub, "browse")
     p.add_argument("config", help="config file (.py/.yaml/.json) whose data.train is drawn")
     p.add_argument("--out-dir", required=True, help="where the drawings go (one per sample)")
     p.add_argument("--num", type=int, default=20, help="how many samples")
@@ -156,12 +186,7 @@ def cmd_browse(args) -> int:
 
 
 def _plot_parser(sub):
-    p = sub.add_parser("plot", help="training curves or iteration times from .log.json files", **_described(
-        "Training curves from json logs (mmdet's analyze_logs.py): train values (loss, lr) by iteration, "
-        "val metrics by epoch; or seconds per iteration by epoch.",
-        "raydet plot work_dirs/fcos_gn_tiny_shapes/*.log.json --keys loss lr bbox_mAP --out curves.png",
-        "raydet plot run_a.log.json run_b.log.json --keys bbox_mAP --legend a b --out compare.png",
-        "raydet plot work_dirs/fcos_gn_tiny_shapes/*.log.json --cal-train-time"))
+    p = _command(sub, "plot")
     p.add_argument("logs", nargs="+", help="json logs (several runs: overlaid)")
     p.add_argument("--keys", nargs="+", default=["loss"], help="values to plot, e.g. loss bbox_mAP lr")
     p.add_argument("--out", help="the picture (.png/.jpg/.pdf); default: show it")
@@ -313,11 +338,7 @@ def _test_outputs(args, dataset) -> list[str]:
 
 
 def _infer_parser(sub):
-    p = sub.add_parser("infer", help="detect objects in the images of a directory, glob, list file or bucket "
-                                     "prefix (Ray Data)", **_described(
-        "Detect objects in many images with a pool of model actors on Ray Data; COCO-style records out.",
-        "raydet infer CONFIG CKPT images/ --out detections.jsonl --score-thr 0.3",
-        "raydet infer CONFIG CKPT 's3://bucket/images/**/*.jpg' --out dets.json --concurrency 2,8 --use-gpu"))
+    p = _command(sub, "infer")
     p.add_argument("config", help="the config the checkpoint was trained with (.py/.yaml/.json)")
     p.add_argument("checkpoint", help="a checkpoint file (.pth) of that config")
     p.add_argument("input", help="a directory, a glob ('imgs/**/*.jpg'), a text file of image paths, one image, "
@@ -360,33 +381,55 @@ def cmd_infer(args) -> int:
     return 0
 
 
-def cmd_test(args) -> int:
-    import json
-    import pickle
+def usable_cores() -> int:
+    """The CPU cores this process may use: its affinity, capped by a cgroup CPU quota (a
+    container's ``cpu.max``), which ``os.cpu_count()`` and torch's default both ignore."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
-    from .apis.test import build_test, predict_test_set
-    from .config import load_config
+
+def _test_inputs(args, cfg):
+    """``(dataset, metric, evaluate's keyword arguments)`` of ``raydet test``, with every argument
+    checked before the model loads: the output files (see :func:`_test_outputs`), the metrics
+    the dataset computes and the arguments its ``evaluate`` takes (the config's ``evaluation``
+    keys, then ``--eval-options``, as mmdet's tools/test.py merges them)."""
     from .config.schema import EVALUATE_KEYS
+    from .data import build_dataset
     from .engine.hooks.evaluation import check_metrics
-
-    log = setup_console_logging()
-    check_output_places(args.out, args.show_dir)  # before the model loads
-    cfg = load_config(args.config, args.cfg_options)
     if args.num_workers is not None and args.num_workers < 1:
         raise RaydetError(f"--num-workers must be >= 1, got {args.num_workers}")
-    dataset, model = build_test(cfg, args.checkpoint, log)  # a checkpoint that does not fit fails here, before Ray
-    metric = args.eval or (cfg.get("evaluation") or {}).get("metric", "bbox")
-    # as mmdet's tools/test.py: the config's evaluation arguments (classwise, iou_thr, ...) too
-    eval_kwargs = {k: v for k, v in (cfg.get("evaluation") or {}).items() if k in EVALUATE_KEYS}
-    if not args.format_only:
-        check_metrics(dataset, metric, model, key="--eval" if args.eval else "evaluation.metric",
-                      eval_kwargs=eval_kwargs)
+    dataset = build_dataset(cfg.data.test, test_mode=True)
     _test_outputs(args, dataset)
-    if args.num_workers:
-        from .launch import test_on_ray
-        results = test_on_ray(cfg, args.checkpoint, args.num_workers, use_gpu=args.use_gpu, address=args.address)
-    else:
-        results = predict_test_set(cfg, dataset, model)
+    metric = args.eval or (cfg.get("evaluation") or {}).get("metric", "bbox")
+    eval_kwargs = {k: v for k, v in (cfg.get("evaluation") or {}).items() if k in EVALUATE_KEYS}
+    if args.eval_options:
+        check_metrics(dataset, metric, eval_kwargs=args.eval_options, kwargs_key="--eval-options ")
+    eval_kwargs.update(args.eval_options or {})
+    if not args.format_only:
+        key = "--eval" if args.eval else "evaluation.metric"
+        check_metrics(dataset, metric, key=key, eval_kwargs=eval_kwargs)
+        if "segm" in ([metric] if isinstance(metric, str) else metric) and not _has(cfg.model, "mask_head"):
+            raise RaydetError(f"{key}='segm': the model predicts no masks (it has no mask head); use 'bbox'")
+    return dataset, metric, eval_kwargs
+
+
+def _has(node, key: str) -> bool:
+    """Whether a config section sets ``key`` (not to None) at any depth."""
+    if isinstance(node, dict):
+        return node.get(key) is not None or any(_has(v, key) for v in node.values())
+    return isinstance(node, (list, tuple)) and any(_has(v, key) for v in node)
+
+
+def _write_test_outputs(args, dataset, model, results) -> None:
+    import json
+    import pickle
     if args.out:
         if args.out.endswith(".json"):
             with open(args.out, "w") as f:
@@ -401,10 +444,49 @@ def cmd_test(args) -> int:
             model.show_result(source, result, score_thr=args.show_score_thr,
                               out_file=os.path.join(args.show_dir, info["filename"]))
         print(f"{len(results)} drawn predictions in {args.show_dir}")
+
+
+def _write_metrics(args, metrics: dict) -> str:
+    """mmdet tools/test.py's ``<work_dir>/eval_<time>.json``: ``{config, metric}`` (never over a file)."""
+    import json
+    os.makedirs(args.work_dir, exist_ok=True)
+    path, n = os.path.join(args.work_dir, f"eval_{time.strftime('%Y%m%d_%H%M%S')}.json"), 1
+    while os.path.exists(path):
+        path, n = os.path.join(args.work_dir, f"eval_{time.strftime('%Y%m%d_%H%M%S')}-{n}.json"), n + 1
+    with open(path, "w") as f:
+        json.dump(dict(config=args.config, metric={k: v for k, v in metrics.items() if not k.endswith("copypaste")}),
+                  f, indent=1)
+    return path
+
+
+def cmd_test(args) -> int:
+    import torch
+
+    from .apis.test import build_test, predict_test_set
+    from .config import load_config
+    from .engine.hooks.evaluation import check_metrics
+    log = setup_console_logging()
+    torch.set_num_threads(usable_cores())  # torch's default counts the machine's cores, not this process's
+    check_output_places(args.out, args.show_dir)
+    if args.work_dir and os.path.exists(args.work_dir) and not os.path.isdir(args.work_dir):
+        raise RaydetError(f"--work-dir {args.work_dir} is a file, not a folder")
+    cfg = load_config(args.config, args.cfg_options)
+    dataset, metric, eval_kwargs = _test_inputs(args, cfg)  # before the model loads
+    dataset, model = build_test(cfg, args.checkpoint, log, dataset)  # a checkpoint that does not fit fails here
+    if not args.format_only and "segm" in ([metric] if isinstance(metric, str) else metric):
+        check_metrics(dataset, metric, model, key="--eval" if args.eval else "evaluation.metric")  # masks?
+    if args.num_workers:
+        from .launch import test_on_ray
+        results = test_on_ray(cfg, args.checkpoint, args.num_workers, use_gpu=args.use_gpu, address=args.address)
+    else:
+        results = predict_test_set(cfg, dataset, model)
+    _write_test_outputs(args, dataset, model, results)
     if args.format_only:
         return 0
     metrics = dataset.evaluate(results, metric=metric, logger=log, **eval_kwargs)
     print(f"metrics: {metrics}")
+    if args.work_dir:
+        print(f"metrics written to {_write_metrics(args, metrics)}")
     return 0
 
 
@@ -421,12 +503,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else " ".join(map(str, default)) \
             if isinstance(default, list) else default
         return f"{text} (default: {shown})"
-
-
-def _described(description: str, *examples: str) -> dict:
-    """A sub-command's ``description`` and its examples (argparse keyword arguments)."""
-    return dict(description=description, epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
-                formatter_class=HelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:

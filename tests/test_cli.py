@@ -30,9 +30,21 @@ def test_train_in_process_then_test(shapes_root, tmp_path):
     (log,) = [p for p in os.listdir(work) if p.endswith(".log")]
     assert "after_train_iter:\n(40 ) OptimizerHook" in open(work / log).read()
     assert (work / "tiny.py").exists()  # the resolved config is dumped into the work_dir
-    tested = _run("test", cfg_path, str(work / "latest.pth"), "--eval", "bbox")
+    tested = _run("test", cfg_path, str(work / "latest.pth"), "--eval", "bbox", "--eval-options", "classwise=True",
+                  "--work-dir", str(tmp_path / "results"))
     assert tested.returncode == 0, tested.stderr[-3000:]
     assert "metrics: {'bbox_mAP':" in tested.stdout and "16/16" in tested.stderr  # the progress bar
+    table = tested.stdout + tested.stderr  # mmdet's per-class AP table
+    assert all(name in table for name in ("rectangle", "ellipse", "triangle")) and "mAP_50" in table
+    import json
+    (written,) = os.listdir(tmp_path / "results")
+    saved = json.load(open(tmp_path / "results" / written))
+    assert written.startswith("eval_") and saved["config"] == cfg_path and 0 <= saved["metric"]["bbox_mAP"] <= 1
+    # arguments are checked before the model loads: here the checkpoint does not even exist
+    for bad, message in ((["--out", "r.txt"], "use a .pkl"), (["--eval-options", "classwize=True"], "classwize"),
+                         (["--eval", "segm"], "segm")):
+        refused = _run("test", cfg_path, str(tmp_path / "missing.pth"), *bad)
+        assert refused.returncode == 2 and message in refused.stderr and "missing.pth" not in refused.stderr, bad
 
 
 def test_config_typo_is_one_clear_error(tmp_path):

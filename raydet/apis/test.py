@@ -13,13 +13,14 @@ def single_gpu_test(model, data_loader, show=False, progress=True):
     return inference(model, data_loader, progress=progress)
 
 
-def build_test(cfg, checkpoint: str, logger=None):
-    """``(dataset, model)`` for ``raydet test``: ``data.test`` in test mode and the detector with
-    every tensor of ``checkpoint`` (strict: :class:`CheckpointError` otherwise), its class names
-    from the checkpoint's meta, on this process's device."""
+def build_test(cfg, checkpoint: str, logger=None, dataset=None):
+    """``(dataset, model)`` for ``raydet test``: ``data.test`` in test mode (``dataset``, when
+    the caller built it already) and the detector with every tensor of ``checkpoint`` (strict:
+    :class:`CheckpointError` otherwise), its class names from the checkpoint's meta, on this
+    process's device."""
     from ..data import build_dataset
     from ..run.build import trained_detector
-    dataset = build_dataset(cfg.data.test, test_mode=True)
+    dataset = build_dataset(cfg.data.test, test_mode=True) if dataset is None else dataset
     model, saved = trained_detector(cfg, checkpoint, logger)
     from ..engine.hooks.num_class import check_num_classes
     check_num_classes(model, dataset, logger)  # label i must be the dataset's class i

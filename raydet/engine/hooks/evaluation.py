@@ -47,12 +47,12 @@ def key_and_rule(save_best: str, rule: str | None, keys, greater_keys=GREATER_KE
 
 
 def check_metrics(dataset, metric, model=None, save_best=None, key: str = "evaluation.metric",
-                  eval_kwargs: dict | None = None) -> list[str]:
+                  eval_kwargs: dict | None = None, kwargs_key: str = "evaluation.") -> list[str]:
     """The metrics ``metric`` asks of ``dataset`` (a name or a list), checked before any
     prediction is made: each must be one the dataset computes (``dataset.METRICS``), ``segm``
     needs a model with a mask head, ``save_best`` (other than ``'auto'``) must be one of the
     keys they produce (``dataset.metric_keys``), and ``eval_kwargs`` arguments its ``evaluate``
-    takes. Raises :class:`ConfigError` naming the key."""
+    takes (named ``<kwargs_key><argument>`` in the error). Raises :class:`ConfigError` naming the key."""
     metrics = [metric] if isinstance(metric, str) else list(metric)
     known = getattr(dataset, "METRICS", None)
     name = type(dataset).__name__
@@ -68,7 +68,7 @@ def check_metrics(dataset, metric, model=None, save_best=None, key: str = "evalu
     for arg in eval_kwargs or {}:  # the other keys go to the dataset's evaluate: it must take them
         if arg not in params and not open_ended:
             takes = ", ".join(p for p in params if p not in ("self", "results", "logger"))
-            raise ConfigError(f"evaluation.{arg}: {name}.evaluate takes no '{arg}' (it takes {takes})")
+            raise ConfigError(f"{kwargs_key}{arg}: {name}.evaluate takes no '{arg}' (it takes {takes})")
     keys = dataset.metric_keys(metrics) if hasattr(dataset, "metric_keys") else None
     if save_best not in (None, "auto") and keys is not None and save_best not in keys:
         raise ConfigError(f"evaluation.save_best={save_best!r} is not among the metrics {', '.join(keys)}")
