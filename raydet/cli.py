@@ -89,7 +89,7 @@ COMMANDS = {
              ["raydet test configs/fcos/fcos_gn_tiny_shapes.py work_dirs/fcos_gn_tiny_shapes/latest.pth --eval bbox",
               "raydet test CONFIG CKPT --out results.json --format-only",
               "raydet test CONFIG CKPT --eval bbox --eval-options classwise=True --work-dir results/",
-              "raydet test CONFIG CKPT --show-dir shown/ --show-score-thr 0.5 --num-workers 2"]),
+              "raydet test CONFIG CKPT --show-dir shown/ --show-score-thr 0.5 --show-scale 3 --num-workers 2"]),
     "plot": ("training curves or iteration times from .log.json files",
              "Training curves from json logs (mmdet's analyze_logs.py): train values (loss, lr) by iteration, val "
              "metrics by epoch; or seconds per iteration by epoch.",
@@ -99,7 +99,8 @@ COMMANDS = {
     "browse": ("draw training samples after the train pipeline, with their ground truth",
                "Draw training samples as the model sees them: after the train pipeline (augmentations "
                "included), with their ground truth (mmdet's browse_dataset).",
-               ["raydet browse configs/fcos/fcos_gn_tiny_shapes.py --out-dir browse/ --num 8"]),
+               ["raydet browse configs/fcos/fcos_gn_tiny_shapes.py --out-dir browse/ --num 8",
+                "raydet browse CONFIG --out-dir browse/ --num 8 --shuffle --seed 3 --scale 3"]),
     "infer": ("detect objects in the images of a directory, glob, list file or bucket prefix (Ray Data)",
               "Detect objects in many images with a pool of model actors on Ray Data; COCO-style records out.",
               ["raydet infer CONFIG CKPT images/ --out detections.jsonl --score-thr 0.3",
@@ -151,6 +152,8 @@ def _test_parser(sub):
     p.add_argument("--show-dir", help="draw each image's predictions into this directory (same file names)")
     p.add_argument("--show-score-thr", type=float, default=0.3,
                    help="draw only detections scoring at least this (--show-dir)")
+    p.add_argument("--show-scale", type=float, default=1.0,
+                   help="enlarge each drawing this many times (--show-dir; small images)")
     p.add_argument("--eval-options", nargs="+", action=CfgOptions, default={}, metavar="KEY=VALUE",
                    help="arguments of the dataset's evaluate, over the config's evaluation keys, e.g. "
                         "classwise=True (a per-class AP table) iou_thrs=[0.5]")
@@ -167,6 +170,10 @@ def _browse_parser(sub):
     p.add_argument("config", help="config file (.py/.yaml/.json) whose data.train is drawn")
     p.add_argument("--out-dir", required=True, help="where the drawings go (one per sample)")
     p.add_argument("--num", type=int, default=20, help="how many samples")
+    p.add_argument("--shuffle", action="store_true", help="draw samples at random (with --seed), not the first ones")
+    p.add_argument("--seed", type=_seed, default=None,
+                   help="seed of the draw and of the augmentations (default: the config's seed, else 0)")
+    p.add_argument("--scale", type=float, default=1.0, help="enlarge each picture this many times (small images)")
     p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={}, help="override config keys: KEY=VALUE ... (mmcv's --cfg-options, e.g. model.test_cfg.score_thr=0.3)")
     return p
 
@@ -177,8 +184,12 @@ def cmd_browse(args) -> int:
     cfg = load_config(args.config, args.cfg_options)
     if args.num < 1:
         raise RaydetError(f"--num must be >= 1, got {args.num}")
+    if not 0 < args.scale <= 16:
+        raise RaydetError(f"--scale must be in (0, 16], got {args.scale}")
+    seed = args.seed if args.seed is not None else cfg.get("seed") or 0
     try:
-        written = [path for path, _ in browse_dataset(cfg.data.train, args.out_dir, args.num, cfg.get("seed") or 0)]
+        written = [path for path, _ in browse_dataset(cfg.data.train, args.out_dir, args.num, seed,
+                                                      shuffle=args.shuffle, scale=args.scale)]
     except FileExistsError as exc:
         raise RaydetError(str(exc)) from None
     print(f"{len(written)} training samples drawn in {args.out_dir}")
@@ -439,10 +450,11 @@ def _write_test_outputs(args, dataset, model, results) -> None:
                 pickle.dump(results, f)
         print(f"results written to {args.out}")
     if args.show_dir:
+        from .visualization import draw_det_result
         for info, result in zip(dataset.data_infos, results):
             source = os.path.join(dataset.img_prefix, info["filename"]) if dataset.img_prefix else info["filename"]
-            model.show_result(source, result, score_thr=args.show_score_thr,
-                              out_file=os.path.join(args.show_dir, info["filename"]))
+            draw_det_result(source, result, model.CLASSES, score_thr=args.show_score_thr, scale=args.show_scale,
+                            out_file=os.path.join(args.show_dir, info["filename"]))
         print(f"{len(results)} drawn predictions in {args.show_dir}")
 
 
@@ -468,6 +480,8 @@ def cmd_test(args) -> int:
     log = setup_console_logging()
     torch.set_num_threads(usable_cores())  # torch's default counts the machine's cores, not this process's
     check_output_places(args.out, args.show_dir)
+    if not 0 < args.show_scale <= 16:
+        raise RaydetError(f"--show-scale must be in (0, 16], got {args.show_scale}")
     if args.work_dir and os.path.exists(args.work_dir) and not os.path.isdir(args.work_dir):
         raise RaydetError(f"--work-dir {args.work_dir} is a file, not a folder")
     cfg = load_config(args.config, args.cfg_options)

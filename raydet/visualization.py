@@ -16,18 +16,23 @@ def palette(num_classes: int) -> np.ndarray:
 
 def draw_det_result(img, result, class_names, score_thr: float = 0.3, thickness: int = 2,
                     font_scale: float = 0.5, mask_alpha: float = 0.5, out_file: str | None = None,
-                    scores: bool = True) -> np.ndarray:
+                    scores: bool = True, scale: float = 1.0) -> np.ndarray:
     """Draw mmdet's ``result`` for one image (a list over classes of ``[N, 5]`` arrays, or
     ``(bbox_result, segm_result)``) on ``img`` (a path or a BGR ``uint8 [H, W, 3]`` array, left
-    unchanged). Only detections with score >= ``score_thr`` are drawn; labels read
-    ``class|score``, or ``class`` alone without ``scores`` (ground truth). Returns the drawn BGR
-    image; ``out_file`` (``.png``/``.jpg``) also writes it, creating its directory."""
+    unchanged), enlarged ``scale`` times first (small images: the boxes and labels stay legible).
+    Only detections with score >= ``score_thr`` are drawn; labels read ``class|score``, or
+    ``class`` alone without ``scores`` (ground truth), on a plate of the class colour kept inside
+    the image; boxes and text are outlined in black, so that any colour shows on any background.
+    Returns the drawn BGR image; ``out_file`` (``.png``/``.jpg``) also writes it, creating its
+    directory."""
     if isinstance(img, (str, os.PathLike)):
         path = str(img)
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
             raise FileNotFoundError(f"cannot read image {path}")
     canvas = np.ascontiguousarray(np.clip(img, 0, 255), dtype=np.uint8).copy()
+    if scale != 1:
+        canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
     colors = palette(len(bbox_result))
     for label, dets in enumerate(bbox_result):
@@ -37,23 +42,40 @@ def draw_det_result(img, result, class_names, score_thr: float = 0.3, thickness:
         if segm_result is not None:
             for mask in (m for m, k in zip(segm_result[label], keep) if k):
                 mask = _as_binary(mask)
+                if scale != 1:
+                    mask = cv2.resize(mask.astype(np.uint8), canvas.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
                 canvas[mask] = (canvas[mask] * (1 - mask_alpha) + np.array(color) * mask_alpha).astype(np.uint8)
         for x1, y1, x2, y2, score in dets[keep]:
-            p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
-            cv2.rectangle(canvas, p1, p2, color, thickness)
             name = class_names[label] if label < len(class_names) else str(label)
-            text = f"{name}|{score:.2f}" if scores else name
-            (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-            top = max(p1[1] - h - base - thickness, 0)  # above the box, inside the image
-            cv2.rectangle(canvas, (p1[0], top), (p1[0] + w + 2, top + h + base), color, cv2.FILLED)
-            luma = 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2]
-            cv2.putText(canvas, text, (p1[0] + 1, top + h), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                        (0, 0, 0) if luma > 128 else (255, 255, 255), 1, cv2.LINE_AA)
+            _draw_box(canvas, [int(round(v * scale)) for v in (x1, y1, x2, y2)], color,
+                      f"{name}|{score:.2f}" if scores else name, thickness, font_scale)
     if out_file is not None:
         os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
         if not cv2.imwrite(out_file, canvas):
             raise ValueError(f"cannot write {out_file}: use a .png or .jpg name")
     return canvas
+
+
+def _draw_box(canvas, box, color, text: str, thickness: int, font_scale: float) -> None:
+    """One box in ``color`` over a black outline, and its label: a plate of ``color`` above the
+    box (below its top edge where there is no room above), moved left or down to stay inside the
+    image, with the text in black or white (the colour's contrast) inside a black outline."""
+    x1, y1, x2, y2 = box
+    height, width = canvas.shape[:2]
+    cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 0), thickness + 2)
+    cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+    left = int(np.clip(x1, 0, max(width - w - 4, 0)))
+    top = y1 - h - base - thickness if y1 - h - base - thickness >= 0 else min(y1 + thickness, height - h - base)
+    top = max(top, 0)
+    cv2.rectangle(canvas, (left, top), (left + w + 3, top + h + base), color, cv2.FILLED)
+    luma = 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2]
+    ink, edge = ((0, 0, 0), (255, 255, 255)) if luma > 128 else ((255, 255, 255), (0, 0, 0))
+    x, y = left + 2, top + h
+    # the outline: the text shifted a pixel each way (a thicker stroke would also widen the glyphs)
+    for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        cv2.putText(canvas, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, font_scale, edge, 1, cv2.LINE_AA)
+    cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, 1, cv2.LINE_AA)
 
 
 def _as_binary(mask) -> np.ndarray:
@@ -78,36 +100,57 @@ def _without(cfg, skip):
     return cfg
 
 
-def browse_dataset(dataset_cfg, out_dir: str, num: int | None = None, seed: int = 0):
-    """Draw the ground truth of the first ``num`` training samples after the dataset's pipeline
-    (less :data:`BROWSE_SKIP`) into ``out_dir/<index>_<image name>.png``, as the model will see them:
-    resized, flipped, cropped. Yields ``(path, results)`` per sample. Raises
-    ``FileExistsError`` before drawing anything when a target exists (nothing is written over)."""
+#: the file in a ``browse`` output folder listing the drawings browse wrote there (which a later
+#: browse may write over; any other file it does not touch)
+BROWSE_RECORD = ".raydet-browse.json"
+
+
+def browse_dataset(dataset_cfg, out_dir: str, num: int | None = None, seed: int = 0, shuffle: bool = False,
+                   scale: float = 1.0):
+    """Draw the ground truth of ``num`` training samples after the dataset's pipeline (less
+    :data:`BROWSE_SKIP`) into ``out_dir/<index>_<image name>.png``, as the model will see them:
+    resized, flipped, cropped; enlarged ``scale`` times. The first ``num`` samples, or with
+    ``shuffle`` ``num`` drawn with ``seed`` (which also seeds the augmentations). Yields
+    ``(path, results)`` per sample. A drawing an earlier browse wrote into ``out_dir`` (listed in
+    :data:`BROWSE_RECORD`) is written over; any other file of a target's name raises
+    ``FileExistsError`` before anything is drawn."""
+    import json
+
     from .data import build_dataset
     dataset = build_dataset(_without(dict(dataset_cfg), BROWSE_SKIP), seed=seed)
     count = len(dataset) if num is None else min(num, len(dataset))
-    names = dataset.CLASSES
-    samples = [dataset[i] for i in range(count)]
+    order = np.random.RandomState(seed).permutation(len(dataset))[:count] if shuffle else range(count)
+    samples = [(int(i), dataset[int(i)]) for i in order]
     stem = lambda r, i: os.path.splitext(os.path.basename(r.get("ori_filename") or str(i)))[0]  # noqa: E731
-    targets = [os.path.join(out_dir, f"{i:06d}_{stem(r, i)}.png") for i, r in enumerate(samples)]  # lossless
-    taken = [t for t in targets if os.path.exists(t)]
+    targets = [os.path.join(out_dir, f"{i:06d}_{stem(r, i)}.png") for i, r in samples]  # lossless
+    record = os.path.join(out_dir, BROWSE_RECORD)
+    mine = set(json.load(open(record))) if os.path.exists(record) else set()
+    taken = [t for t in targets if os.path.exists(t) and os.path.basename(t) not in mine]
     if taken:
         raise FileExistsError(f"{taken[0]} exists; raydet does not overwrite a file it did not write")
-    for path, results in zip(targets, samples):
-        boxes, labels = np.asarray(results["gt_bboxes"]), np.asarray(results["gt_labels"])
-        per_class = [np.concatenate([boxes[labels == c], np.ones((int((labels == c).sum()), 1))], axis=1)
-                     for c in range(len(names))]
-        drawn = results["img"]
-        style = dict(score_thr=0, scores=False, out_file=path, thickness=1 if min(drawn.shape[:2]) < 200 else 2,
-                     font_scale=float(np.clip(min(drawn.shape[:2]) / 400, 0.25, 0.5)))  # small inputs, small labels
-        if "gt_masks" in results:
-            h, w = drawn.shape[:2]
-            masks = results["gt_masks"].to_ndarray().astype(bool)[:, :h, :w]  # mmdet's BitmapMasks or PolygonMasks
-            per_mask = [[m for m, lab in zip(masks, labels) if lab == c] for c in range(len(names))]
-            draw_det_result(drawn, (per_class, per_mask), names, **style)
-        else:
-            draw_det_result(drawn, per_class, names, **style)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(record, "w") as f:  # before drawing: a drawing cut short is still browse's own
+        json.dump(sorted(mine | {os.path.basename(t) for t in targets}), f)
+    for path, (_, results) in zip(targets, samples):
+        _draw_ground_truth(results, dataset.CLASSES, path, scale)
         yield path, results
+
+
+def _draw_ground_truth(results: dict, names, path: str, scale: float) -> None:
+    boxes, labels = np.asarray(results["gt_bboxes"]), np.asarray(results["gt_labels"])
+    per_class = [np.concatenate([boxes[labels == c], np.ones((int((labels == c).sum()), 1))], axis=1)
+                 for c in range(len(names))]
+    drawn = results["img"]
+    side = min(drawn.shape[:2]) * scale
+    style = dict(score_thr=0, scores=False, out_file=path, thickness=1 if side < 200 else 2, scale=scale,
+                 font_scale=float(np.clip(side / 400, 0.25, 0.5)))  # small pictures, small labels
+    if "gt_masks" in results:
+        h, w = drawn.shape[:2]
+        masks = results["gt_masks"].to_ndarray().astype(bool)[:, :h, :w]  # mmdet's BitmapMasks or PolygonMasks
+        per_mask = [[m for m, lab in zip(masks, labels) if lab == c] for c in range(len(names))]
+        draw_det_result(drawn, (per_class, per_mask), names, **style)
+    else:
+        draw_det_result(drawn, per_class, names, **style)
 
 
 def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: float = 0.3,
