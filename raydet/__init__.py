@@ -6,6 +6,8 @@ import warnings as _warnings
 
 # mmcv 1.7.2 announces mmcv 2.0 at every import; raydet pins 1.x on purpose
 _warnings.filterwarnings("ignore", message="On January 1, 2023, MMCV will release v2.0.0", category=UserWarning)
+# mmdet's anchor and point generators call torch.meshgrid without indexing= (its 'ij' default is theirs)
+_warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
 # mmcv imports torch.utils.cpp_extension, which warns on every CPU-only machine that it found no CUDA
 _logging.getLogger("torch.utils.cpp_extension").setLevel(_logging.ERROR)
 

@@ -47,10 +47,10 @@ SECTIONS = {
     "ray": {"num_workers", "use_gpu", "resources_per_worker", "max_failures", "num_to_keep",
             "checkpoint_upload_mode", "address", "storage_path", "elastic_resize_monitor_interval_s",
             "max_preemption_failures", "preemption_check_interval", "validation_resources",
-            "validation_timeout_s", "validation_shards"},
+            "validation_timeout_s", "validation_shards", "log_level"},
 }
 #: mmcv 1.x's optimizer hook types (``optimizer_config.type``) raydet honours
-#: (see :func:`raydet.apis.train.optimizer_hook_config`).
+#: (see :func:`raydet.run.build.optimizer_hook_config`).
 OPTIMIZER_HOOKS = ("OptimizerHook", "Fp16OptimizerHook", "DistOptimizerHook", "GradientCumulativeOptimizerHook",
                    "GradientCumulativeFp16OptimizerHook")
 DATALOADER_KEYS = {"samples_per_gpu", "workers_per_gpu", "persistent_workers", "pin_memory",
@@ -157,6 +157,7 @@ VALUES = {
         "a dict of Ray resources, e.g. dict(num_cpus=1) or dict(num_gpus=1)"),
     "ray.validation_timeout_s": Expect.num(0, strict=True),
     "ray.validation_shards": Expect.int(1),
+    "ray.log_level": Expect.of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "ray.elastic_resize_monitor_interval_s": Expect.num(0, strict=True),
 }
 

@@ -9,7 +9,7 @@ import time
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from .. import errors
@@ -123,6 +123,9 @@ def _init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     # loopback: set when raydet.launch was imported, before ray (see raydet.launch)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # Ray passes it to its controller
+    # token authentication, Ray's default for a new local instance, asked for explicitly: the same
+    # protection without the warning Ray prints when it chose it alone
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
@@ -212,6 +215,9 @@ def build_trainer(cfg, plan: RunPlan, objects=None, meta=None, indexes=None) -> 
             failure_config=FailureConfig(max_failures=rc.get("max_failures", 3),
                                          max_preemption_failures=rc.get("max_preemption_failures", -1)),
             checkpoint_config=CheckpointConfig(num_to_keep=rc.get("num_to_keep"), **score),
+            # Ray Train's INFO lines (every rank's "Reporting training result ... TrainingReport(...)"
+            # at each checkpoint) repeat what raydet logs once; its warnings and errors stay
+            logging_config=LoggingConfig(log_level=rc.get("log_level", "WARNING")),
             callbacks=[FailFast()]),
         validation_config=None if evaluation is None else validation.validation_config(
             dict(cfg=cfg.to_dict(), run_dir=run_dir(plan)), evaluation))
