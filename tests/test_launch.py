@@ -695,3 +695,30 @@ def test_resume_from_into_a_used_work_dir_does_the_same_in_process_and_on_ray(ra
         assert state["meta"]["launch"] != finished["meta"]["launch"], f"{how}: epoch 3 was not trained again"
         assert all(torch.equal(state["state_dict"][k], v) for k, v in finished["state_dict"].items()), how
     assert runs["none"]["meta"]["launch"] != runs["ray"]["meta"]["launch"]
+
+
+def test_infer_on_500_images_prints_a_line_per_10_percent_and_no_ray_noise(baseline, shapes_root, tmp_path, capfd):
+    """``raydet infer`` over 500 images: its progress (a line per 10%), the final count, and at
+    most a few other lines — none of Ray Data's progress blocks or execution lines."""
+    from raydet.cli import main
+    from raydet.config import dump_config, load_config
+    work, _ = baseline
+    cfg_path = str(tmp_path / "cfg.py")
+    dump_config(load_config(ray_config(shapes_root, work)), cfg_path)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    val = sorted(glob.glob(os.path.join(shapes_root, "val", "*.jpg")))
+    for i in range(500):
+        os.link(val[i % len(val)], images / f"{i:04d}.jpg")
+    capfd.readouterr()
+    assert main(["infer", cfg_path, str(work / "latest.pth"), str(images), "--out", str(tmp_path / "p.jsonl"),
+                 "--batch-size", "16"]) == 0
+    out, err = capfd.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    progress = [line for line in lines if "inference: " in line and "/500 images" in line]
+    assert [re.search(r"\((\d+)%\)", line)[1] for line in progress][-1] == "100" and 10 <= len(progress) <= 11
+    assert re.search(r"\d+ detections in 500 images", out.strip().splitlines()[-1])
+    assert not [line for line in lines if "logging_progress" in line or "Total Progress" in line
+                or "into pyarrow" in line or "streaming_executor" in line]
+    assert len(lines) <= 15, "\n".join(lines)
+    assert sum(1 for _ in open(tmp_path / "p.jsonl")) > 0

@@ -123,13 +123,11 @@ def _init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     # loopback: set when raydet.launch was imported, before ray (see raydet.launch)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # Ray passes it to its controller
-    # token authentication, Ray's default for a new local instance, asked for explicitly: the same
-    # protection without the warning Ray prints when it chose it alone
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
+    # logging_level: Ray's INFO lines on this driver ("Started a local Ray instance ...") left out
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             runtime_env={"env_vars": WORKER_ENV})
+             runtime_env={"env_vars": WORKER_ENV}, logging_level=logging.WARNING)
 
 
 def _num_workers(value) -> int | tuple[int, int]:

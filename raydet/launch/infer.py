@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import pickle
 import tempfile
 import time
 
@@ -65,6 +66,22 @@ def resolve_inputs(source: str):
     return _list_file(source)
 
 
+def count_images(paths: list, filesystem=None) -> int:
+    """How many images Ray Data will read from ``paths`` (files, and directories or bucket
+    prefixes listed recursively, as :func:`ray.data.read_binary_files` does)."""
+    from pyarrow import fs
+    filesystem = filesystem or fs.LocalFileSystem()
+    count = 0
+    for path in paths:
+        info = filesystem.get_file_info(path)
+        if info.type == fs.FileType.Directory:
+            found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+            count += sum(f.type == fs.FileType.File and _is_image(f.path) for f in found)
+        else:
+            count += 1
+    return count
+
+
 def _is_image(path: str) -> bool:
     return path.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
 
@@ -91,9 +108,9 @@ def _prepare(batch: dict, cfg: dict, scheme: str, keep_bytes: bool) -> dict:
     full path or URI (``file_name``)."""
     pipeline = build_test_pipeline(cfg, from_array=True)
     names = [scheme + str(p) for p in batch["path"]]
-    samples = np.empty(len(names), dtype=object)  # one pickled dict per row, whatever its tensors' shapes
-    for i, (data, name) in enumerate(zip(batch["bytes"], names)):
-        samples[i] = decode_sample(pipeline, bytes(data), name)
+    # one pickled dict a row, whatever its tensors' shapes: a binary column Arrow holds as it is
+    samples = np.array([pickle.dumps(decode_sample(pipeline, bytes(data), name))
+                        for data, name in zip(batch["bytes"], names)], dtype=object)
     out = dict(file_name=np.array(names, dtype=object), sample=samples)
     if keep_bytes:
         out["bytes"] = batch["bytes"]
@@ -107,12 +124,12 @@ class _Predictor:
                  root: str, scheme: str):
         import torch
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        self.model = init_detector(cfg, checkpoint, device=device)
+        self.model = init_detector(cfg, ray.get(checkpoint[0]), device=device)  # (ref,): see infer
         self.score_thr, self.show_dir, self.show_score_thr = score_thr, show_dir, show_score_thr
         self.root, self.scheme = root, scheme
 
     def __call__(self, batch: dict) -> dict:
-        results = predict_samples(self.model, list(batch["sample"]))
+        results = predict_samples(self.model, [pickle.loads(sample) for sample in batch["sample"]])
         names = [str(n) for n in batch["file_name"]]
         records = [json.dumps(result_to_records(r, self.model.CLASSES, n, self.score_thr))
                    for r, n in zip(results, names)]
@@ -140,13 +157,15 @@ def check_outputs(out: str, show_dir: str | None) -> None:
         raise RaydetError(f"--show-dir {show_dir} is not empty; raydet does not overwrite files it did not write")
 
 
-def _write_records(batches, out: str) -> tuple[int, int, tuple | None]:
+def _write_records(batches, out: str, total: int | None = None) -> tuple[int, int, tuple | None]:
     """Write the records of the model's ``batches`` to ``out`` (one json list for ``.json``, a
     record a line otherwise) through a new temporary file beside it, renamed when complete (removed
-    on failure: only what this call wrote). Returns ``(images, detections, first)``: ``first`` is
-    ``(time, images)`` of the first batch back, when the actors' start-up was over."""
+    on failure: only what this call wrote); with ``total`` (images), log a line at each 10% done.
+    Returns ``(images, detections, first)``: ``first`` is ``(time, images)`` of the first batch
+    back, when the actors' start-up was over."""
     images = detections = 0
     first = None
+    next_pct = 10
     # a name no file has (mkstemp creates it), so the clean-up below removes only what this call wrote
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(os.path.abspath(out)))
     try:
@@ -161,6 +180,10 @@ def _write_records(batches, out: str) -> tuple[int, int, tuple | None]:
                         line = json.dumps(record)
                         f.write((",\n" if detections else "[\n") + line if as_list else line + "\n")
                         detections += 1
+                while total and images * 100 >= next_pct * total and next_pct <= 100:
+                    logger.info(f"inference: {images}/{total} images ({images * 100 // total}%), {detections} "
+                                f"detections, {time.perf_counter() - first[0]:.1f} s since the first batch")
+                    next_pct = images * 100 // total // 10 * 10 + 10
             if as_list:
                 f.write("\n]\n" if detections else "[]\n")
             f.flush()
@@ -202,6 +225,12 @@ def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4
     del model
 
     _init_ray(address)
+    # Ray Data's execution INFO lines, and its progress logged as a 9-line block every 10 s where
+    # the console is not a terminal (a terminal keeps its live bars): raydet logs one line per 10%
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data's documented logger
+    # the weights by reference, in a tuple (an argument that is a bare ObjectRef would be resolved
+    # by Ray): the actors' constructor arguments stay small, not a copy in the object store each
+    weights = (ray.put(weights),)
     pool = ray.data.ActorPoolStrategy(size=sizes[0]) if sizes[0] == sizes[1] else \
         ray.data.ActorPoolStrategy(min_size=sizes[0], max_size=sizes[1])
     start = time.perf_counter()
@@ -211,7 +240,8 @@ def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4
                       dict(cfg=cfg, checkpoint=weights, score_thr=score_thr,
                            show_dir=os.path.abspath(show_dir) if show_dir else None,
                            show_score_thr=show_score_thr, root=root, scheme=scheme))
-        images, detections, first = _write_records(ds.iter_batches(batch_size=None, batch_format="numpy"), out)
+        images, detections, first = _write_records(ds.iter_batches(batch_size=None, batch_format="numpy"), out,
+                                                   total=count_images(paths, filesystem))
     except Exception as exc:
         found = _deterministic(exc) or _no_input(exc, source)
         if found:
@@ -226,8 +256,12 @@ def _dataset(paths, filesystem, batch_size, pool, cpus_per_actor, use_gpu, prepa
     """The lazy Ray Data pipeline: files -> samples (:func:`_prepare`) -> records (:class:`_Predictor`)."""
     # Listing and reading files is I/O: the reads ask for no CPU (a pool of actors that takes every
     # CPU would otherwise starve its own input) and at most a few run at once.
+    # blocks of at most 256 images, at least 20 of them: results stream back (and progress is
+    # seen) in steps of 5% or less; Ray would make one block a read task
+    total = count_images(paths, filesystem)
     ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=filesystem, num_cpus=0, concurrency=4,
-                                    file_extensions=list(IMAGE_EXTENSIONS))  # Ray ignores their case
+                                    file_extensions=list(IMAGE_EXTENSIONS),  # Ray ignores their case
+                                    override_num_blocks=max(1, min(total, max(20, -(-total // 256)))))
     ds = ds.map_batches(_prepare, batch_size=batch_size, num_cpus=1, fn_kwargs=prepare_kwargs)
     return ds.map_batches(_Predictor, batch_size=batch_size, compute=pool, num_cpus=cpus_per_actor,
                           num_gpus=1 if use_gpu else 0, fn_constructor_kwargs=predictor_kwargs)
