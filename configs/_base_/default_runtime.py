@@ -26,8 +26,9 @@ workflow = [('train', 1)]
 #   resources predict a part of the val set each (1: the task alone), and how long one may take
 #   (None: no limit). They must be free while the workers hold theirs: the run waits for its last
 #   evaluation before it ends.
-# log_level: Ray Train's own console lines at and above it (its INFO lines repeat what raydet logs).
+# log_level: Ray Train's own console lines at and above it (INFO: its failure-policy decisions, and
+#   every rank's 'Reporting training result' line at each checkpoint; WARNING drops both).
 ray = dict(num_workers=2, use_gpu=False, resources_per_worker=None, max_failures=3, num_to_keep=2,
            storage_path=None, checkpoint_upload_mode='async', elastic_resize_monitor_interval_s=None,
            max_preemption_failures=-1, preemption_check_interval=10, validation_resources=None,
-           validation_shards=1, validation_timeout_s=None, log_level='WARNING')
+           validation_shards=1, validation_timeout_s=None, log_level='INFO')

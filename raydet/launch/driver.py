@@ -213,9 +213,9 @@ def build_trainer(cfg, plan: RunPlan, objects=None, meta=None, indexes=None) -> 
             failure_config=FailureConfig(max_failures=rc.get("max_failures", 3),
                                          max_preemption_failures=rc.get("max_preemption_failures", -1)),
             checkpoint_config=CheckpointConfig(num_to_keep=rc.get("num_to_keep"), **score),
-            # Ray Train's INFO lines (every rank's "Reporting training result ... TrainingReport(...)"
-            # at each checkpoint) repeat what raydet logs once; its warnings and errors stay
-            logging_config=LoggingConfig(log_level=rc.get("log_level", "WARNING")),
+            # Ray Train's INFO lines: its failure-policy decisions (why a group restarts) and every
+            # rank's "Reporting training result ..." at each checkpoint; 'WARNING' drops both
+            logging_config=LoggingConfig(log_level=rc.get("log_level", "INFO")),
             callbacks=[FailFast()]),
         validation_config=None if evaluation is None else validation.validation_config(
             dict(cfg=cfg.to_dict(), run_dir=run_dir(plan)), evaluation))
