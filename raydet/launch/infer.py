@@ -235,13 +235,14 @@ def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4
         ray.data.ActorPoolStrategy(min_size=sizes[0], max_size=sizes[1])
     start = time.perf_counter()
     try:
-        ds = _dataset(paths, filesystem, batch_size, pool, cpus_per_actor, use_gpu,
+        total = count_images(paths, filesystem)  # one listing (of a bucket too), for the blocks and the progress
+        ds = _dataset(paths, filesystem, total, batch_size, pool, cpus_per_actor, use_gpu,
                       dict(cfg=cfg, scheme=scheme, keep_bytes=bool(show_dir)),
                       dict(cfg=cfg, checkpoint=weights, score_thr=score_thr,
                            show_dir=os.path.abspath(show_dir) if show_dir else None,
                            show_score_thr=show_score_thr, root=root, scheme=scheme))
         images, detections, first = _write_records(ds.iter_batches(batch_size=None, batch_format="numpy"), out,
-                                                   total=count_images(paths, filesystem))
+                                                   total=total)
     except Exception as exc:
         found = _deterministic(exc) or _no_input(exc, source)
         if found:
@@ -252,13 +253,13 @@ def infer(config, checkpoint: str, source: str, out: str, *, batch_size: int = 4
     return dict(images=images, detections=detections, seconds=end - start, images_per_s=steady, out=out)
 
 
-def _dataset(paths, filesystem, batch_size, pool, cpus_per_actor, use_gpu, prepare_kwargs, predictor_kwargs):
+def _dataset(paths, filesystem, total: int, batch_size, pool, cpus_per_actor, use_gpu, prepare_kwargs,
+             predictor_kwargs):
     """The lazy Ray Data pipeline: files -> samples (:func:`_prepare`) -> records (:class:`_Predictor`)."""
     # Listing and reading files is I/O: the reads ask for no CPU (a pool of actors that takes every
     # CPU would otherwise starve its own input) and at most a few run at once.
     # blocks of at most 256 images, at least 20 of them: results stream back (and progress is
     # seen) in steps of 5% or less; Ray would make one block a read task
-    total = count_images(paths, filesystem)
     ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=filesystem, num_cpus=0, concurrency=4,
                                     file_extensions=list(IMAGE_EXTENSIONS),  # Ray ignores their case
                                     override_num_blocks=max(1, min(total, max(20, -(-total // 256)))))

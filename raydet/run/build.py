@@ -133,9 +133,10 @@ def process_settings(cfg) -> dict:
     return procs
 
 
-def build_loaders(cfg, datasets: list, seed: int, device: torch.device) -> list:
-    """One sharded training loader a dataset, for this rank of the world."""
-    settings, procs = loader_settings(cfg, device), process_settings(cfg)
+def build_loaders(cfg, datasets: list, seed: int, settings: dict) -> list:
+    """One sharded training loader a dataset, for this rank of the world (``settings``:
+    :func:`loader_settings`)."""
+    procs = process_settings(cfg)
     return [build_dataloader(ds, settings["samples_per_gpu"], settings["workers_per_gpu"],
                              num_replicas=get_world_size(), rank=get_rank(), shuffle=True, seed=seed,
                              persistent_workers=settings["persistent_workers"], pin_memory=settings["pin_memory"],
@@ -333,9 +334,10 @@ def build_parts(cfg, seed: int, model=None, datasets=None, meta=None, on_checkpo
     checks.training_inputs(model, datasets)
     checks.note_inapplicable_keys(cfg)
     device = device_of(cfg)
-    loaders = build_loaders(cfg, datasets, seed, device)
+    settings = loader_settings(cfg, device)  # once: imgs_per_gpu's deprecation is said once
+    loaders = build_loaders(cfg, datasets, seed, settings)
     wrapped = wrap_model(model, cfg, device)
-    optimizer_cfg, lr_cfg = scaled_schedule(cfg, loader_settings(cfg, device)["samples_per_gpu"])
+    optimizer_cfg, lr_cfg = scaled_schedule(cfg, settings["samples_per_gpu"])
     optimizer = build_optimizer(wrapped, optimizer_cfg)
     opt_cfg, fp16 = optimizer_hook_config(cfg)
     checks.run_length(cfg, loaders[0], opt_cfg.get("cumulative_iters", 1))

@@ -99,5 +99,6 @@ def train_from_config(cfg, validate: bool = True, **kwargs) -> Runner:
     :func:`build_parts`'s (``on_checkpoint``, ``extra_hooks``). Returns the finished runner."""
     build = {k: kwargs.pop(k) for k in ("on_checkpoint", "extra_hooks") if k in kwargs}
     cfg = freeze(cfg)
-    plan = plan_run(cfg, validate=validate, **dict(dict(auto_resume=False), **kwargs))
+    kwargs.setdefault("auto_resume", False)
+    plan = plan_run(cfg, validate=validate, **kwargs)
     return train(build_from_config(cfg, plan, **build), plan)
