@@ -1,79 +1,19 @@
-"""``raydet`` / ``python -m raydet``: ``train``, ``test``, ``infer``, ``plot`` and ``browse`` with mmdet's flags.
+"""``raydet`` / ``python -m raydet``: ``train``, ``test``, ``infer``, ``plot`` and ``browse`` with mmdet's
+flags, and mmdet's analysis tools (:mod:`raydet.cli_tools`).
 
 Library code raises named exceptions; only this module turns them into messages and exit codes.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
 
-from mmcv import DictAction
-
+from .cli_args import (CfgOptions, HelpFormatter, _seed, add_cfg_options, command_parser, setup_console_logging,
+                       usable_cores)
+from .cli_tools import add_tool_parsers
 from .errors import RaydetError
-
-
-class CfgOptions(DictAction):
-    """mmcv's ``--cfg-options KEY=VALUE ...`` (``1,2`` and ``[1,2]`` lists, tuples, ints,
-    floats, booleans, ``None``, bare strings), plus dict values, which mmcv's parser mangles:
-    ``lr_config=dict(policy='step', step=[8, 11])`` or ``lr_config="{'policy': 'step'}"``, and
-    lists of them (``custom_hooks="[dict(type='ExpMomentumEMAHook', priority=49)]"``), literals
-    only: nothing is evaluated. ``KEY`` without ``=`` or a malformed value is a usage error naming
-    the argument."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        options = dict(getattr(namespace, self.dest, None) or {})
-        for item in values:
-            key, sep, text = item.partition("=")
-            if not sep or not key:
-                parser.error(f"{option_string} {item!r}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
-            text = text.strip()
-            holds_dicts = text.startswith(("dict(", "{")) or (text.startswith(("[", "(")) and
-                                                              ("dict(" in text or "{" in text))
-            if holds_dicts:
-                try:
-                    options[key] = _literal(text)
-                except (ValueError, SyntaxError, TypeError) as exc:
-                    what = "a dict" if text.startswith(("dict(", "{")) else "a list of dicts"
-                    parser.error(f"{option_string} {key}: cannot parse {text!r} as {what} ({exc})")
-            else:
-                options[key] = self._parse_iterable(text)
-        setattr(namespace, self.dest, options)
-
-
-def _literal(text: str):
-    """``dict(a=1, b=[2])``, ``{'a': 1}`` or a list/tuple of them (nested too), from literals only."""
-    import ast
-
-    def value(node):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
-            if any(k.arg is None for k in node.keywords):
-                raise ValueError("** is not allowed")
-            return {k.arg: value(k.value) for k in node.keywords}
-        if isinstance(node, ast.Dict):
-            return {ast.literal_eval(k): value(v) for k, v in zip(node.keys, node.values)}
-        if isinstance(node, (ast.List, ast.Tuple)):
-            items = [value(e) for e in node.elts]
-            return items if isinstance(node, ast.List) else tuple(items)
-        return ast.literal_eval(node)
-    parsed = value(ast.parse(text, mode="eval").body)
-    if not isinstance(parsed, (dict, list, tuple)):
-        raise ValueError("not a dict or a list")
-    return parsed
-
-
-def _seed(text: str) -> int:
-    """A seed numpy and torch both take: an int in [0, 2**32)."""
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2**32): numpy's and torch's seeds")
-    return value
 
 
 #: each command's one-line help, its description and its examples (``raydet COMMAND --help``)
@@ -110,9 +50,7 @@ COMMANDS = {
 
 def _command(sub, name: str) -> argparse.ArgumentParser:
     """The sub-parser of command ``name``, with its help, description and examples."""
-    short, description, examples = COMMANDS[name]
-    return sub.add_parser(name, help=short, description=description, formatter_class=HelpFormatter,
-                          epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
+    return command_parser(sub, name, *COMMANDS[name])
 
 
 def _train_parser(sub):
@@ -161,7 +99,7 @@ def _test_parser(sub):
     p.add_argument("--num-workers", type=int, help="shard the test set over N Ray workers (same results; default: this process, no Ray)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray worker")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={}, help="override config keys: KEY=VALUE ... (mmcv's --cfg-options, e.g. model.test_cfg.score_thr=0.3)")
+    add_cfg_options(p)
     return p
 
 
@@ -174,7 +112,7 @@ def _browse_parser(sub):
     p.add_argument("--seed", type=_seed, default=None,
                    help="seed of the draw and of the augmentations (default: the config's seed, else 0)")
     p.add_argument("--scale", type=float, default=1.0, help="enlarge each picture this many times (small images)")
-    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={}, help="override config keys: KEY=VALUE ... (mmcv's --cfg-options, e.g. model.test_cfg.score_thr=0.3)")
+    add_cfg_options(p)
     return p
 
 
@@ -236,16 +174,6 @@ def cmd_plot(args) -> int:
         plt.show()
     del fig
     return 0
-
-
-def setup_console_logging(level=logging.INFO):
-    from .logs import console_handler
-    log = logging.getLogger("raydet")
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers):
-        log.addHandler(console_handler())
-    log.setLevel(level)
-    log.propagate = False
-    return log
 
 
 def _workers(text: str):
@@ -365,7 +293,7 @@ def _infer_parser(sub):
                                       "the input)")
     p.add_argument("--show-score-thr", type=float, default=0.3, help="score threshold of the drawings")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={}, help="override config keys: KEY=VALUE ... (mmcv's --cfg-options, e.g. model.test_cfg.score_thr=0.3)")
+    add_cfg_options(p)
     return p
 
 
@@ -390,20 +318,6 @@ def cmd_infer(args) -> int:
     print(f"{done['detections']} detections in {done['images']} images ({done['seconds']:.1f} s{rate}) written to "
           f"{done['out']}" + (f"; drawn in {args.show_dir}" if args.show_dir else ""))
     return 0
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may use: its affinity, capped by a cgroup CPU quota (a
-    container's ``cpu.max``), which ``os.cpu_count()`` and torch's default both ignore."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
 
 
 def _test_inputs(args, cfg):
@@ -504,21 +418,6 @@ def cmd_test(args) -> int:
     return 0
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions and examples as written; ``(default: X)`` after an option's help unless the
-    default is empty or the help already says it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        default = action.default
-        if (default is None or default is argparse.SUPPRESS or isinstance(default, bool) or default == {}
-                or "default" in text or not action.option_strings):
-            return text
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else " ".join(map(str, default)) \
-            if isinstance(default, list) else default
-        return f"{text} (default: {shown})"
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(
@@ -527,14 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  raydet train configs/fcos/fcos_gn_tiny_shapes.py\n"
                "  raydet test configs/fcos/fcos_gn_tiny_shapes.py work_dirs/fcos_gn_tiny_shapes/latest.pth\n"
                "  raydet plot work_dirs/fcos_gn_tiny_shapes/*.log.json --keys loss bbox_mAP --out curves.png\n"
+               "  raydet confusion-matrix configs/fcos/fcos_gn_tiny_shapes.py results.pkl shown/\n"
                "  raydet COMMAND --help    (each command's arguments and examples)")
     parser.add_argument("--version", action="version", version=f"raydet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _train_parser(sub)
-    _test_parser(sub)
-    _plot_parser(sub)
-    _browse_parser(sub)
-    _infer_parser(sub)
+    for add, run in ((_train_parser, cmd_train), (_test_parser, cmd_test), (_plot_parser, cmd_plot),
+                     (_browse_parser, cmd_browse), (_infer_parser, cmd_infer)):
+        add(sub).set_defaults(run=run)
+    add_tool_parsers(sub)
     return parser
 
 
@@ -542,8 +441,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "test": cmd_test, "plot": cmd_plot, "browse": cmd_browse,
-                "infer": cmd_infer}[args.command](args)
+        return args.run(args)
     except RaydetError as exc:
         print(f"raydet: error: {exc}", file=sys.stderr)
         return 2

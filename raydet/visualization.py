@@ -105,6 +105,24 @@ def _without(cfg, skip):
 BROWSE_RECORD = ".raydet-browse.json"
 
 
+def claim_outputs(out_dir: str, names: list[str], record: str) -> list[str]:
+    """The paths of ``names`` (relative paths) in ``out_dir``, each either free or written there
+    by an earlier run of the same command (listed in ``out_dir/record``, which this call extends
+    before anything is written: a drawing cut short is still the command's own). Raises
+    ``FileExistsError`` naming a file of a target's name that the command did not write."""
+    import json
+    record_path = os.path.join(out_dir, record)
+    mine = set(json.load(open(record_path))) if os.path.exists(record_path) else set()
+    targets = [os.path.join(out_dir, n) for n in names]
+    taken = [t for t, n in zip(targets, names) if os.path.exists(t) and n not in mine]
+    if taken:
+        raise FileExistsError(f"{taken[0]} exists; raydet does not overwrite a file it did not write")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(record_path, "w") as f:
+        json.dump(sorted(mine | set(names)), f)
+    return targets
+
+
 def browse_dataset(dataset_cfg, out_dir: str, num: int | None = None, seed: int = 0, shuffle: bool = False,
                    scale: float = 1.0):
     """Draw the ground truth of ``num`` training samples after the dataset's pipeline (less
@@ -114,36 +132,37 @@ def browse_dataset(dataset_cfg, out_dir: str, num: int | None = None, seed: int 
     ``(path, results)`` per sample. A drawing an earlier browse wrote into ``out_dir`` (listed in
     :data:`BROWSE_RECORD`) is written over; any other file of a target's name raises
     ``FileExistsError`` before anything is drawn."""
-    import json
-
     from .data import build_dataset
     dataset = build_dataset(_without(dict(dataset_cfg), BROWSE_SKIP), seed=seed)
     count = len(dataset) if num is None else min(num, len(dataset))
     order = np.random.RandomState(seed).permutation(len(dataset))[:count] if shuffle else range(count)
     samples = [(int(i), dataset[int(i)]) for i in order]
     stem = lambda r, i: os.path.splitext(os.path.basename(r.get("ori_filename") or str(i)))[0]  # noqa: E731
-    targets = [os.path.join(out_dir, f"{i:06d}_{stem(r, i)}.png") for i, r in samples]  # lossless
-    record = os.path.join(out_dir, BROWSE_RECORD)
-    mine = set(json.load(open(record))) if os.path.exists(record) else set()
-    taken = [t for t in targets if os.path.exists(t) and os.path.basename(t) not in mine]
-    if taken:
-        raise FileExistsError(f"{taken[0]} exists; raydet does not overwrite a file it did not write")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(record, "w") as f:  # before drawing: a drawing cut short is still browse's own
-        json.dump(sorted(mine | {os.path.basename(t) for t in targets}), f)
+    targets = claim_outputs(out_dir, [f"{i:06d}_{stem(r, i)}.png" for i, r in samples], BROWSE_RECORD)  # lossless
     for path, (_, results) in zip(targets, samples):
         _draw_ground_truth(results, dataset.CLASSES, path, scale)
         yield path, results
 
 
+def _per_class(boxes, labels, num_classes: int) -> list:
+    """Ground-truth ``boxes [N, 4]`` with ``labels [N]`` as a result: per class, ``[n, 5]`` with score 1."""
+    boxes, labels = np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels).reshape(-1)
+    return [np.concatenate([boxes[labels == c], np.ones((int((labels == c).sum()), 1), np.float32)], axis=1)
+            for c in range(num_classes)]
+
+
+def _style(shape, scale: float) -> dict:
+    """Line width and label size for a picture of ``shape`` enlarged ``scale`` times: small
+    pictures, thin lines and small labels."""
+    side = min(shape[:2]) * scale
+    return dict(thickness=1 if side < 200 else 2, scale=scale, font_scale=float(np.clip(side / 400, 0.25, 0.5)))
+
+
 def _draw_ground_truth(results: dict, names, path: str, scale: float) -> None:
-    boxes, labels = np.asarray(results["gt_bboxes"]), np.asarray(results["gt_labels"])
-    per_class = [np.concatenate([boxes[labels == c], np.ones((int((labels == c).sum()), 1))], axis=1)
-                 for c in range(len(names))]
+    labels = np.asarray(results["gt_labels"])
+    per_class = _per_class(results["gt_bboxes"], labels, len(names))
     drawn = results["img"]
-    side = min(drawn.shape[:2]) * scale
-    style = dict(score_thr=0, scores=False, out_file=path, thickness=1 if side < 200 else 2, scale=scale,
-                 font_scale=float(np.clip(side / 400, 0.25, 0.5)))  # small pictures, small labels
+    style = dict(score_thr=0, scores=False, out_file=path, **_style(drawn.shape, scale))
     if "gt_masks" in results:
         h, w = drawn.shape[:2]
         masks = results["gt_masks"].to_ndarray().astype(bool)[:, :h, :w]  # mmdet's BitmapMasks or PolygonMasks
@@ -151,6 +170,32 @@ def _draw_ground_truth(results: dict, names, path: str, scale: float) -> None:
         draw_det_result(drawn, (per_class, per_mask), names, **style)
     else:
         draw_det_result(drawn, per_class, names, **style)
+
+
+def draw_truth_and_result(image: str, annotation: dict, result, names, score_thr: float = 0.0, scale: float = 1.0,
+                          overlay: bool = False, out_file: str | None = None) -> np.ndarray:
+    """mmdet's ``imshow_gt_det_bboxes`` layout for one image (a path): its ground truth
+    (``annotation['bboxes']``/``['labels']``, mmdet's ``get_ann_info``; labels without scores)
+    above its predictions (``result``, those scoring ``score_thr``), or both on one picture with
+    ``overlay`` (boxes only: masks are drawn in the stacked layout); enlarged ``scale`` times. Returns the BGR picture; ``out_file`` also writes it."""
+    img = cv2.imread(image, cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"cannot read image {image}")
+    style = _style(img.shape, scale)
+    truth = draw_det_result(img, _per_class(annotation["bboxes"], annotation["labels"], len(names)), names,
+                            score_thr=0, scores=False, **style)
+    if overlay:  # onto the enlarged truth: the boxes enlarged alike, the picture not again
+        boxes = result[0] if isinstance(result, tuple) else result
+        boxes = [np.asarray(d, np.float32).reshape(-1, 5) * np.float32([scale] * 4 + [1]) for d in boxes]
+        canvas = draw_det_result(truth, boxes, names, score_thr=score_thr, **dict(style, scale=1.0))
+    else:
+        gap = np.full((max(2, int(4 * scale)), truth.shape[1], 3), 255, np.uint8)
+        canvas = np.concatenate([truth, gap, draw_det_result(img, result, names, score_thr=score_thr, **style)])
+    if out_file is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+        if not cv2.imwrite(out_file, canvas):
+            raise ValueError(f"cannot write {out_file}: use a .png or .jpg name")
+    return canvas
 
 
 def draw_predictions(model, dataset, out_dir: str, count: int = 3, score_thr: float = 0.3,

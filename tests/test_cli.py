@@ -121,7 +121,8 @@ def test_every_help_line_has_text_and_the_version_is_printed(capsys):
     from raydet.cli import build_parser, main
     parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(commands.choices) == {"train", "test", "plot", "browse", "infer"}
+    assert set(commands.choices) == {"train", "test", "plot", "browse", "infer", "print-config", "confusion-matrix",
+                                     "analyze-results", "benchmark", "params"}
     for name, command in commands.choices.items():
         unexplained = [a.dest for a in command._actions if not (a.help or "").strip()]
         assert unexplained == [], name

@@ -12,10 +12,12 @@ LAYERS = [
     ("raydet.data", "raydet.models"),
     ("raydet.engine",),
     ("raydet.config",),  # the schema checks type names against the registries of the layers below
-    ("raydet.visualization", "raydet.analysis"),
+    ("raydet.visualization", "raydet.analysis", "raydet.diagnose"),
     ("raydet.run",),  # plan, build, train
     ("raydet.apis",),  # mmdet's API
     ("raydet.launch",),  # the only one that imports ray
+    ("raydet.cli_args",),
+    ("raydet.cli_tools",),
     ("raydet.cli", "raydet.__main__", "raydet"),
 ]
 

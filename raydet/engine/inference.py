@@ -29,10 +29,14 @@ def inference(model, data_loader, progress: bool = False, autocast=None, progres
     ``progress`` shows a bar over the whole dataset (rank 0 counts ``world_size`` images per image
     it predicts, as mmdet's multi_gpu_test does); ``progress_log``: where a bar that is not on a
     terminal writes its lines (see :class:`ProgressBar`)."""
+    from ..data.loader import batch_to_device
     model.eval()
+    # a bare detector on a GPU (raydet test) gets host tensors from the loader; DDP moves them itself
+    device = next(model.parameters()).device
     results = []
     bar = ProgressBar(len(data_loader.dataset), log=progress_log, desc="inference: ") if progress and is_main() else None
     for data in data_loader:
+        data = batch_to_device(data, device)
         if autocast is not None:
             with autocast():
                 out = model(return_loss=False, rescale=True, **data)
