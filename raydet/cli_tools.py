@@ -26,7 +26,7 @@ TOOLS = {
     "analyze-results": (
         "the test images the model does best and worst on (mmdet's analyze_results.py)",
         "Score each test image by its own AP (mean over IoU 0.50:0.95, mmdet's eval_map) from `raydet test --out "
-        "RESULTS.pkl`; list the TOPK best and worst and draw them, ground truth above predictions, into "
+        "RESULTS.pkl` (an image without objects has no AP: not ranked); list the TOPK best and worst and draw them, ground truth above predictions, into "
         "SHOW_DIR/good and SHOW_DIR/bad as <name>_<AP>.<ext>.",
         ["raydet analyze-results CONFIG results.pkl analysis/ --topk 5",
          "raydet analyze-results CONFIG results.pkl analysis/ --show-score-thr 0.3 --scale 3 --overlay-gt-pred"]),
@@ -164,7 +164,7 @@ def cmd_analyze_results(args) -> int:
     if not 0 < args.scale <= 16:
         raise RaydetError(f"--scale must be in (0, 16], got {args.scale}")
     dataset, results, _ = _test_set_and_results(args)
-    best, worst = best_and_worst(dataset, results, args.topk)
+    best, worst, unranked = best_and_worst(dataset, results, args.topk)
     picked = [("good", i, ap) for i, ap in best] + [("bad", i, ap) for i, ap in worst]
     names = []
     for folder, i, ap in picked:
@@ -179,8 +179,11 @@ def cmd_analyze_results(args) -> int:
         image = os.path.join(dataset.img_prefix, info["filename"]) if dataset.img_prefix else info["filename"]
         draw_truth_and_result(image, dataset.get_ann_info(i), results[i], dataset.CLASSES, args.show_score_thr,
                               args.scale, args.overlay_gt_pred, out_file=target)
+    ranked = len(results) - len(unranked)
+    if unranked:
+        print(f"{len(unranked)} of {len(results)} images have no object, hence no AP: not ranked")
     for title, rows in (("best", best), ("worst", worst)):
-        print(f"{title} {len(rows)} of {len(results)} images by AP (IoU 0.50:0.95):")
+        print(f"{title} {len(rows)} of {ranked} images by AP (IoU 0.50:0.95):")
         print("\n".join(f"  {ap:.3f}  {dataset.data_infos[i]['filename']}" for i, ap in rows))
     print(f"drawn in {os.path.join(args.show_dir, 'good')} and {os.path.join(args.show_dir, 'bad')}")
     return 0

@@ -117,15 +117,20 @@ def image_ap(result, annotation: dict) -> float:
                           for t in thresholds]))
 
 
-def best_and_worst(dataset, results, topk: int = 20) -> tuple[list, list]:
-    """``(best, worst)``: lists of ``(index, AP)`` of the ``topk`` images of ``dataset`` with the
-    highest and the lowest :func:`image_ap` (``topk`` at most half the images, as mmdet's
-    ``ResultVisualizer`` takes them), best first and worst first."""
+def best_and_worst(dataset, results, topk: int = 20) -> tuple[list, list, list]:
+    """``(best, worst, unranked)``: lists of ``(index, AP)`` of the ``topk`` images of
+    ``dataset`` with the highest and the lowest :func:`image_ap` (``topk`` at most half the
+    ranked images, as mmdet's ``ResultVisualizer`` takes them), best first and worst first, and
+    the indices of the images without objects: they have no AP (mmdet's ranking scores them 0,
+    which fills its worst list with every empty image whatever was detected on it)."""
     if topk < 1:
         raise RaydetError(f"--topk must be >= 1, got {topk}")
-    topk = max(1, min(topk, len(results) // 2))
-    scored = sorted(((i, image_ap(r, dataset.get_ann_info(i))) for i, r in enumerate(results)), key=lambda s: s[1])
-    return scored[::-1][:topk], scored[:topk]
+    annotations = [dataset.get_ann_info(i) for i in range(len(results))]
+    unranked = [i for i, a in enumerate(annotations) if len(a["labels"]) == 0]
+    scored = sorted(((i, image_ap(results[i], a)) for i, a in enumerate(annotations) if len(a["labels"])),
+                    key=lambda s: s[1])
+    topk = max(1, min(topk, len(scored) // 2))
+    return scored[::-1][:topk], scored[:topk], unranked
 
 
 def complexity(model: torch.nn.Module, shape: tuple[int, int]) -> dict:

@@ -110,7 +110,10 @@ def test_analyze_results_draws_the_best_and_worst_images_by_ap(trained, tmp_path
     assert sorted(os.listdir(show / "bad")) == [f"{s}_0.0.jpg" for s in stems]
     good = sorted(os.listdir(show / "good"))
     assert len(good) == 2 and all(name.endswith("_1.0.jpg") for name in good)
-    assert "worst 2 of 16 images by AP" in printed and "  0.000  " in printed and "  1.000  " in printed
+    empty = [i for i in range(len(dataset)) if len(dataset.get_ann_info(i)["labels"]) == 0]
+    assert len(empty) == 1 and empty[0] not in (3, 7)  # the built-in val split's image without objects
+    assert "1 of 16 images have no object, hence no AP: not ranked" in printed  # not scored 0, as mmdet does
+    assert "worst 2 of 15 images by AP" in printed and "  0.000  " in printed and "  1.000  " in printed
     h, w = cv2.imread(os.path.join(dataset.img_prefix, dataset.data_infos[3]["filename"])).shape[:2]
     drawn = cv2.imread(str(show / "bad" / f"{stems[0]}_0.0.jpg"))
     assert drawn.shape[:2] == (2 * 2 * h + 8, 2 * w)  # ground truth above predictions, both enlarged
