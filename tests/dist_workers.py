@@ -70,11 +70,19 @@ def collectives(rank, world, init_file, out_dir):
 
 
 def train(rank, world, init_file, cfg_dict):
-    """``train_from_config`` as one rank of a gloo group (what a Ray worker runs)."""
+    """``train_from_config`` as one rank of a gloo group (what a Ray worker runs). A rank whose
+    training raises writes ``<init_file>.rank<N>.error`` (the exception's type and message) and
+    leaves at once: the interpreter's teardown beside a peer blocked in a collective sometimes
+    aborts (SIGABRT) before ``mp.spawn`` has the exception, which it then reports as a signal."""
     init_group(rank, world, init_file, "gloo")
     from raydet.run import train_from_config
     from raydet.config import load_config
-    train_from_config(load_config(cfg_dict), validate=False)
+    try:
+        train_from_config(load_config(cfg_dict), validate=False)
+    except Exception as exc:
+        with open(f"{init_file}.rank{rank}.error", "w") as f:
+            f.write(f"{type(exc).__name__}: {exc}")
+        os._exit(1)
     dist.destroy_process_group()
 
 
