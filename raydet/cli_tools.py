@@ -115,7 +115,7 @@ def _check_new_file(path: str, flag: str) -> None:
 
 
 def _test_set_and_results(args):
-    """``(dataset, results, box results)``: the config's ``data.test`` (test mode, as ``raydet
+    """``(dataset, results)``: the config's ``data.test`` (test mode, as ``raydet
     test`` predicted it) and the results file, checked against each other."""
     import pickle
 
@@ -132,7 +132,8 @@ def _test_set_and_results(args):
         raise DataError(f"{args.results} is not mmdet's results .pkl ({type(exc).__name__}: {exc}); write one with "
                         "`raydet test CONFIG CKPT --out RESULTS.pkl`") from None
     dataset = build_dataset(cfg.data.test, test_mode=True)
-    return dataset, results, check_results(results, dataset, args.results)
+    check_results(results, dataset, args.results)
+    return dataset, results
 
 
 def cmd_confusion_matrix(args) -> int:
@@ -145,7 +146,7 @@ def cmd_confusion_matrix(args) -> int:
     if args.color_theme not in matplotlib.colormaps:
         raise RaydetError(f"--color-theme {args.color_theme!r} is not a matplotlib colour map, e.g. plasma, viridis, "
                           "Blues")
-    dataset, results, _ = _test_set_and_results(args)
+    dataset, results = _test_set_and_results(args)
     try:
         (picture,) = claim_outputs(args.save_dir, ["confusion_matrix.png"], ".raydet-confusion-matrix.json")
     except FileExistsError as exc:
@@ -163,7 +164,7 @@ def cmd_analyze_results(args) -> int:
     from .visualization import claim_outputs, draw_truth_and_result
     if not 0 < args.scale <= 16:
         raise RaydetError(f"--scale must be in (0, 16], got {args.scale}")
-    dataset, results, _ = _test_set_and_results(args)
+    dataset, results = _test_set_and_results(args)
     best, worst, unranked = best_and_worst(dataset, results, args.topk)
     picked = [("good", i, ap) for i, ap in best] + [("bad", i, ap) for i, ap in worst]
     names = []

@@ -31,11 +31,10 @@ def mmdet_tool(name: str):
                       "mmdet==2.28.2 from its wheel, which ships its tools")
 
 
-def check_results(results, dataset, source: str) -> list:
+def check_results(results, dataset, source: str) -> None:
     """``results`` (mmdet's test results, as ``raydet test --out x.pkl`` writes them) fit
     ``dataset``: one per image, each a list over its classes of ``[N, 5]`` arrays (or a
-    ``(boxes, masks)`` tuple). Returns the box results; raises :class:`DataError` naming
-    ``source`` otherwise."""
+    ``(boxes, masks)`` tuple). Raises :class:`DataError` naming ``source`` otherwise."""
     if not isinstance(results, (list, tuple)) or len(results) != len(dataset):
         count = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
         raise DataError(f"{source}: {count} results for the {len(dataset)} images of the test set; give the "
@@ -47,15 +46,15 @@ def check_results(results, dataset, source: str) -> list:
                 any(np.asarray(d).ndim != 2 or np.asarray(d).shape[1] != 5 for d in per_class):
             raise DataError(f"{source}: result {i} is not a list of {classes} [N, 5] box arrays (one per class of "
                             f"{tuple(dataset.CLASSES)}); was it predicted with another config?")
-    return boxes
 
 
 def confusion_matrix(dataset, results, score_thr: float = 0.3, tp_iou_thr: float = 0.5,
                      nms_iou_thr: float | None = None) -> np.ndarray:
-    """mmdet's confusion matrix (``analyze_per_img_dets`` per image): ``[C + 1, C + 1]`` counts, rows the ground-truth
-    class, columns the predicted one, the last row and column background (a detection matching
-    no object; an object no detection found). A detection counts once it scores ``score_thr``
-    and overlaps an object by ``tp_iou_thr``; ``nms_iou_thr`` re-runs NMS first."""
+    """mmdet's confusion matrix (its ``analyze_per_img_dets`` per image): ``[C + 1, C + 1]``
+    counts, rows the ground-truth class, columns the predicted one, the last row and column
+    background (a detection matching no object; an object no detection found). A detection
+    counts once it scores ``score_thr`` and overlaps an object by ``tp_iou_thr``;
+    ``nms_iou_thr`` re-runs NMS first."""
     tool = mmdet_tool("analysis_tools/confusion_matrix")
     matrix = np.zeros((len(dataset.CLASSES) + 1,) * 2)
     for i, result in enumerate(results):  # calculate_confusion_matrix's loop, without its console bar

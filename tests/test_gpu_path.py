@@ -293,3 +293,32 @@ def test_gpu_check_runs_its_logic_on_cpu(tmp_path):
     assert b["plain"]["images_per_s"] > 0 and b["none"]["images_per_s"] > 0 and b["ratio"] > 0
     assert 0.0 <= info["demo"]["bbox_mAP"] <= 1.0 and info["demo"]["epochs"] == 1
     assert "(a) worker path on cpu" in proc.stdout and "(b) the default FCOS" in proc.stdout and "(c) default demo" in proc.stdout
+
+
+def test_a_forked_child_dies_on_sigterm_whatever_handler_its_parent_has():
+    """Ray installs a Python SIGTERM handler in its drivers and workers; a forked child (mmdet's
+    eval_map pool) that inherits one can miss a pool's terminate() and hang its parent's join."""
+    import multiprocessing
+    import signal
+
+    import raydet.engine.inference  # noqa: F401  (it resets SIGTERM in forked children)
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a handler that does not end the process
+    try:
+        fork = multiprocessing.get_context("fork")
+        running = fork.Event()
+        child = fork.Process(target=_running_then_asleep, args=(running,))
+        child.start()
+        assert running.wait(20)  # past the fork: a signal during it is the parent's handler's
+        child.terminate()
+        child.join(20)
+        assert child.exitcode == -signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if child.is_alive():
+            child.kill()
+
+
+def _running_then_asleep(running):
+    import time
+    running.set()
+    time.sleep(60)

@@ -1,11 +1,26 @@
 """Running a detector over an evaluation loader, on one rank or all."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 from ..progress import ProgressBar
 from .dist import broadcast_object, gather_objects, get_world_size, is_main
+
+
+def _default_sigterm() -> None:
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# A forked child (mmdet's eval_map pool, a loader worker) inherits its parent's Python SIGTERM
+# handler: Ray's drivers and workers install one that raises SystemExit. A pool's terminate()
+# whose signal lands while the child runs a __del__ has that SystemExit swallowed, and the parent
+# then waits for the child forever (seen: a VOC evaluation hung 30 min). Children take the
+# default action again: SIGTERM ends them in the kernel, whatever they run.
+os.register_at_fork(after_in_child=_default_sigterm)
 
 
 def encode_mask_results(result):
@@ -32,7 +47,7 @@ def inference(model, data_loader, progress: bool = False, autocast=None, progres
     from ..data.loader import batch_to_device
     model.eval()
     # a bare detector on a GPU (raydet test) gets host tensors from the loader; DDP moves them itself
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device
     results = []
     bar = ProgressBar(len(data_loader.dataset), log=progress_log, desc="inference: ") if progress and is_main() else None
     for data in data_loader:
