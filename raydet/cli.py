@@ -10,8 +10,8 @@ import os
 import sys
 import time
 
-from .cli_args import (CfgOptions, HelpFormatter, _seed, add_cfg_options, command_parser, setup_console_logging,
-                       usable_cores)
+from .cli_args import (CfgOptions, HelpFormatter, _seed, add_cfg_options, check_output_places, command_parser,
+                       setup_console_logging, usable_cores)
 from .cli_tools import add_tool_parsers
 from .errors import RaydetError
 
@@ -242,14 +242,6 @@ def summary(metrics: dict, work_dir: str, seconds: float, best=None, best_score=
         lines.append(f"Ray's checkpoint: {ray_checkpoint}")
     lines += [f"work_dir: {work_dir}", f"time: {seconds / 60:.2f} min", "=" * 87]
     return "\n".join(lines)
-
-
-def check_output_places(out: str | None, show_dir: str | None) -> None:
-    """The folder of ``out`` exists and ``show_dir`` is not a file: checked before any long work."""
-    if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise RaydetError(f"--out {out}: the folder {os.path.dirname(os.path.abspath(out))} does not exist")
-    if show_dir and os.path.exists(show_dir) and not os.path.isdir(show_dir):
-        raise RaydetError(f"--show-dir {show_dir} is a file, not a folder")
 
 
 def _test_outputs(args, dataset) -> list[str]:

@@ -8,6 +8,8 @@ import os
 
 from mmcv import DictAction
 
+from .errors import RaydetError
+
 
 class CfgOptions(DictAction):
     """mmcv's ``--cfg-options KEY=VALUE ...`` (``1,2`` and ``[1,2]`` lists, tuples, ints,
@@ -60,7 +62,6 @@ def _literal(text: str):
 
 def _seed(text: str) -> int:
     """A seed numpy and torch both take: an int in [0, 2**32)."""
-    import argparse
     try:
         value = int(text)
     except ValueError:
@@ -120,3 +121,11 @@ def setup_console_logging(level=logging.INFO):
     log.setLevel(level)
     log.propagate = False
     return log
+
+
+def check_output_places(out: str | None, show_dir: str | None) -> None:
+    """The folder of ``out`` exists and ``show_dir`` is not a file: checked before any long work."""
+    if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise RaydetError(f"--out {out}: the folder {os.path.dirname(os.path.abspath(out))} does not exist")
+    if show_dir and os.path.exists(show_dir) and not os.path.isdir(show_dir):
+        raise RaydetError(f"--show-dir {show_dir} is a file, not a folder")

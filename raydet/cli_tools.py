@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from .cli_args import add_cfg_options, command_parser, setup_console_logging, usable_cores
+from .cli_args import add_cfg_options, check_output_places, command_parser, setup_console_logging, usable_cores
 from .errors import DataError, RaydetError
 
 #: each tool's one-line help, its description and its examples
@@ -98,20 +98,14 @@ def add_tool_parsers(sub) -> None:
 def cmd_print_config(args) -> int:
     from .config import dump_config, load_config
     cfg = load_config(args.config, args.cfg_options)
-    if args.out:
-        _check_new_file(args.out, "--out")
+    if args.out and os.path.exists(args.out):
+        raise RaydetError(f"--out {args.out} exists; raydet does not overwrite a file it did not write")
+    check_output_places(args.out, None)
     print(f"Config:\n{cfg.pretty_text}")
     if args.out:
         dump_config(cfg, args.out)
         print(f"written to {args.out}")
     return 0
-
-
-def _check_new_file(path: str, flag: str) -> None:
-    if os.path.exists(path):
-        raise RaydetError(f"{flag} {path} exists; raydet does not overwrite a file it did not write")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise RaydetError(f"{flag} {path}: the folder {os.path.dirname(os.path.abspath(path))} does not exist")
 
 
 def _test_set_and_results(args):

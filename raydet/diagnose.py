@@ -5,6 +5,7 @@ inference speed (``benchmark.py``'s loop, on CPU or GPU) and parameters with FLO
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import time
 
@@ -169,19 +170,13 @@ def measure_speed(model, loader, max_iter: int = 2000, warmup: int = 5, log_inte
     from .data.loader import batch_to_device
     device = next(model.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if len(loader) == 0:
+        raise DataError("the test set is empty: nothing to time")
     model.eval()
     images, seconds, done = 0, 0.0, 0
-
-    def batches():
-        while True:
-            yielded = False
-            for batch in loader:
-                yielded = True
-                yield batch
-            if not yielded:
-                raise DataError("the test set is empty: nothing to time")
+    cycled = (batch for _ in itertools.count() for batch in loader)  # a fresh pass each time, nothing kept
     with torch.no_grad():
-        for n, batch in enumerate(batches()):
+        for n, batch in enumerate(cycled):
             batch = batch_to_device(batch, device)
             sync()
             start = time.perf_counter()

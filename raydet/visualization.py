@@ -50,10 +50,15 @@ def draw_det_result(img, result, class_names, score_thr: float = 0.3, thickness:
             _draw_box(canvas, [int(round(v * scale)) for v in (x1, y1, x2, y2)], color,
                       f"{name}|{score:.2f}" if scores else name, thickness, font_scale)
     if out_file is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-        if not cv2.imwrite(out_file, canvas):
-            raise ValueError(f"cannot write {out_file}: use a .png or .jpg name")
+        _write_picture(out_file, canvas)
     return canvas
+
+
+def _write_picture(path: str, canvas: np.ndarray) -> None:
+    """``canvas`` to ``path`` (``.png``/``.jpg``), its directory created; ``ValueError`` otherwise."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, canvas):
+        raise ValueError(f"cannot write {path}: use a .png or .jpg name")
 
 
 def _draw_box(canvas, box, color, text: str, thickness: int, font_scale: float) -> None:
@@ -177,7 +182,8 @@ def draw_truth_and_result(image: str, annotation: dict, result, names, score_thr
     """mmdet's ``imshow_gt_det_bboxes`` layout for one image (a path): its ground truth
     (``annotation['bboxes']``/``['labels']``, mmdet's ``get_ann_info``; labels without scores)
     above its predictions (``result``, those scoring ``score_thr``), or both on one picture with
-    ``overlay`` (boxes only: masks are drawn in the stacked layout); enlarged ``scale`` times. Returns the BGR picture; ``out_file`` also writes it."""
+    ``overlay`` (boxes only: masks are drawn in the stacked layout); enlarged ``scale`` times.
+    Returns the BGR picture; ``out_file`` also writes it."""
     img = cv2.imread(image, cv2.IMREAD_COLOR)
     if img is None:
         raise FileNotFoundError(f"cannot read image {image}")
@@ -192,9 +198,7 @@ def draw_truth_and_result(image: str, annotation: dict, result, names, score_thr
         gap = np.full((max(2, int(4 * scale)), truth.shape[1], 3), 255, np.uint8)
         canvas = np.concatenate([truth, gap, draw_det_result(img, result, names, score_thr=score_thr, **style)])
     if out_file is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-        if not cv2.imwrite(out_file, canvas):
-            raise ValueError(f"cannot write {out_file}: use a .png or .jpg name")
+        _write_picture(out_file, canvas)
     return canvas
 
 
